@@ -1,0 +1,335 @@
+//! The AdmissionReview wire format (`admission.k8s.io/v1`): read a request, write a reply.
+//!
+//! [`review`] is the whole of the webhook's work for one `/inject` request: one borrowed,
+//! field-selective parse, the router and injector, and one reply written into a buffer.
+//! It never panics on input and always produces a well-formed AdmissionReview.
+
+use base64::Engine;
+use serde::Deserialize;
+
+use crate::injector::pod::{Pod, Str};
+use crate::injector::{self, Outcome};
+use crate::router::{SkipReason, Via};
+use crate::table::{Revision, Table};
+
+/// What happened to a request, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReviewResult {
+    Injected,
+    Skipped,
+    /// The pod was refused (an invalid annotation).
+    Denied,
+    /// The request was not a valid AdmissionReview of a Pod.
+    Error,
+}
+
+impl ReviewResult {
+    pub const ALL: [ReviewResult; 4] = [
+        ReviewResult::Injected,
+        ReviewResult::Skipped,
+        ReviewResult::Denied,
+        ReviewResult::Error,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewResult::Injected => "injected",
+            ReviewResult::Skipped => "skipped",
+            ReviewResult::Denied => "denied",
+            ReviewResult::Error => "error",
+        }
+    }
+}
+
+/// The reply to one review and what it did. Borrows from the table it was computed with.
+#[derive(Debug)]
+pub struct Reply<'t> {
+    /// The AdmissionReview JSON to send.
+    pub body: Vec<u8>,
+    pub result: ReviewResult,
+    pub skip: Option<SkipReason>,
+    pub injected: Option<(&'t Revision, Via<'t>)>,
+    /// The error or denial message, when there is one (for logs).
+    pub message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Review<'a> {
+    #[serde(rename = "apiVersion", borrow, default)]
+    api_version: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    kind: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    request: Option<Request<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Request<'a> {
+    #[serde(borrow, default)]
+    uid: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    kind: Option<Gvk<'a>>,
+    #[serde(borrow, default)]
+    namespace: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    operation: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    object: Option<Pod<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Gvk<'a> {
+    #[serde(borrow, default)]
+    group: Str<'a>,
+    #[serde(borrow, default)]
+    kind: Str<'a>,
+}
+
+/// Only the uid, to answer a review whose object does not parse.
+#[derive(Deserialize)]
+struct UidOnly<'a> {
+    #[serde(rename = "apiVersion", borrow, default)]
+    api_version: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    request: Option<UidReq<'a>>,
+}
+#[derive(Deserialize)]
+struct UidReq<'a> {
+    #[serde(borrow, default)]
+    uid: Option<Str<'a>>,
+}
+
+const V1: &str = "admission.k8s.io/v1";
+const V1BETA1: &str = "admission.k8s.io/v1beta1";
+
+fn reply_version(v: Option<&str>) -> &'static str {
+    if v == Some(V1BETA1) { V1BETA1 } else { V1 }
+}
+
+/// Answers one `/inject` review. `patch` is scratch space (cleared first), kept by the
+/// caller to avoid an allocation per request.
+pub fn review<'t>(table: &'t Table, body: &[u8], patch: &mut Vec<u8>) -> Reply<'t> {
+    patch.clear();
+    let rev: Review = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            let (ver, uid) = match serde_json::from_slice::<UidOnly>(body) {
+                Ok(u) => (
+                    u.api_version.map(|v| v.0.into_owned()),
+                    u.request.and_then(|r| r.uid).map(|u| u.0.into_owned()),
+                ),
+                Err(_) => (None, None),
+            };
+            let what = if body.iter().all(u8::is_ascii_whitespace) {
+                "empty request body: expected an AdmissionReview".to_string()
+            } else if uid.is_some() {
+                format!("request.object is not a valid Pod: {e}")
+            } else {
+                format!("body is not a valid AdmissionReview JSON document: {e}")
+            };
+            return error(
+                reply_version(ver.as_deref()),
+                uid.as_deref().unwrap_or(""),
+                what,
+            );
+        }
+    };
+    let ver = rev.api_version.as_ref().map(Str::as_str);
+    let version = reply_version(ver);
+    if ver != Some(V1) && ver != Some(V1BETA1) {
+        return error(
+            version,
+            "",
+            format!("apiVersion is {:?}; expected {V1:?}", ver.unwrap_or("")),
+        );
+    }
+    if rev.kind.as_ref().map(Str::as_str) != Some("AdmissionReview") {
+        return error(
+            version,
+            "",
+            format!(
+                "kind is {:?}; expected \"AdmissionReview\"",
+                rev.kind.as_ref().map(Str::as_str).unwrap_or("")
+            ),
+        );
+    }
+    let Some(req) = rev.request else {
+        return error(version, "", "missing field `request`".into());
+    };
+    let uid = req.uid.as_ref().map(Str::as_str).unwrap_or("");
+    if uid.is_empty() {
+        return error(version, "", "missing field `request.uid`".into());
+    }
+    match &req.kind {
+        Some(k) if k.group.as_str().is_empty() && k.kind.as_str() == "Pod" => {}
+        Some(k) => {
+            return error(
+                version,
+                uid,
+                format!(
+                    "request.kind is {}/{}; this webhook only injects Pods (check the webhook's rules)",
+                    k.group.as_str(),
+                    k.kind.as_str()
+                ),
+            );
+        }
+        None => return error(version, uid, "missing field `request.kind`".into()),
+    }
+    if req.operation.as_ref().map(Str::as_str) != Some("CREATE") {
+        let mut body = Vec::with_capacity(160);
+        write_reply(&mut body, version, uid, true, None, None, &[]);
+        return Reply {
+            body,
+            result: ReviewResult::Skipped,
+            skip: Some(SkipReason::NotCreate),
+            injected: None,
+            message: None,
+        };
+    }
+    let Some(pod) = &req.object else {
+        return error(version, uid, "missing field `request.object`".into());
+    };
+    let namespace = req
+        .namespace
+        .as_ref()
+        .or(pod.metadata.namespace.as_ref())
+        .map(Str::as_str)
+        .unwrap_or("default");
+
+    match injector::inject(table, namespace, pod, patch) {
+        Outcome::Injected {
+            revision,
+            via,
+            warning,
+        } => {
+            let mut body = Vec::with_capacity(256 + patch.len() * 4 / 3);
+            let warnings: Vec<&str> = warning.as_deref().into_iter().collect();
+            write_reply(&mut body, version, uid, true, Some(patch), None, &warnings);
+            Reply {
+                body,
+                result: ReviewResult::Injected,
+                skip: None,
+                injected: Some((revision, via)),
+                message: None,
+            }
+        }
+        Outcome::Skipped { reason, warning } => {
+            let mut body = Vec::with_capacity(256);
+            let warnings: Vec<&str> = warning.as_deref().into_iter().collect();
+            write_reply(&mut body, version, uid, true, None, None, &warnings);
+            Reply {
+                body,
+                result: ReviewResult::Skipped,
+                skip: Some(reason),
+                injected: None,
+                message: None,
+            }
+        }
+        Outcome::Denied(message) => {
+            let mut body = Vec::with_capacity(256 + message.len());
+            write_reply(
+                &mut body,
+                version,
+                uid,
+                false,
+                None,
+                Some((400, &message)),
+                &[],
+            );
+            Reply {
+                body,
+                result: ReviewResult::Denied,
+                skip: None,
+                injected: None,
+                message: Some(message),
+            }
+        }
+    }
+}
+
+fn error(version: &str, uid: &str, message: String) -> Reply<'static> {
+    let mut body = Vec::with_capacity(256 + message.len());
+    write_reply(
+        &mut body,
+        version,
+        uid,
+        false,
+        None,
+        Some((400, &message)),
+        &[],
+    );
+    Reply {
+        body,
+        result: ReviewResult::Error,
+        skip: None,
+        injected: None,
+        message: Some(message),
+    }
+}
+
+/// An AdmissionReview for a request that never got as far as a uid (used by the server for
+/// oversize or unreadable bodies).
+pub fn error_reply(message: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(256 + message.len());
+    write_reply(&mut body, V1, "", false, None, Some((400, message)), &[]);
+    body
+}
+
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing a string to a Vec must not fail");
+}
+
+/// Writes an AdmissionReview reply.
+pub fn write_reply(
+    out: &mut Vec<u8>,
+    version: &str,
+    uid: &str,
+    allowed: bool,
+    patch: Option<&[u8]>,
+    status: Option<(u16, &str)>,
+    warnings: &[&str],
+) {
+    out.extend_from_slice(b"{\"apiVersion\":\"");
+    out.extend_from_slice(version.as_bytes());
+    out.extend_from_slice(b"\",\"kind\":\"AdmissionReview\",\"response\":{\"uid\":");
+    push_json_str(out, uid);
+    out.extend_from_slice(if allowed {
+        b",\"allowed\":true"
+    } else {
+        b",\"allowed\":false"
+    });
+    if let Some(p) = patch {
+        out.extend_from_slice(b",\"patchType\":\"JSONPatch\",\"patch\":\"");
+        let start = out.len();
+        let engine = &base64::engine::general_purpose::STANDARD;
+        out.resize(
+            start + base64::encoded_len(p.len(), true).expect("patch length must fit"),
+            0,
+        );
+        let n = engine
+            .encode_slice(p, &mut out[start..])
+            .expect("the buffer was sized for the encoding");
+        out.truncate(start + n);
+        out.push(b'"');
+    }
+    if let Some((code, message)) = status {
+        out.extend_from_slice(b",\"status\":{\"code\":");
+        out.extend_from_slice(code.to_string().as_bytes());
+        out.extend_from_slice(b",\"message\":");
+        push_json_str(out, message);
+        out.push(b'}');
+    }
+    if !warnings.is_empty() {
+        out.extend_from_slice(b",\"warnings\":[");
+        for (i, w) in warnings.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_json_str(out, w);
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b"}}");
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,146 @@
+use base64::Engine;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::table::{NamespaceLabels, embedded_default};
+
+fn table() -> Table {
+    embedded_default().with_namespaces(std::collections::HashMap::from([(
+        "default".to_string(),
+        NamespaceLabels {
+            injection: Some("enabled".into()),
+            rev: None,
+        },
+    )]))
+}
+
+fn fixture() -> Value {
+    serde_json::from_str(include_str!("../../tests/fixtures/admission-review.json"))
+        .expect("fixture must parse")
+}
+
+fn answer(t: &Table, body: &[u8]) -> (Value, ReviewResult) {
+    let mut scratch = Vec::new();
+    let r = review(t, body, &mut scratch);
+    let v: Value = serde_json::from_slice(&r.body).expect("every reply must be JSON");
+    assert_eq!(v["kind"], "AdmissionReview");
+    assert!(v["response"]["allowed"].is_boolean());
+    (v, r.result)
+}
+
+#[test]
+fn injects_and_echoes_the_uid() {
+    let t = table();
+    let (v, result) = answer(&t, fixture().to_string().as_bytes());
+    assert_eq!(result, ReviewResult::Injected);
+    let resp = &v["response"];
+    assert_eq!(resp["uid"], "3f0c1a52-7e4b-4c1d-9a55-2b8f6d1e0c11");
+    assert_eq!(resp["allowed"], true);
+    assert_eq!(resp["patchType"], "JSONPatch");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(resp["patch"].as_str().unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    let mut pod = fixture()["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch).unwrap();
+    assert_eq!(pod["metadata"]["annotations"]["istio.io/rev"], "1-22-6");
+}
+
+#[test]
+fn skip_carries_the_warning() {
+    let t = embedded_default().with_namespaces(std::collections::HashMap::from([(
+        "default".to_string(),
+        NamespaceLabels {
+            injection: None,
+            rev: Some("1-99-9".into()),
+        },
+    )]));
+    let (v, result) = answer(&t, fixture().to_string().as_bytes());
+    assert_eq!(result, ReviewResult::Skipped);
+    assert_eq!(v["response"]["allowed"], true);
+    assert!(v["response"].get("patch").is_none());
+    assert!(
+        v["response"]["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("1-99-9")
+    );
+}
+
+#[test]
+fn malformed_inputs_get_well_formed_refusals() {
+    let t = table();
+    let mut wrong_kind = fixture();
+    wrong_kind["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+    let mut no_uid = fixture();
+    no_uid["request"].as_object_mut().unwrap().remove("uid");
+    let mut bad_object = fixture();
+    bad_object["request"]["object"]["spec"]["containers"] = json!("not-a-list");
+    let mut not_review = fixture();
+    not_review["kind"] = json!("ConfigMap");
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        (
+            "malformed JSON",
+            b"{\"apiVersion\": ".to_vec(),
+            "",
+            "not a valid AdmissionReview",
+        ),
+        ("empty body", Vec::new(), "", "empty request body"),
+        (
+            "wrong kind",
+            wrong_kind.to_string().into_bytes(),
+            "3f0c1a52-7e4b-4c1d-9a55-2b8f6d1e0c11",
+            "apps/Deployment",
+        ),
+        (
+            "missing uid",
+            no_uid.to_string().into_bytes(),
+            "",
+            "request.uid",
+        ),
+        (
+            "bad object",
+            bad_object.to_string().into_bytes(),
+            "3f0c1a52-7e4b-4c1d-9a55-2b8f6d1e0c11",
+            "not a valid Pod",
+        ),
+        (
+            "not a review",
+            not_review.to_string().into_bytes(),
+            "",
+            "AdmissionReview",
+        ),
+        (
+            "a JSON array",
+            b"[1,2]".to_vec(),
+            "",
+            "not a valid AdmissionReview",
+        ),
+    ];
+    for (name, body, uid, msg) in cases {
+        let (v, result) = answer(&t, &body);
+        assert_eq!(result, ReviewResult::Error, "{name}");
+        assert_eq!(v["response"]["allowed"], false, "{name}");
+        assert_eq!(v["response"]["uid"], uid, "{name}");
+        let m = v["response"]["status"]["message"].as_str().unwrap();
+        assert!(m.contains(msg), "{name}: {m}");
+    }
+}
+
+#[test]
+fn update_is_admitted_untouched() {
+    let mut upd = fixture();
+    upd["request"]["operation"] = json!("UPDATE");
+    let (v, result) = answer(&table(), upd.to_string().as_bytes());
+    assert_eq!(result, ReviewResult::Skipped);
+    assert_eq!(v["response"]["allowed"], true);
+    assert!(v["response"].get("patch").is_none());
+}
+
+#[test]
+fn v1beta1_is_answered_in_kind() {
+    let mut r = fixture();
+    r["apiVersion"] = json!("admission.k8s.io/v1beta1");
+    let (v, _) = answer(&table(), r.to_string().as_bytes());
+    assert_eq!(v["apiVersion"], "admission.k8s.io/v1beta1");
+}

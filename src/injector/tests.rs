@@ -1,0 +1,348 @@
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::table::{NamespaceLabels, Table, embedded_default};
+
+fn table() -> Table {
+    let ns = |inj: Option<&str>, rev: Option<&str>| NamespaceLabels {
+        injection: inj.map(Into::into),
+        rev: rev.map(Into::into),
+    };
+    embedded_default().with_namespaces(HashMap::from([
+        ("stable-ns".to_string(), ns(Some("enabled"), None)),
+        ("canary-ns".to_string(), ns(None, Some("canary"))),
+        ("pinned-ns".to_string(), ns(None, Some("1-23-6"))),
+    ]))
+}
+
+fn fixture() -> Value {
+    serde_json::from_str(include_str!("../../tests/fixtures/pod.json")).expect("fixture must parse")
+}
+
+/// Injects and applies the patch: (outcome label, patched pod when a patch was produced).
+fn run(t: &Table, ns: &str, pod: &Value) -> (String, Option<Value>) {
+    let text = pod.to_string();
+    let view: Pod = serde_json::from_str(&text).expect("pod view must parse");
+    let mut buf = Vec::new();
+    match inject(t, ns, &view, &mut buf) {
+        Outcome::Injected { revision, .. } => {
+            let patch: json_patch::Patch = serde_json::from_slice(&buf).unwrap_or_else(|e| {
+                panic!(
+                    "patch must be valid JSON Patch: {e}\n{}",
+                    String::from_utf8_lossy(&buf)
+                )
+            });
+            let mut doc = pod.clone();
+            json_patch::patch(&mut doc, &patch).unwrap_or_else(|e| {
+                panic!("patch must apply: {e}\n{}", String::from_utf8_lossy(&buf))
+            });
+            let _typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(doc.clone())
+                .expect("patched pod must deserialize as a k8s Pod");
+            (revision.name.clone(), Some(doc))
+        }
+        Outcome::Skipped { reason, .. } => {
+            assert!(buf.is_empty(), "a skip writes no patch");
+            (format!("skip:{}", reason.as_str()), None)
+        }
+        Outcome::Denied(m) => (format!("denied:{m}"), None),
+    }
+}
+
+fn names(v: &Value, key: &str) -> Vec<String> {
+    v["spec"][key]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| c["name"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn proxy(v: &Value) -> &Value {
+    v["spec"]["containers"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "istio-proxy"))
+        .expect("istio-proxy must be injected")
+}
+
+fn env<'v>(c: &'v Value, name: &str) -> &'v Value {
+    c["env"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == name))
+        .map(|e| &e["value"])
+        .unwrap_or(&Value::Null)
+}
+
+#[test]
+fn injects_the_stable_revision_in_full() {
+    let (rev, pod) = run(&table(), "stable-ns", &fixture());
+    assert_eq!(rev, "1-22-6");
+    let pod = pod.unwrap();
+    assert_eq!(
+        names(&pod, "containers"),
+        ["reviews", "log-shipper", "istio-proxy"]
+    );
+    assert_eq!(names(&pod, "initContainers"), ["istio-init"]);
+    let vols = names(&pod, "volumes");
+    assert_eq!(vols.len(), 3 + VOLUME_NAMES.len());
+    for v in VOLUME_NAMES {
+        assert!(vols.iter().any(|n| n == v), "volume {v} missing");
+    }
+    let p = proxy(&pod);
+    assert_eq!(p["image"], "docker.io/istio/proxyv2:1.22.6");
+    assert_eq!(p["args"][4], "--proxyLogLevel=warning");
+    assert_eq!(p["securityContext"]["runAsUser"], 1337);
+    assert_eq!(p["readinessProbe"]["httpGet"]["port"], 15021);
+    assert_eq!(p["ports"][0]["name"], "http-envoy-prom");
+    assert_eq!(env(p, "CA_ADDR"), "istiod-1-22-6.istio-system.svc:15012");
+    assert_eq!(env(p, "ISTIO_META_WORKLOAD_NAME"), "reviews-v2");
+    assert_eq!(
+        env(p, "ISTIO_META_OWNER"),
+        "kubernetes://apis/apps/v1/namespaces/stable-ns/deployments/reviews-v2"
+    );
+    assert_eq!(env(p, "ISTIO_META_APP_CONTAINERS"), "reviews,log-shipper");
+    let ports: Value =
+        serde_json::from_str(env(p, "ISTIO_META_POD_PORTS").as_str().unwrap()).unwrap();
+    assert_eq!(ports.as_array().unwrap().len(), 2);
+    let md = &pod["metadata"];
+    assert_eq!(md["annotations"]["istio.io/rev"], "1-22-6");
+    let status: Value = serde_json::from_str(
+        md["annotations"]["sidecar.istio.io/status"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status["revision"], "1-22-6");
+    assert_eq!(status["containers"], json!(["istio-proxy"]));
+    assert_eq!(md["labels"]["security.istio.io/tlsMode"], "istio");
+    assert_eq!(md["labels"]["service.istio.io/canonical-name"], "reviews");
+    assert_eq!(md["labels"]["service.istio.io/canonical-revision"], "v2");
+    assert_eq!(
+        md["annotations"]["kubectl.kubernetes.io/default-container"],
+        "reviews"
+    );
+    // Untouched parts stay.
+    assert_eq!(md["annotations"]["prometheus.io/port"], "9080");
+    let init = &pod["spec"]["initContainers"][0];
+    assert_eq!(init["image"], "docker.io/istio/proxyv2:1.22.6");
+    assert_eq!(init["args"][0], "istio-iptables");
+}
+
+#[test]
+fn tags_and_pins_pick_the_image() {
+    let t = table();
+    for (ns, image) in [
+        ("canary-ns", "1.23.6"),
+        ("pinned-ns", "1.23.6"),
+        ("stable-ns", "1.22.6"),
+    ] {
+        let (_, pod) = run(&t, ns, &fixture());
+        assert_eq!(
+            proxy(&pod.unwrap())["image"],
+            format!("docker.io/istio/proxyv2:{image}"),
+            "{ns}"
+        );
+    }
+}
+
+#[test]
+fn injecting_an_injected_pod_again_changes_nothing() {
+    let t = table();
+    let (_, once) = run(&t, "canary-ns", &fixture());
+    let once = once.unwrap();
+    let (again, pod) = run(&t, "canary-ns", &once);
+    assert_eq!(again, "skip:already-injected");
+    assert!(pod.is_none());
+}
+
+#[test]
+fn another_revision_replaces_the_sidecar_never_doubles_it() {
+    let t = table();
+    let (_, old) = run(&t, "stable-ns", &fixture());
+    let (rev, new) = run(&t, "canary-ns", &old.unwrap());
+    assert_eq!(rev, "1-23-6");
+    let new = new.unwrap();
+    assert_eq!(
+        names(&new, "containers"),
+        ["reviews", "log-shipper", "istio-proxy"]
+    );
+    assert_eq!(names(&new, "initContainers"), ["istio-init"]);
+    assert_eq!(names(&new, "volumes").len(), 3 + VOLUME_NAMES.len());
+    assert_eq!(proxy(&new)["image"], "docker.io/istio/proxyv2:1.23.6");
+    assert_eq!(new["metadata"]["annotations"]["istio.io/rev"], "1-23-6");
+    // And once more with the same revision: nothing.
+    assert_eq!(run(&t, "canary-ns", &new).0, "skip:already-injected");
+}
+
+#[test]
+fn patch_is_valid_on_a_bare_pod() {
+    let bare = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare"}, "spec": {"containers": [{"name": "app", "image": "nginx"}]}});
+    let (rev, pod) = run(&table(), "stable-ns", &bare);
+    assert_eq!(rev, "1-22-6");
+    let pod = pod.unwrap();
+    assert_eq!(
+        pod["metadata"]["labels"]["service.istio.io/canonical-name"],
+        "bare"
+    );
+    assert_eq!(
+        pod["metadata"]["labels"]["service.istio.io/canonical-revision"],
+        "latest"
+    );
+    assert_eq!(pod["metadata"]["annotations"]["istio.io/rev"], "1-22-6");
+    assert_eq!(names(&pod, "volumes").len(), VOLUME_NAMES.len());
+    assert_eq!(env(proxy(&pod), "ISTIO_META_POD_PORTS"), "[]");
+    assert_eq!(
+        env(proxy(&pod), "ISTIO_META_OWNER"),
+        "kubernetes://apis/v1/namespaces/stable-ns/pods/bare"
+    );
+}
+
+#[test]
+fn existing_init_containers_are_kept_and_istio_init_appended() {
+    let mut pod = fixture();
+    pod["spec"]["initContainers"] = json!([{"name": "migrate", "image": "busybox"}]);
+    let (_, out) = run(&table(), "stable-ns", &pod);
+    assert_eq!(
+        names(&out.unwrap(), "initContainers"),
+        ["migrate", "istio-init"]
+    );
+}
+
+#[test]
+fn per_pod_overrides_are_honoured() {
+    let mut pod = fixture();
+    let ann = pod["metadata"]["annotations"].as_object_mut().unwrap();
+    for (k, v) in [
+        ("sidecar.istio.io/proxyImage", "registry.local/proxyv2:dev"),
+        ("sidecar.istio.io/proxyCPU", "250m"),
+        ("sidecar.istio.io/proxyMemory", "256Mi"),
+        ("sidecar.istio.io/proxyCPULimit", "1"),
+        ("sidecar.istio.io/proxyMemoryLimit", "1Gi"),
+        ("sidecar.istio.io/logLevel", "debug"),
+        ("traffic.sidecar.istio.io/includeInboundPorts", "9080"),
+        ("traffic.sidecar.istio.io/excludeInboundPorts", "9999"),
+        ("traffic.sidecar.istio.io/excludeOutboundPorts", "5432,6379"),
+        ("traffic.sidecar.istio.io/includeOutboundPorts", "443"),
+        (
+            "traffic.sidecar.istio.io/includeOutboundIPRanges",
+            "10.0.0.0/8",
+        ),
+        (
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+            "169.254.169.254/32",
+        ),
+    ] {
+        ann.insert(k.into(), v.into());
+    }
+    let (_, out) = run(&table(), "stable-ns", &pod);
+    let out = out.unwrap();
+    let p = proxy(&out);
+    assert_eq!(p["image"], "registry.local/proxyv2:dev");
+    assert_eq!(p["args"][4], "--proxyLogLevel=debug");
+    assert_eq!(
+        p["resources"],
+        json!({"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}})
+    );
+    let args: Vec<String> =
+        serde_json::from_value(out["spec"]["initContainers"][0]["args"].clone()).unwrap();
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .map(|i| args[i + 1].clone())
+    };
+    assert_eq!(after("-b").as_deref(), Some("9080"));
+    assert_eq!(after("-d").as_deref(), Some("15090,15021,15020,9999"));
+    assert_eq!(after("-o").as_deref(), Some("5432,6379"));
+    assert_eq!(after("-q").as_deref(), Some("443"));
+    assert_eq!(after("-i").as_deref(), Some("10.0.0.0/8"));
+    assert_eq!(after("-x").as_deref(), Some("169.254.169.254/32"));
+    assert_eq!(
+        out["spec"]["initContainers"][0]["image"],
+        "registry.local/proxyv2:dev"
+    );
+}
+
+#[test]
+fn default_init_args_match_istio() {
+    let (_, out) = run(&table(), "stable-ns", &fixture());
+    let args: Vec<String> =
+        serde_json::from_value(out.unwrap()["spec"]["initContainers"][0]["args"].clone()).unwrap();
+    assert_eq!(
+        args.join(" "),
+        "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i * -x  -b * -d 15090,15021,15020 --log_output_level=default:info"
+    );
+}
+
+#[test]
+fn invalid_annotations_are_denied_with_the_annotation_named() {
+    for (k, v) in [
+        ("sidecar.istio.io/proxyCPU", "lots"),
+        ("sidecar.istio.io/logLevel", "loud"),
+        ("traffic.sidecar.istio.io/includeInboundPorts", "80,http"),
+        (
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+            "10.0.0.0/99",
+        ),
+        ("sidecar.istio.io/proxyImage", "a b"),
+    ] {
+        let mut pod = fixture();
+        pod["metadata"]["annotations"][k] = json!(v);
+        let (out, _) = run(&table(), "stable-ns", &pod);
+        assert!(out.starts_with("denied:") && out.contains(k), "{k}: {out}");
+    }
+}
+
+#[test]
+fn escaped_strings_round_trip() {
+    let mut pod = fixture();
+    pod["metadata"]["labels"]["app"] = json!("we\"ird\\app");
+    let (_, out) = run(&table(), "stable-ns", &pod);
+    assert_eq!(
+        out.unwrap()["metadata"]["labels"]["service.istio.io/canonical-name"],
+        "we\"ird\\app"
+    );
+}
+
+#[test]
+fn revision_overrides_reach_the_sidecar() {
+    let text = r#"
+apiVersion: meshrev.io/v1alpha1
+kind: MeshRevision
+metadata: {name: 1-24-0}
+spec:
+  version: 1.24.0
+  proxyImage: my.registry/proxyv2:1.24.0-distroless
+  discoveryAddress: istiod.custom:15012
+  template:
+    resources: {requests: {cpu: 50m}, limits: {memory: 2Gi}}
+    env: [{name: EXTRA, value: "1"}]
+    annotations: {example.com/team: mesh}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: n, labels: {istio.io/rev: 1-24-0}}
+"#;
+    let t = crate::table::from_text(text).unwrap();
+    let (_, out) = run(&t, "n", &fixture());
+    let out = out.unwrap();
+    let p = proxy(&out);
+    assert_eq!(p["image"], "my.registry/proxyv2:1.24.0-distroless");
+    assert_eq!(env(p, "CA_ADDR"), "istiod.custom:15012");
+    assert_eq!(env(p, "EXTRA"), "1");
+    assert_eq!(p["resources"]["requests"]["cpu"], "50m");
+    assert_eq!(p["resources"]["limits"]["memory"], "2Gi");
+    assert_eq!(out["metadata"]["annotations"]["example.com/team"], "mesh");
+}
+
+#[test]
+fn quantities() {
+    for ok in ["100m", "1", "1.5", "128Mi", "1e3", "2Gi", "0.5"] {
+        assert!(is_quantity(ok), "{ok}");
+    }
+    for bad in ["", "m", "lots", "1.2.3", "10mb", "1e"] {
+        assert!(!is_quantity(bad), "{bad}");
+    }
+}

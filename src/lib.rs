@@ -1,0 +1,25 @@
+//! meshrev: revision- and tag-aware sidecar injection for Istio-compatible meshes, and the
+//! tooling that makes control-plane canary upgrades safe.
+//!
+//! Where things live:
+//! - [`config`]: the kubectl-managed configuration model (the `MeshRevision` and
+//!   `RevisionTag` CRDs) and table files (multi-document YAML of those objects).
+//! - [`table`]: the immutable revision table built from that configuration, and the
+//!   [`table::TableStore`] that publishes it with one atomic swap.
+//! - [`router`]: decides, from namespace and pod labels, which revision (if any) injects.
+//! - [`injector`]: turns that decision into an RFC 6902 JSON Patch from fragments that were
+//!   rendered once per revision.
+//! - [`admission`]: the AdmissionReview wire format: parse a request, write a reply.
+//! - [`server`]: the TLS webhook server, certificates, metrics and health endpoints.
+//! - [`controller`]: the kube-rs watches that rebuild the table from the cluster.
+//! - [`cli`]: the `meshrev` command line.
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod cli;
+pub mod config;
+pub mod controller;
+pub mod injector;
+pub mod router;
+pub mod server;
+pub mod table;

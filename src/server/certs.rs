@@ -1,0 +1,6 @@
+#[derive(clap::Args, Debug)]
+pub struct CertsArgs {}
+
+pub fn run(_args: CertsArgs) -> anyhow::Result<()> {
+    anyhow::bail!("meshrev certs is not built yet")
+}

@@ -1,0 +1,413 @@
+//! The revision table: an immutable snapshot of revisions, tags and namespace labels.
+//!
+//! Ownership: a [`Table`] is built by [`TableBuilder`] (from a table file, or by the
+//! controller from its reflector stores), never mutated afterwards, and published through a
+//! [`TableStore`]. The webhook's request path only calls [`TableStore::load`]; every change
+//! (a label, a tag move, a promotion) is one [`TableStore::publish`], so a request sees the
+//! whole of a change or none of it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::config::{ConfigObjects, MeshRevision, MeshRevisionSpec, NamespaceObject, RevisionTag};
+use crate::injector::RevisionTemplate;
+
+/// Namespace label: `enabled` means tag `stable`, `disabled` opts the namespace out.
+pub const LABEL_INJECTION: &str = "istio-injection";
+/// Namespace or pod label naming a tag or a revision.
+pub const LABEL_REV: &str = "istio.io/rev";
+/// The tag that `istio-injection: enabled` and pod opt-in resolve to.
+pub const TAG_STABLE: &str = "stable";
+/// The tag of the canary revision during an upgrade.
+pub const TAG_CANARY: &str = "canary";
+
+/// One revision, with its pre-rendered sidecar.
+#[derive(Debug)]
+pub struct Revision {
+    pub name: String,
+    pub version: semver::Version,
+    pub spec: MeshRevisionSpec,
+    pub template: RevisionTemplate,
+}
+
+/// The injection labels of a namespace (all the router needs of it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceLabels {
+    pub injection: Option<Box<str>>,
+    pub rev: Option<Box<str>>,
+}
+
+impl NamespaceLabels {
+    pub fn from_labels<'a>(mut get: impl FnMut(&str) -> Option<&'a str>) -> NamespaceLabels {
+        NamespaceLabels {
+            injection: get(LABEL_INJECTION).map(Into::into),
+            rev: get(LABEL_REV).map(Into::into),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.injection.is_none() && self.rev.is_none()
+    }
+}
+
+/// An immutable snapshot. Cheap to share (`Arc`), never mutated once published.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// Increases with every publish of a [`TableStore`]; 0 before publishing.
+    pub generation: u64,
+    revisions: HashMap<String, Arc<Revision>>,
+    /// tag → revision.
+    tags: HashMap<String, Arc<Revision>>,
+    /// namespace name → its injection labels (only namespaces that have any).
+    namespaces: Arc<HashMap<String, NamespaceLabels>>,
+}
+
+impl Table {
+    pub fn revision(&self, name: &str) -> Option<&Arc<Revision>> {
+        self.revisions.get(name)
+    }
+    pub fn tag(&self, name: &str) -> Option<&Arc<Revision>> {
+        self.tags.get(name)
+    }
+    /// The tag's own (table-owned) name and its revision.
+    pub fn tag_entry(&self, name: &str) -> Option<(&str, &Arc<Revision>)> {
+        self.tags.get_key_value(name).map(|(k, v)| (k.as_str(), v))
+    }
+    pub fn namespace(&self, name: &str) -> Option<&NamespaceLabels> {
+        self.namespaces.get(name)
+    }
+    pub fn revisions(&self) -> impl Iterator<Item = &Arc<Revision>> {
+        self.revisions.values()
+    }
+    /// Tags sorted by name, with the revision each points at.
+    pub fn tags(&self) -> BTreeMap<&str, &str> {
+        self.tags
+            .iter()
+            .map(|(t, r)| (t.as_str(), r.name.as_str()))
+            .collect()
+    }
+    pub fn revision_count(&self) -> usize {
+        self.revisions.len()
+    }
+    /// The same table with other namespace labels: revisions and tags are shared, not
+    /// re-rendered.
+    pub fn with_namespaces(&self, namespaces: HashMap<String, NamespaceLabels>) -> Table {
+        Table {
+            generation: self.generation,
+            revisions: self.revisions.clone(),
+            tags: self.tags.clone(),
+            namespaces: Arc::new(namespaces),
+        }
+    }
+}
+
+/// Something wrong with one configuration object. The message names the object.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {name:?}: {message}")]
+pub struct Problem {
+    pub kind: &'static str,
+    pub name: String,
+    pub message: String,
+}
+
+/// A table file or object set that does not build. Lists every problem.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct BuildError(pub Vec<Problem>);
+
+/// Builds tables and keeps rendered revisions between builds, so that a tag or label change
+/// does not re-render sidecars. Owned by whoever feeds configuration in (the table-file
+/// loader or the controller); not shared.
+#[derive(Default)]
+pub struct TableBuilder {
+    cache: HashMap<String, Arc<Revision>>,
+}
+
+impl TableBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds leniently: invalid objects are left out and returned as problems, the rest
+    /// still builds (the controller's mode: one bad object must not break injection).
+    pub fn build_lenient<'a>(
+        &mut self,
+        revisions: impl IntoIterator<Item = &'a MeshRevision>,
+        tags: impl IntoIterator<Item = &'a RevisionTag>,
+        namespaces: HashMap<String, NamespaceLabels>,
+    ) -> (Table, Vec<Problem>) {
+        let mut problems = Vec::new();
+        let mut revs: HashMap<String, Arc<Revision>> = HashMap::new();
+        for r in revisions {
+            let name = r.metadata.name.clone().unwrap_or_default();
+            if revs.contains_key(&name) {
+                problems.push(problem("MeshRevision", &name, "defined twice".into()));
+                continue;
+            }
+            match self.revision(&name, &r.spec) {
+                Ok(rev) => {
+                    revs.insert(name, rev);
+                }
+                Err(message) => problems.push(problem("MeshRevision", &name, message)),
+            }
+        }
+        let mut tag_map = HashMap::new();
+        for t in tags {
+            let name = t.metadata.name.clone().unwrap_or_default();
+            if let Err(message) = validate_name(&name) {
+                problems.push(problem("RevisionTag", &name, message));
+            } else if tag_map.contains_key(&name) {
+                problems.push(problem("RevisionTag", &name, "defined twice".into()));
+            } else if revs.contains_key(&name) {
+                problems.push(problem(
+                    "RevisionTag",
+                    &name,
+                    format!("a MeshRevision is named {name:?} too; a tag must not shadow a revision (rename the tag)"),
+                ));
+            } else if let Some(rev) = revs.get(&t.spec.revision) {
+                tag_map.insert(name, rev.clone());
+            } else {
+                problems.push(problem(
+                    "RevisionTag",
+                    &name,
+                    format!(
+                        "spec.revision {:?} names no MeshRevision (create it first, or point the tag at one of: {})",
+                        t.spec.revision,
+                        sorted_names(&revs)
+                    ),
+                ));
+            }
+        }
+        self.cache = revs.clone();
+        let table = Table {
+            generation: 0,
+            revisions: revs,
+            tags: tag_map,
+            namespaces: Arc::new(namespaces),
+        };
+        (table, problems)
+    }
+
+    /// Builds strictly: any problem fails the build (the table-file mode).
+    pub fn build(&mut self, objects: &ConfigObjects) -> Result<Table, BuildError> {
+        let (table, problems) = self.build_lenient(
+            &objects.revisions,
+            &objects.tags,
+            namespace_map(&objects.namespaces),
+        );
+        if problems.is_empty() {
+            Ok(table)
+        } else {
+            Err(BuildError(problems))
+        }
+    }
+
+    fn revision(&self, name: &str, spec: &MeshRevisionSpec) -> Result<Arc<Revision>, String> {
+        if let Some(cached) = self.cache.get(name)
+            && cached.spec == *spec
+        {
+            return Ok(cached.clone());
+        }
+        validate_name(name)?;
+        let version =
+            semver::Version::parse(spec.version.trim_start_matches('v')).map_err(|e| {
+                format!(
+                    "spec.version {:?} is not a semantic version like 1.23.6: {e}",
+                    spec.version
+                )
+            })?;
+        if let Some(img) = &spec.proxy_image
+            && (img.is_empty() || img.chars().any(char::is_whitespace))
+        {
+            return Err(format!("spec.proxyImage {img:?} is not an image reference"));
+        }
+        if let Some(res) = spec.template.as_ref().and_then(|t| t.resources.as_ref()) {
+            for (k, v) in res.requests.iter().chain(&res.limits) {
+                if !crate::injector::is_quantity(v) {
+                    return Err(format!(
+                        "spec.template.resources {k}={v:?} is not a Kubernetes quantity"
+                    ));
+                }
+            }
+        }
+        Ok(Arc::new(Revision {
+            name: name.to_string(),
+            version,
+            spec: spec.clone(),
+            template: RevisionTemplate::render(name, spec),
+        }))
+    }
+}
+
+/// Builds a table from a table file's text (strict).
+pub fn from_text(text: &str) -> anyhow::Result<Table> {
+    let objects = crate::config::parse_objects(text)?;
+    Ok(TableBuilder::new().build(&objects)?)
+}
+
+/// The embedded default table.
+pub fn embedded_default() -> Table {
+    from_text(crate::config::EMBEDDED_DEFAULT).expect("the embedded default table must build")
+}
+
+/// Namespace objects → the router's view of them.
+pub fn namespace_map(namespaces: &[NamespaceObject]) -> HashMap<String, NamespaceLabels> {
+    namespaces
+        .iter()
+        .map(|n| {
+            (
+                n.name.clone(),
+                NamespaceLabels::from_labels(|k| n.labels.get(k).map(String::as_str)),
+            )
+        })
+        .filter(|(_, l)| !l.is_empty())
+        .collect()
+}
+
+fn problem(kind: &'static str, name: &str, message: String) -> Problem {
+    Problem {
+        kind,
+        name: name.to_string(),
+        message,
+    }
+}
+
+fn sorted_names(revs: &HashMap<String, Arc<Revision>>) -> String {
+    let mut v: Vec<&str> = revs.keys().map(String::as_str).collect();
+    v.sort();
+    if v.is_empty() {
+        "none defined".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Revision and tag names are label values (they appear in `istio.io/rev`) and DNS labels.
+fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "name {name:?} must be a DNS label: lowercase letters, digits and '-', at most 63"
+        ))
+    }
+}
+
+/// Publishes tables. Shared by the server (readers) and whoever loads configuration
+/// (the single writer: the table-file watcher or the controller).
+pub struct TableStore {
+    current: ArcSwap<Table>,
+    generation: AtomicU64,
+}
+
+impl TableStore {
+    pub fn new(mut table: Table) -> Self {
+        table.generation = 1;
+        TableStore {
+            current: ArcSwap::from_pointee(table),
+            generation: AtomicU64::new(1),
+        }
+    }
+    /// The current table. The request path's only access.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Table>> {
+        self.current.load()
+    }
+    pub fn load_full(&self) -> Arc<Table> {
+        self.current.load_full()
+    }
+    /// Publishes `table` as the next generation with one atomic store.
+    pub fn publish(&self, mut table: Table) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        table.generation = generation;
+        self.current.store(Arc::new(table));
+        generation
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_objects;
+
+    fn table(text: &str) -> Result<Table, BuildError> {
+        TableBuilder::new().build(&parse_objects(text).unwrap())
+    }
+
+    const REV: &str = "apiVersion: meshrev.io/v1alpha1\nkind: MeshRevision\nmetadata: {name: 1-22-6}\nspec: {version: 1.22.6}\n---\n";
+
+    #[test]
+    fn default_table_resolves_tags() {
+        let t = embedded_default();
+        assert_eq!(t.tag("stable").unwrap().name, "1-22-6");
+        assert_eq!(t.tag("canary").unwrap().name, "1-23-6");
+        assert_eq!(
+            t.revision("1-23-6").unwrap().version,
+            semver::Version::new(1, 23, 6)
+        );
+    }
+
+    #[test]
+    fn tag_to_missing_revision_is_named() {
+        let e = table(&format!("{REV}apiVersion: meshrev.io/v1alpha1\nkind: RevisionTag\nmetadata: {{name: canary}}\nspec: {{revision: 1-99-0}}\n")).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("RevisionTag \"canary\""), "{s}");
+        assert!(s.contains("1-99-0") && s.contains("1-22-6"), "{s}");
+    }
+
+    #[test]
+    fn tag_shadowing_revision_is_refused() {
+        let e = table(&format!("{REV}apiVersion: meshrev.io/v1alpha1\nkind: RevisionTag\nmetadata: {{name: 1-22-6}}\nspec: {{revision: 1-22-6}}\n")).unwrap_err();
+        assert!(e.to_string().contains("shadow"), "{e}");
+    }
+
+    #[test]
+    fn invalid_version_is_named() {
+        let e = table("apiVersion: meshrev.io/v1alpha1\nkind: MeshRevision\nmetadata: {name: x}\nspec: {version: one}\n").unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("MeshRevision \"x\"") && s.contains("spec.version"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn lenient_build_keeps_the_good_objects() {
+        let objs = parse_objects(&format!("{REV}apiVersion: meshrev.io/v1alpha1\nkind: RevisionTag\nmetadata: {{name: stable}}\nspec: {{revision: 1-22-6}}\n---\napiVersion: meshrev.io/v1alpha1\nkind: RevisionTag\nmetadata: {{name: canary}}\nspec: {{revision: nope}}\n")).unwrap();
+        let (t, problems) =
+            TableBuilder::new().build_lenient(&objs.revisions, &objs.tags, HashMap::new());
+        assert_eq!(problems.len(), 1);
+        assert!(t.tag("stable").is_some());
+        assert!(t.tag("canary").is_none());
+    }
+
+    #[test]
+    fn rebuild_reuses_rendered_revisions() {
+        let objs = parse_objects(crate::config::EMBEDDED_DEFAULT).unwrap();
+        let mut b = TableBuilder::new();
+        let t1 = b.build(&objs).unwrap();
+        let t2 = b.build(&objs).unwrap();
+        assert!(Arc::ptr_eq(
+            t1.revision("1-22-6").unwrap(),
+            t2.revision("1-22-6").unwrap()
+        ));
+    }
+
+    #[test]
+    fn publish_is_one_swap_with_increasing_generation() {
+        let store = TableStore::new(embedded_default());
+        let before = store.load_full();
+        let g = store.publish(embedded_default());
+        assert_eq!(before.generation, 1);
+        assert_eq!(g, 2);
+        assert_eq!(store.load().generation, 2);
+    }
+}
