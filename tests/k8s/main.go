@@ -8,7 +8,7 @@
 //	                             sa.key/sa.pub (service-account signing key pair)
 //
 // With MESHREV_WATCH_STDIN=1 in the environment, a component stops (as on
-// SIGTERM, then hard after 15s) once its stdin reaches EOF, i.e. when the
+// SIGTERM, then hard after 5s) once its stdin reaches EOF, i.e. when the
 // process that spawned it with a stdin pipe has exited, however it exited.
 //
 // One component runs per process: genericapiserver.SetupSignalContext panics
@@ -67,13 +67,13 @@ func main() {
 }
 
 // watchStdin blocks until stdin reaches EOF (or fails), then asks this process
-// to stop gracefully with SIGTERM and exits hard if that takes over 15s.
+// to stop gracefully with SIGTERM and exits hard if that takes over 5s.
 func watchStdin() {
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	log.Printf("kube: stdin closed (parent gone), stopping")
 	_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
-	time.Sleep(15 * time.Second)
-	log.Printf("kube: still running 15s after SIGTERM, exiting")
+	time.Sleep(5 * time.Second)
+	log.Printf("kube: still running 5s after SIGTERM, exiting")
 	os.Exit(1)
 }
 
@@ -98,7 +98,7 @@ func runEtcd(args []string) int {
 	}
 
 	cfg := embed.NewConfig()
-	cfg.Name = "default"
+	cfg.Name = "meshrev-test"
 	cfg.Dir = *dataDir
 	cfg.UnsafeNoFsync = true
 	cfg.LogLevel = *logLevel

@@ -25,7 +25,7 @@
 //! No stray processes, however the test binary ends:
 //! * every child is spawned with a stdin pipe whose write end only this process
 //!   holds (Rust opens pipes close-on-exec) and with `MESHREV_WATCH_STDIN=1`;
-//!   the Go binary then stops itself (SIGTERM to itself, hard exit 15s later)
+//!   the Go binary then stops itself (SIGTERM to itself, hard exit 5s later)
 //!   when its stdin reaches EOF, i.e. when this process is gone — even after
 //!   SIGKILL or a panic=abort;
 //! * `Drop` (and, for `shared()`, an `atexit` hook, since statics are never
@@ -203,7 +203,7 @@ impl TestCluster {
         api.args(&opts.apiserver_args);
         api.envs(opts.apiserver_env.iter().map(|(k, v)| (k, v)));
         cluster.spawn("kube-apiserver", &mut api)?;
-        cluster.wait_api(deadline, "kube-apiserver /readyz", |client| async move {
+        cluster.wait_api("kube-apiserver /readyz", deadline, |client| async move {
             let req = http::Request::get("/readyz").body(Vec::new())?;
             let body = client.request_text(req).await?;
             Ok(body.trim() == "ok")
@@ -228,8 +228,8 @@ impl TestCluster {
         // The serviceaccount controller creating default/default shows the
         // controller-manager is up and talking to the apiserver.
         cluster.wait_api(
-            deadline,
             "ServiceAccount default/default",
+            deadline,
             |client| async move {
                 let sas: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
                     kube::Api::namespaced(client, "default");
@@ -266,12 +266,14 @@ impl TestCluster {
     /// Stops all components and removes the directory (idempotent).
     pub fn shutdown(&self) {
         let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
-        // Closing stdin makes each child SIGTERM itself (see module docs).
-        for p in procs.iter_mut() {
-            p.stdin.take();
-        }
-        let deadline = Instant::now() + STOP_GRACE;
+        // Stop in reverse start order (controller-manager, apiserver, etcd):
+        // etcd waits for the apiserver's watch streams, and the apiserver
+        // stalls without etcd. Closing a child's stdin makes it SIGTERM
+        // itself (see module docs); SIGKILL after STOP_GRACE.
         for p in procs.iter_mut().rev() {
+            let t = Instant::now();
+            p.stdin.take();
+            let deadline = t + STOP_GRACE;
             loop {
                 match p.child.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
@@ -283,15 +285,17 @@ impl TestCluster {
                     Ok(None) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
+            if std::env::var_os("MESHREV_CLUSTER_DEBUG").is_some() {
+                eprintln!("cluster: stopped {} in {:.2?}", p.name, t.elapsed());
+            }
         }
         procs.clear();
         drop(procs);
         let mut td = self.tempdir.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(td) = td.take() {
-            if std::env::var("MESHREV_KEEP_CLUSTER_DIR").as_deref() == Ok("1") {
-                eprintln!("cluster: keeping {}", td.keep().display());
-            }
-            // else: TempDir's drop removes it
+        let keep = std::env::var("MESHREV_KEEP_CLUSTER_DIR").as_deref() == Ok("1");
+        match td.take() {
+            Some(td) if keep => eprintln!("cluster: keeping {}", td.keep().display()),
+            _ => {} // dropping the TempDir removes the directory
         }
     }
 
