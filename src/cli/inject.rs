@@ -182,10 +182,8 @@ pub fn inject_documents(
                     .context("the injector must produce a valid patch")?;
                 json_patch::patch(&mut pod, &ops)
                     .with_context(|| format!("{what}: applying the patch"))?;
-                if owned {
-                    if let Some(m) = pod["metadata"].as_object_mut() {
-                        m.remove("ownerReferences");
-                    }
+                if owned && let Some(m) = pod["metadata"].as_object_mut() {
+                    m.remove("ownerReferences");
                 }
                 if let Some(w) = warning {
                     notes.push(format!("warning: {what}: {w}"));

@@ -268,7 +268,7 @@ impl RevisionTemplate {
             ]
         });
 
-        let volumes = vec![
+        let volumes = [
             json!({"name": "workload-socket", "emptyDir": {}}),
             json!({"name": "credential-socket", "emptyDir": {}}),
             json!({"name": "workload-certs", "emptyDir": {}}),

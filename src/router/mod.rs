@@ -156,6 +156,14 @@ pub fn route<'t>(
     Decision::skip(SkipReason::NotInMesh)
 }
 
+/// The revision new pods of namespace `ns` get by its labels alone (no pod-level opt-in).
+pub fn resolve_namespace<'t>(table: &'t Table, ns: &str) -> Option<&'t Arc<Revision>> {
+    match route(table, ns, false, &Meta::default()) {
+        Decision::Inject { revision, .. } => Some(revision),
+        Decision::Skip { .. } => None,
+    }
+}
+
 fn by_tag_or_revision<'t>(
     table: &'t Table,
     name: &str,

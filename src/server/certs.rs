@@ -1,6 +1,400 @@
-#[derive(clap::Args, Debug)]
-pub struct CertsArgs {}
+//! Certificates for the webhook: a self-signed CA and a serving certificate signed by it.
+//!
+//! `meshrev serve` without `--tls-cert-file` calls [`ensure`] on `--cert-dir`, and
+//! `meshrev certs` does the same for manifests and prints the `caBundle`. A directory
+//! holds `ca.crt` (the bundle to trust), `tls.crt` and `tls.key` (the serving pair, the
+//! file names of a `kubernetes.io/tls` Secret). Files that are already there are reused
+//! while they are valid for the requested names for at least [`RENEW_BEFORE`] more.
+//!
+//! Tests and e2e harnesses use [`generate_into`] (fresh files in a directory, returns the
+//! CA PEM) and [`Authority`] (an in-memory CA that issues further serving pairs, e.g. to
+//! rotate the files of a running server).
 
-pub fn run(_args: CertsArgs) -> anyhow::Result<()> {
-    anyhow::bail!("meshrev certs is not built yet")
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::RootCertStore;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+/// File names inside a certificate directory.
+pub const CA_FILE: &str = "ca.crt";
+pub const CERT_FILE: &str = "tls.crt";
+pub const KEY_FILE: &str = "tls.key";
+
+/// Existing files are regenerated when they expire within this long.
+pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Validity of a generated serving certificate.
+pub const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Validity of a generated CA.
+pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// `meshrev certs`: generate a CA and a serving certificate for the webhook's Service.
+#[derive(clap::Args, Debug)]
+pub struct CertsArgs {
+    /// Directory to write ca.crt, tls.crt and tls.key into (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "certs")]
+    pub out: PathBuf,
+    /// Name of the webhook's Service.
+    #[arg(long, value_name = "NAME", default_value = "meshrev")]
+    pub service: String,
+    /// Namespace of the webhook's Service.
+    #[arg(long, value_name = "NS", default_value = "meshrev-system")]
+    pub namespace: String,
+    /// Generate new files even when the existing ones are still valid.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Writes (or reuses) the files, reports them on stderr and prints the base64 `caBundle`
+/// (for a MutatingWebhookConfiguration) alone on stdout.
+pub fn run(args: CertsArgs) -> anyhow::Result<()> {
+    let names = dns_names(&args.service, &args.namespace);
+    let got = if args.force {
+        generate_into(&args.out, &names)?
+    } else {
+        ensure(&args.out, &names)?
+    };
+    eprintln!(
+        "{} {} (CA), {} and {} for {}",
+        if got.reused { "kept" } else { "wrote" },
+        got.paths.ca.display(),
+        got.paths.cert.display(),
+        got.paths.key.display(),
+        names.join(", ")
+    );
+    println!("{}", ca_bundle_base64(&got.ca_pem));
+    Ok(())
+}
+
+/// The names a serving certificate covers: loopback (for `meshrev serve` run locally) and
+/// the Service's in-cluster DNS names.
+pub fn dns_names(service: &str, namespace: &str) -> Vec<String> {
+    vec![
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+        format!("{service}.{namespace}"),
+    ]
+}
+
+/// [`dns_names`] of the default Service `meshrev` in `meshrev-system`.
+pub fn default_names() -> Vec<String> {
+    dns_names("meshrev", "meshrev-system")
+}
+
+/// The `caBundle` field of a webhook configuration: the CA PEM, base64-encoded.
+pub fn ca_bundle_base64(ca_pem: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes())
+}
+
+/// The three files of a certificate directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertPaths {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CertPaths {
+    pub fn in_dir(dir: &Path) -> Self {
+        CertPaths {
+            dir: dir.to_path_buf(),
+            ca: dir.join(CA_FILE),
+            cert: dir.join(CERT_FILE),
+            key: dir.join(KEY_FILE),
+        }
+    }
+}
+
+/// What [`ensure`] or [`generate_into`] left in a directory.
+#[derive(Clone, Debug)]
+pub struct Generated {
+    pub paths: CertPaths,
+    /// The CA certificate (PEM): what clients trust.
+    pub ca_pem: String,
+    /// True when valid files were already there and were kept.
+    pub reused: bool,
+}
+
+/// A serving certificate and its key, PEM.
+#[derive(Clone, Debug)]
+pub struct ServingPair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl ServingPair {
+    /// Writes `tls.crt` and `tls.key` into `dir` (each by an atomic rename; the key first).
+    pub fn write_to(&self, dir: &Path) -> anyhow::Result<()> {
+        let paths = CertPaths::in_dir(dir);
+        write_atomic(&paths.key, self.key_pem.as_bytes(), true)?;
+        write_atomic(&paths.cert, self.cert_pem.as_bytes(), false)
+    }
+}
+
+/// A CA held in memory that issues serving certificates.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority").finish_non_exhaustive()
+    }
+}
+
+fn validity(params: &mut CertificateParams, valid_for: Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + valid_for;
+}
+
+impl Authority {
+    /// A new self-signed CA (ECDSA P-256, valid for [`CA_VALIDITY`]).
+    pub fn generate(common_name: &str) -> anyhow::Result<Self> {
+        let key = KeyPair::generate().context("generating the CA key")?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        dn.push(DnType::OrganizationName, "meshrev");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut params, CA_VALIDITY);
+        let cert = params
+            .self_signed(&key)
+            .context("self-signing the CA certificate")?;
+        Ok(Authority {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Issues a serving certificate for `names` (DNS names or IP addresses; the first DNS
+    /// name is also the subject's CN), valid for [`SERVING_VALIDITY`].
+    pub fn issue(&self, names: &[String]) -> anyhow::Result<ServingPair> {
+        self.issue_for(names, SERVING_VALIDITY)
+    }
+
+    /// [`Authority::issue`] with another validity.
+    pub fn issue_for(&self, names: &[String], valid_for: Duration) -> anyhow::Result<ServingPair> {
+        let key = KeyPair::generate().context("generating the serving key")?;
+        let mut params = CertificateParams::new(names.to_vec())
+            .with_context(|| format!("invalid certificate names {names:?}"))?;
+        let cn = names
+            .iter()
+            .find(|n| n.parse::<std::net::IpAddr>().is_err() && *n != "localhost")
+            .or(names.first())
+            .map(String::as_str)
+            .unwrap_or("meshrev");
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::NoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, valid_for);
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .context("signing the serving certificate")?;
+        Ok(ServingPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// Generates a new CA and serving pair for `names` into `dir` (created if missing),
+/// replacing whatever was there.
+pub fn generate_into(dir: &Path, names: &[String]) -> anyhow::Result<Generated> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let paths = CertPaths::in_dir(dir);
+    let ca = Authority::generate("meshrev webhook CA")?;
+    let pair = ca.issue(names)?;
+    write_atomic(&paths.ca, ca.cert_pem().as_bytes(), false)?;
+    pair.write_to(dir)?;
+    Ok(Generated {
+        paths,
+        ca_pem: ca.cert_pem().to_string(),
+        reused: false,
+    })
+}
+
+/// Reuses the files in `dir` when they are a valid chain for every one of `names` for at
+/// least [`RENEW_BEFORE`] more, else generates new ones with [`generate_into`].
+pub fn ensure(dir: &Path, names: &[String]) -> anyhow::Result<Generated> {
+    let paths = CertPaths::in_dir(dir);
+    if paths.ca.exists() || paths.cert.exists() || paths.key.exists() {
+        match check_existing(&paths, names) {
+            Ok(ca_pem) => {
+                return Ok(Generated {
+                    paths,
+                    ca_pem,
+                    reused: true,
+                });
+            }
+            Err(e) => tracing::info!("regenerating the certificates in {}: {e:#}", dir.display()),
+        }
+    }
+    generate_into(dir, names)
+}
+
+/// Checks that `paths` hold a CA, and a serving pair it signed that matches its key and is
+/// valid for every one of `names` for at least [`RENEW_BEFORE`]. Returns the CA PEM.
+pub fn check_existing(paths: &CertPaths, names: &[String]) -> anyhow::Result<String> {
+    let read = |p: &Path| fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let ca_pem = String::from_utf8(read(&paths.ca)?).context("ca.crt is not PEM text")?;
+    let cert_pem = read(&paths.cert)?;
+    let key_pem = read(&paths.key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = super::tls::certified_key(&cert_pem, &key_pem, &provider)?;
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(c.context("ca.crt: bad PEM")?)
+            .context("ca.crt: not a usable CA certificate")?;
+    }
+    if roots.is_empty() {
+        bail!("ca.crt holds no certificate");
+    }
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .context("building a verifier for ca.crt")?;
+    let at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        + RENEW_BEFORE;
+    let (leaf, chain) = key
+        .cert
+        .split_first()
+        .context("tls.crt holds no certificate")?;
+    for name in names {
+        let server_name = ServerName::try_from(name.clone())
+            .with_context(|| format!("{name:?} is not a DNS name or IP address"))?;
+        verifier
+            .verify_server_cert(
+                leaf,
+                chain,
+                &server_name,
+                &[],
+                UnixTime::since_unix_epoch(at),
+            )
+            .with_context(|| {
+                format!(
+                    "tls.crt is not valid for {name} under ca.crt for {} more days",
+                    RENEW_BEFORE.as_secs() / 86400
+                )
+            })?;
+    }
+    Ok(ca_pem)
+}
+
+/// Writes `path` through a temporary file and a rename, so a reader never sees half a file.
+/// `secret` files are created mode 0600.
+pub fn write_atomic(path: &Path, contents: &[u8], secret: bool) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if secret { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut f = opts
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(contents)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_files_are_reused_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = default_names();
+        let first = ensure(dir.path(), &names).unwrap();
+        assert!(!first.reused);
+        assert!(first.ca_pem.contains("BEGIN CERTIFICATE"));
+        let again = ensure(dir.path(), &names).unwrap();
+        assert!(again.reused);
+        assert_eq!(again.ca_pem, first.ca_pem);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&first.paths.key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Other names: not valid, so regenerated.
+        let other = ensure(dir.path(), &dns_names("other", "ns")).unwrap();
+        assert!(!other.reused);
+        assert_ne!(other.ca_pem, first.ca_pem);
+    }
+
+    #[test]
+    fn soon_expiring_or_broken_files_are_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = default_names();
+        let ca = Authority::generate("test").unwrap();
+        write_atomic(&dir.path().join(CA_FILE), ca.cert_pem().as_bytes(), false).unwrap();
+        ca.issue_for(&names, Duration::from_secs(24 * 3600))
+            .unwrap()
+            .write_to(dir.path())
+            .unwrap();
+        let err = check_existing(&CertPaths::in_dir(dir.path()), &names).unwrap_err();
+        assert!(format!("{err:#}").contains("not valid"), "{err:#}");
+        assert!(!ensure(dir.path(), &names).unwrap().reused);
+
+        fs::write(dir.path().join(KEY_FILE), "garbage").unwrap();
+        assert!(check_existing(&CertPaths::in_dir(dir.path()), &names).is_err());
+    }
+
+    #[test]
+    fn ca_bundle_is_base64_of_the_pem() {
+        let b = ca_bundle_base64("-----BEGIN CERTIFICATE-----\n");
+        let back = base64::engine::general_purpose::STANDARD.decode(b).unwrap();
+        assert_eq!(back, b"-----BEGIN CERTIFICATE-----\n");
+    }
 }

@@ -156,28 +156,10 @@ impl TableBuilder {
         let mut tag_map = HashMap::new();
         for t in tags {
             let name = t.metadata.name.clone().unwrap_or_default();
-            if let Err(message) = validate_name(&name) {
+            if let Err(message) = tag_problem(&name, &t.spec.revision, &revs, &tag_map) {
                 problems.push(problem("RevisionTag", &name, message));
-            } else if tag_map.contains_key(&name) {
-                problems.push(problem("RevisionTag", &name, "defined twice".into()));
-            } else if revs.contains_key(&name) {
-                problems.push(problem(
-                    "RevisionTag",
-                    &name,
-                    format!("a MeshRevision is named {name:?} too; a tag must not shadow a revision (rename the tag)"),
-                ));
             } else if let Some(rev) = revs.get(&t.spec.revision) {
                 tag_map.insert(name, rev.clone());
-            } else {
-                problems.push(problem(
-                    "RevisionTag",
-                    &name,
-                    format!(
-                        "spec.revision {:?} names no MeshRevision (create it first, or point the tag at one of: {})",
-                        t.spec.revision,
-                        sorted_names(&revs)
-                    ),
-                ));
             }
         }
         self.cache = revs.clone();
@@ -264,6 +246,31 @@ pub fn namespace_map(namespaces: &[NamespaceObject]) -> HashMap<String, Namespac
         })
         .filter(|(_, l)| !l.is_empty())
         .collect()
+}
+
+/// Why a tag cannot go into the table, if it cannot.
+fn tag_problem(
+    name: &str,
+    target: &str,
+    revs: &HashMap<String, Arc<Revision>>,
+    tags: &HashMap<String, Arc<Revision>>,
+) -> Result<(), String> {
+    validate_name(name)?;
+    if tags.contains_key(name) {
+        return Err("defined twice".into());
+    }
+    if revs.contains_key(name) {
+        return Err(format!(
+            "a MeshRevision is named {name:?} too; a tag must not shadow a revision (rename the tag)"
+        ));
+    }
+    if !revs.contains_key(target) {
+        return Err(format!(
+            "spec.revision {target:?} names no MeshRevision (create it first, or point the tag at one of: {})",
+            sorted_names(revs)
+        ));
+    }
+    Ok(())
 }
 
 fn problem(kind: &'static str, name: &str, message: String) -> Problem {

@@ -1,0 +1,248 @@
+//! The watches that keep the revision table in step with the cluster.
+//!
+//! Three kube-rs reflectors (MeshRevision, RevisionTag, Namespace metadata) feed their
+//! stores; every change wakes one builder task, which reads the three stores whole, builds
+//! a [`Table`] and publishes it with one [`TableStore::publish`]. The reflector applies a
+//! relist to its store only at `InitDone`, so a rebuild never sees half a relist.
+//!
+//! Ownership: the builder task is the table's only writer in cluster mode; the stores are
+//! written only by their reflectors.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, watcher as watch};
+use kube::{Client, Resource};
+use prometheus::{IntCounterVec, Opts};
+use tokio::sync::Notify;
+
+use super::status;
+use crate::config::{MeshRevision, RevisionTag};
+use crate::server::health::{CONTROLLER_GATE, Gate, Readiness};
+use crate::server::metrics::Metrics;
+use crate::table::{NamespaceLabels, Problem, Table, TableBuilder, TableStore};
+
+/// Controller-side metrics, registered next to the server's.
+#[derive(Clone)]
+struct WatchMetrics {
+    errors: IntCounterVec,
+    last_sync: Arc<std::sync::Mutex<Instant>>,
+}
+
+impl WatchMetrics {
+    fn new(metrics: &Metrics) -> anyhow::Result<Self> {
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "meshrev_watch_errors_total",
+                "Errors returned by the Kubernetes watches, by resource.",
+            ),
+            &["resource"],
+        )?;
+        for r in ["meshrevisions", "revisiontags", "namespaces"] {
+            errors.with_label_values(&[r]);
+        }
+        let last_sync = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let since = last_sync.clone();
+        let gauge = prometheus::core::GenericGauge::<prometheus::core::AtomicF64>::new(
+            "meshrev_seconds_since_last_sync",
+            "Seconds since a watch last delivered an event or completed a list.",
+        )?;
+        metrics.registry().register(Box::new(errors.clone()))?;
+        metrics
+            .registry()
+            .register(Box::new(SinceCollector { gauge, since }))?;
+        Ok(WatchMetrics { errors, last_sync })
+    }
+    fn synced(&self) {
+        if let Ok(mut t) = self.last_sync.lock() {
+            *t = Instant::now();
+        }
+    }
+}
+
+/// A gauge computed at scrape time from the last sync instant.
+struct SinceCollector {
+    gauge: prometheus::Gauge,
+    since: Arc<std::sync::Mutex<Instant>>,
+}
+
+impl prometheus::core::Collector for SinceCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.gauge.desc()
+    }
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let secs = self
+            .since
+            .lock()
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(f64::NAN);
+        self.gauge.set(secs);
+        self.gauge.collect()
+    }
+}
+
+/// Runs the watches and the table builder until the client's streams end (never, normally).
+pub async fn run(
+    client: Client,
+    store: Arc<TableStore>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+) -> anyhow::Result<()> {
+    let wm = WatchMetrics::new(&metrics)?;
+    let changed = Arc::new(Notify::new());
+
+    let (revs, rev_writer) = reflector::store::<MeshRevision>();
+    let (tags, tag_writer) = reflector::store::<RevisionTag>();
+    let (nss, ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+    let cfg = watcher::Config::default();
+    let rev_stream = watch(Api::<MeshRevision>::all(client.clone()), cfg.clone())
+        .default_backoff()
+        .reflect(rev_writer);
+    let tag_stream = watch(Api::<RevisionTag>::all(client.clone()), cfg.clone())
+        .default_backoff()
+        .reflect(tag_writer);
+    let ns_stream = watch(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        cfg,
+    )
+    .default_backoff()
+    .reflect(ns_writer);
+
+    let drivers = [
+        tokio::spawn(drive(
+            rev_stream,
+            "meshrevisions",
+            readiness.gate("watch:meshrevisions"),
+            changed.clone(),
+            wm.clone(),
+        )),
+        tokio::spawn(drive(
+            tag_stream,
+            "revisiontags",
+            readiness.gate("watch:revisiontags"),
+            changed.clone(),
+            wm.clone(),
+        )),
+        tokio::spawn(drive(
+            ns_stream,
+            "namespaces",
+            readiness.gate("watch:namespaces"),
+            changed.clone(),
+            wm.clone(),
+        )),
+    ];
+    let table_gate = readiness.gate(CONTROLLER_GATE);
+    let problems_shared: Arc<std::sync::Mutex<Vec<Problem>>> = Arc::default();
+    let status_changed = Arc::new(Notify::new());
+    let ns_reader = nss.clone();
+    tokio::spawn(status::run(
+        client.clone(),
+        store.clone(),
+        move || {
+            ns_reader
+                .state()
+                .iter()
+                .filter_map(|n| n.meta().name.clone())
+                .collect()
+        },
+        problems_shared.clone(),
+        status_changed.clone(),
+        status::Identity::from_env(),
+    ));
+
+    // Publish nothing until every watch has listed once: a table built from a partial view
+    // would route pods wrongly.
+    let _ = revs.wait_until_ready().await;
+    let _ = tags.wait_until_ready().await;
+    let _ = nss.wait_until_ready().await;
+
+    let mut builder = TableBuilder::new();
+    let mut last_problems: Vec<Problem> = Vec::new();
+    loop {
+        let (table, problems) = build(&mut builder, &revs, &tags, &nss);
+        if problems != last_problems {
+            for p in &problems {
+                tracing::warn!(%p, "configuration object left out of the revision table");
+            }
+            if let Ok(mut shared) = problems_shared.lock() {
+                shared.clone_from(&problems);
+            }
+            last_problems = problems;
+        }
+        let generation = store.publish(table);
+        metrics.observe_table(&store.load());
+        tracing::debug!(generation, "revision table published");
+        table_gate.set_ready();
+        status_changed.notify_one();
+        changed.notified().await;
+        if drivers.iter().all(|d| d.is_finished()) {
+            anyhow::bail!("all watches ended");
+        }
+    }
+}
+
+/// Builds a table from the three stores (each read whole).
+fn build(
+    builder: &mut TableBuilder,
+    revs: &Store<MeshRevision>,
+    tags: &Store<RevisionTag>,
+    nss: &Store<PartialObjectMeta<Namespace>>,
+) -> (Table, Vec<Problem>) {
+    let revs = revs.state();
+    let tags = tags.state();
+    let namespaces: HashMap<String, NamespaceLabels> = nss
+        .state()
+        .iter()
+        .filter_map(|ns| {
+            let meta = ns.meta();
+            let labels = meta.labels.as_ref()?;
+            let l = NamespaceLabels::from_labels(|k| labels.get(k).map(String::as_str));
+            (!l.is_empty()).then(|| (meta.name.clone().unwrap_or_default(), l))
+        })
+        .collect();
+    builder.build_lenient(
+        revs.iter().map(|r| r.as_ref()),
+        tags.iter().map(|t| t.as_ref()),
+        namespaces,
+    )
+}
+
+/// Drives one reflector stream: wakes the builder on every applied change, marks the gate
+/// ready after the first complete list, and counts errors (the watcher backs off and
+/// relists by itself, including after 410 Gone).
+async fn drive<K>(
+    stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    resource: &'static str,
+    gate: Gate,
+    changed: Arc<Notify>,
+    wm: WatchMetrics,
+) {
+    futures::pin_mut!(stream);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(Event::InitDone) => {
+                gate.set_ready();
+                wm.synced();
+                changed.notify_one();
+                tracing::debug!(resource, "watch listed");
+            }
+            Ok(Event::Apply(_) | Event::Delete(_)) => {
+                wm.synced();
+                changed.notify_one();
+            }
+            Ok(Event::Init | Event::InitApply(_)) => {}
+            Err(e) => {
+                wm.errors.with_label_values(&[resource]).inc();
+                tracing::warn!(resource, error = %e, "watch error; backing off");
+            }
+        }
+    }
+    changed.notify_one();
+    tracing::error!(resource, "watch stream ended");
+}

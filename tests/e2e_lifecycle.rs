@@ -1,0 +1,112 @@
+//! meshrev's own lifecycle on a real control plane: restart rebuilds the same table from the
+//! cluster; with meshrev down, `failurePolicy: Fail` blocks pod creation and `Ignore` lets
+//! pods through uninjected. One sequential test: it stops the webhook everyone would share.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+#[path = "support/meshrev.rs"]
+mod meshrev_proc;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::PostParams;
+use meshrev::config::{MeshRevision, RevisionTag};
+use meshrev_proc::{Meshrev, apply};
+use serde_json::json;
+
+fn pod(name: &str) -> Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}
+    }))?)
+}
+
+fn revision_of(p: &Pod) -> Option<String> {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("istio.io/rev").cloned())
+}
+
+#[tokio::test]
+async fn restart_rebuilds_and_failure_policy_decides_when_down() -> Result<()> {
+    if cluster::skip_e2e() {
+        return Ok(());
+    }
+    let c = cluster::shared();
+    let client = c.client().await?;
+    meshrev_proc::install_crds(&client).await?;
+    let objs = meshrev::config::parse_objects(meshrev::config::EMBEDDED_DEFAULT)?;
+    let revs: Api<MeshRevision> = Api::all(client.clone());
+    for r in objs.revisions {
+        apply(&revs, serde_json::to_value(&r)?).await?;
+    }
+    let tags: Api<RevisionTag> = Api::all(client.clone());
+    for t in objs.tags {
+        apply(&tags, serde_json::to_value(&t)?).await?;
+    }
+    let dir = c.dir.join("meshrev");
+    std::fs::create_dir_all(&dir)?;
+    let t0 = std::time::Instant::now();
+    let mut m = Meshrev::start(&c.kubeconfig, &dir, 0)?;
+    println!(
+        "meshrev ready (every watch listed, table published) in {:?}",
+        t0.elapsed()
+    );
+    let ca = m.ca_pem()?;
+    meshrev_proc::register_injector(&client, m.port, &ca, "Fail").await?;
+
+    let ns = cluster::create_namespace(&client, "life", &[("istio-injection", "enabled")]).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let p = pods.create(&PostParams::default(), &pod("first")?).await?;
+    assert_eq!(revision_of(&p).as_deref(), Some("1-22-6"));
+
+    let revisions = m.metric("meshrev_table_revisions")?;
+    let tags_before = m.metrics()?;
+    assert_eq!(revisions, 2.0);
+    m.restart()?;
+    assert_eq!(
+        m.metric("meshrev_table_revisions")?,
+        revisions,
+        "the same table after a restart"
+    );
+    assert!(tags_before.contains("meshrev_table_revisions"));
+    let p = pods
+        .create(&PostParams::default(), &pod("after-restart")?)
+        .await?;
+    assert_eq!(revision_of(&p).as_deref(), Some("1-22-6"));
+
+    m.stop();
+    let err = pods
+        .create(&PostParams::default(), &pod("while-down-fail")?)
+        .await
+        .expect_err("failurePolicy Fail must block creation while meshrev is down");
+    println!("with meshrev down and failurePolicy Fail: {err}");
+    assert!(
+        err.to_string().contains("meshrev.io"),
+        "the error names the webhook: {err}"
+    );
+
+    meshrev_proc::register_injector(&client, m.port, &ca, "Ignore").await?;
+    let p = meshrev_proc::eventually(
+        "creation succeeds with failurePolicy Ignore",
+        Duration::from_secs(30),
+        || async {
+            Ok(pods
+                .create(&PostParams::default(), &pod("while-down-ignore")?)
+                .await
+                .ok())
+        },
+    )
+    .await?;
+    assert_eq!(revision_of(&p), None, "admitted uninjected");
+    assert!(p.spec.as_ref().is_some_and(|s| s.containers.len() == 1));
+
+    m.restart()?;
+    let p = pods.create(&PostParams::default(), &pod("back")?).await?;
+    assert_eq!(revision_of(&p).as_deref(), Some("1-22-6"));
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! meshrev as the API server sees it in end-to-end tests: the real binary (`meshrev serve`
+//! in cluster mode) as a child process, its CRDs installed, and webhook configurations
+//! registered with `clientConfig.url: https://127.0.0.1:PORT/...` and the caBundle of the
+//! certificate meshrev generated.
+//!
+//! Use next to `cluster.rs`:
+//! ```ignore
+//! #[path = "support/cluster.rs"] mod cluster;
+//! #[path = "support/meshrev.rs"] mod meshrev;
+//! ```
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::Value;
+
+/// A running `meshrev serve`. Killed on drop.
+pub struct Meshrev {
+    child: Option<Child>,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub cert_dir: PathBuf,
+    pub log: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Meshrev {
+    /// Starts meshrev on `port` (0: pick one) with `dir` for its certs and log, and waits
+    /// until `/readyz` says ready (every watch listed, table published).
+    pub fn start(kubeconfig: &Path, dir: &Path, port: u16) -> Result<Meshrev> {
+        let port = if port == 0 { free_port()? } else { port };
+        let metrics_port = free_port()?;
+        let cert_dir = dir.join("certs");
+        std::fs::create_dir_all(&cert_dir)?;
+        let log = dir.join(format!("meshrev-{port}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_meshrev"))
+            .args(["serve", "--kubeconfig"])
+            .arg(kubeconfig)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .arg("--cert-dir")
+            .arg(&cert_dir)
+            .env("MESHREV_LOG", "info,meshrev=debug")
+            .env("POD_NAMESPACE", "default")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::create(
+                dir.join(format!("meshrev-{port}.err")),
+            )?)
+            .spawn()
+            .context("starting meshrev")?;
+        let mut m = Meshrev {
+            child: Some(child),
+            port,
+            metrics_port,
+            cert_dir,
+            log,
+            kubeconfig: kubeconfig.to_path_buf(),
+        };
+        m.wait_ready(Duration::from_secs(60))?;
+        Ok(m)
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!("meshrev exited early ({status}): {}", self.logs());
+            }
+            if let Ok(body) = self.metrics_get("/readyz")
+                && body.starts_with("ok")
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("meshrev not ready within {within:?}: {}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GET on the plain-HTTP metrics listener (also serves /readyz? no: see `readyz`).
+    pub fn metrics_get(&self, path: &str) -> Result<String> {
+        http_get(self.metrics_port, path)
+    }
+
+    pub fn metrics(&self) -> Result<String> {
+        self.metrics_get("/metrics")
+    }
+
+    /// The value of one sample line of /metrics (`name{labels}` as printed), 0 if absent.
+    pub fn metric(&self, series: &str) -> Result<f64> {
+        let text = self.metrics()?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    pub fn ca_pem(&self) -> Result<Vec<u8>> {
+        std::fs::read(self.cert_dir.join("ca.crt")).context("meshrev's ca.crt")
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for ext in ["log", "err"] {
+            let p = self.log.with_extension(ext);
+            if let Ok(t) = std::fs::read_to_string(&p) {
+                let tail: Vec<&str> = t.lines().rev().take(40).collect();
+                s.push_str(&format!("\n--- {} ---\n", p.display()));
+                s.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+        }
+        s
+    }
+
+    /// Stops meshrev (SIGTERM, then SIGKILL after 10 s) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops and starts again on the same ports and certificates.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let dir = self
+            .cert_dir
+            .parent()
+            .context("cert dir has a parent")?
+            .to_path_buf();
+        let again = Meshrev::start(&self.kubeconfig.clone(), &dir, self.port)?;
+        *self = again;
+        Ok(())
+    }
+}
+
+impl Drop for Meshrev {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A minimal HTTP/1.1 GET over plain TCP (the metrics listener).
+pub fn http_get(port: u16, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let (head, body) = buf.split_once("\r\n\r\n").context("HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {head}");
+    }
+    Ok(body.to_string())
+}
+
+/// Installs meshrev's CRDs (generated from the Rust types) and waits until established.
+pub async fn install_crds(client: &kube::Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let pp = PatchParams::apply("meshrev-e2e").force();
+    for doc in serde_yaml::Deserializer::from_str(&meshrev::config::crd_yaml()) {
+        let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc)?;
+        let name = crd.metadata.name.clone().context("CRD name")?;
+        api.patch(&name, &pp, &Patch::Apply(&crd)).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = api.get(&name).await?;
+            let established = c.status.and_then(|s| s.conditions).is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+            if established {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("CRD {name} not established");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+fn manifest(name: &str) -> Result<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("manifests")
+        .join(name);
+    Ok(serde_yaml::from_str(&std::fs::read_to_string(&path)?)?)
+}
+
+/// Registers the committed webhook configuration `file` (from manifests/) pointing at
+/// `https://127.0.0.1:port<path>`, with `failure_policy` if given.
+fn register(file: &str, port: u16, ca_pem: &[u8], failure_policy: Option<&str>) -> Result<Value> {
+    let mut cfg = manifest(file)?;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    for wh in cfg["webhooks"].as_array_mut().context("webhooks")? {
+        let path = wh["clientConfig"]["service"]["path"]
+            .as_str()
+            .unwrap_or("/inject")
+            .to_string();
+        wh["clientConfig"] =
+            serde_json::json!({"url": format!("https://127.0.0.1:{port}{path}"), "caBundle": ca});
+        if let Some(fp) = failure_policy {
+            wh["failurePolicy"] = fp.into();
+        }
+    }
+    Ok(cfg)
+}
+
+/// The mutating webhook (`/inject`) with the manifests' selectors.
+pub async fn register_injector(
+    client: &kube::Client,
+    port: u16,
+    ca_pem: &[u8],
+    failure_policy: &str,
+) -> Result<()> {
+    let cfg: MutatingWebhookConfiguration = serde_json::from_value(register(
+        "mutatingwebhook.yaml",
+        port,
+        ca_pem,
+        Some(failure_policy),
+    )?)?;
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let name = cfg.metadata.name.clone().context("name")?;
+    api.patch(
+        &name,
+        &PatchParams::apply("meshrev-e2e").force(),
+        &Patch::Apply(&cfg),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The validating webhook (`/validate`, the upgrade guards).
+pub async fn register_guards(client: &kube::Client, port: u16, ca_pem: &[u8]) -> Result<()> {
+    let cfg: ValidatingWebhookConfiguration =
+        serde_json::from_value(register("validatingwebhook.yaml", port, ca_pem, None)?)?;
+    let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let name = cfg.metadata.name.clone().context("name")?;
+    api.patch(
+        &name,
+        &PatchParams::apply("meshrev-e2e").force(),
+        &Patch::Apply(&cfg),
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn unregister_injector(client: &kube::Client) -> Result<()> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let _ = api
+        .delete("meshrev-sidecar-injector", &DeleteParams::default())
+        .await;
+    Ok(())
+}
+
+/// Applies a YAML/JSON object given as a `serde_json::Value` with server-side apply.
+pub async fn apply<K>(api: &Api<K>, obj: Value) -> Result<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .context("metadata.name")?
+        .to_string();
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply("meshrev-e2e").force(),
+            &Patch::Apply(&obj),
+        )
+        .await?)
+}
+
+/// Polls `f` until it returns `Some`, or fails after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + within;
+    let mut last_err = None;
+    loop {
+        match f().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {within:?} (last error: {last_err:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
