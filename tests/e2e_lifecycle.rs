@@ -110,3 +110,72 @@ async fn restart_rebuilds_and_failure_policy_decides_when_down() -> Result<()> {
     assert_eq!(revision_of(&p).as_deref(), Some("1-22-6"));
     Ok(())
 }
+
+/// Every object of `kubectl apply -k manifests/` is accepted by the real API server
+/// (server-side dry run after the namespace and CRDs exist), so the manifests are valid
+/// Kubernetes objects, not just YAML.
+#[tokio::test]
+async fn the_manifests_are_accepted_by_the_api_server() -> Result<()> {
+    use kube::api::{DynamicObject, PostParams};
+    use kube::core::GroupVersionKind;
+    use kube::discovery::{Discovery, Scope};
+    if cluster::skip_e2e() {
+        return Ok(());
+    }
+    let client = cluster::shared().client().await?;
+    meshrev_proc::install_crds(&client).await?;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+    let kustomization: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml"))?)?;
+    let discovery = Discovery::new(client.clone()).run().await?;
+    let mut checked = Vec::new();
+    for file in kustomization["resources"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
+        let file = file.as_str().unwrap_or_default();
+        for doc in serde_yaml::Deserializer::from_str(&std::fs::read_to_string(dir.join(file))?) {
+            let obj: DynamicObject = serde::Deserialize::deserialize(doc)?;
+            let types = obj
+                .types
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("{file}: no apiVersion/kind"))?;
+            let gvk = GroupVersionKind::try_from(&types)?;
+            let (ar, caps) = discovery
+                .resolve_gvk(&gvk)
+                .ok_or_else(|| anyhow::anyhow!("{file}: the API server does not serve {gvk:?}"))?;
+            let api: Api<DynamicObject> = if caps.scope == Scope::Namespaced {
+                let ns = obj
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into());
+                Api::namespaced_with(client.clone(), &ns, &ar)
+            } else {
+                Api::all_with(client.clone(), &ar)
+            };
+            // The namespace must exist for objects in it to be admitted, even in a dry run.
+            let dry_run = gvk.kind != "Namespace";
+            let pp = PostParams {
+                dry_run,
+                ..Default::default()
+            };
+            match api.create(&pp, &obj).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {} // already there (CRDs)
+                Err(e) => {
+                    anyhow::bail!("{file}: {} {:?} rejected: {e}", gvk.kind, obj.metadata.name)
+                }
+            }
+            checked.push(format!(
+                "{}/{}",
+                gvk.kind,
+                obj.metadata.name.unwrap_or_default()
+            ));
+        }
+    }
+    println!("accepted by the API server: {}", checked.join(", "));
+    assert!(checked.len() >= 12, "{checked:?}");
+    Ok(())
+}
