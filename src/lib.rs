@@ -23,3 +23,4 @@ pub mod injector;
 pub mod router;
 pub mod server;
 pub mod table;
+pub mod upgrade;

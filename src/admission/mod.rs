@@ -4,6 +4,9 @@
 //! field-selective parse, the router and injector, and one reply written into a buffer.
 //! It never panics on input and always produces a well-formed AdmissionReview.
 
+pub mod validate;
+pub use validate::validate;
+
 use base64::Engine;
 use serde::Deserialize;
 

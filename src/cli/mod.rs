@@ -27,12 +27,20 @@ enum Command {
     Crd,
     /// Generate a CA and serving certificate for the webhook; print the caBundle.
     Certs(crate::server::certs::CertsArgs),
+    /// Canary upgrade of the mesh: status, canary, switch, verify, promote, rollout,
+    /// unpublish, rollback, revoke.
+    Upgrade(crate::upgrade::cli::UpgradeArgs),
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The upgrade commands report errors themselves, naming the object and the fix; the
+    // client's own error lines would only repeat them.
+    init_tracing(match cli.command {
+        Command::Upgrade(_) => "warn,kube_client=off",
+        _ => "info",
+    });
     let result = match cli.command {
         Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -45,6 +53,11 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Command::Certs(args) => crate::server::certs::run(args),
+        Command::Upgrade(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(crate::upgrade::cli::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -55,11 +68,13 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("MESHREV_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("MESHREV_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

@@ -292,7 +292,7 @@ fn sorted_names(revs: &HashMap<String, Arc<Revision>>) -> String {
 }
 
 /// Revision and tag names are label values (they appear in `istio.io/rev`) and DNS labels.
-fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name

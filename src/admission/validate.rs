@@ -1,0 +1,580 @@
+//! `/validate`: the upgrade guards for plain `kubectl` users, as a validating webhook for
+//! `meshrev.io` `revisiontags` and `meshrevisions` (CREATE, UPDATE, DELETE).
+//!
+//! The same rules as `meshrev upgrade` ([`crate::upgrade::guards`]): the version skip policy
+//! when tag `canary` is created or moved; no tag pointing at a missing revision; no deleting
+//! a tag or revision while namespaces or pods use it. A refusal is `allowed: false` with
+//! `status.code` 403 and a `status.message` that lists the blocking objects.
+//!
+//! Not the injection hot path: each review LISTs what its change needs (revisions and
+//! tags; for a DELETE also namespaces and the metadata of pods that are not
+//! `Succeeded`/`Failed`). Changes that cannot break a rule (a status write, a label, an
+//! annotation) are allowed without any call.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::{GROUP, MeshRevision, RevisionTag};
+use crate::upgrade::cluster::{self, Needs, PodDetail};
+use crate::upgrade::{MeshView, guards};
+
+use super::write_reply;
+
+/// What one review asks to change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// CREATE, or an UPDATE that changes `spec.revision`.
+    TagWrite {
+        tag: String,
+        revision: String,
+    },
+    TagDelete {
+        tag: String,
+    },
+    /// CREATE, or an UPDATE that changes `spec.version`.
+    RevisionWrite {
+        name: String,
+        version: String,
+    },
+    /// `force`: the stored object has `meshrev.io/force-delete: "true"`.
+    RevisionDelete {
+        name: String,
+        force: bool,
+    },
+    /// Nothing a guard checks changed.
+    Unguarded,
+}
+
+impl Change {
+    /// The LISTs needed to judge it.
+    pub fn needs(&self) -> Option<Needs> {
+        let deleting = Needs {
+            namespaces: true,
+            pods: PodDetail::Metadata,
+            workloads: false,
+            namespace: None,
+        };
+        match self {
+            Change::Unguarded => None,
+            Change::TagWrite { .. } | Change::RevisionWrite { .. } => Some(Needs::config()),
+            Change::TagDelete { .. } | Change::RevisionDelete { .. } => Some(deleting),
+        }
+    }
+
+    /// The guards' verdict: warnings when allowed.
+    pub fn check(&self, view: &MeshView) -> Result<Vec<String>, guards::Refusal> {
+        match self {
+            Change::Unguarded => Ok(Vec::new()),
+            Change::TagWrite { tag, revision } => {
+                guards::tag_write(view, tag, revision).map(|()| Vec::new())
+            }
+            Change::TagDelete { tag } => guards::tag_delete(view, tag).map(|()| Vec::new()),
+            Change::RevisionWrite { name, version } => {
+                guards::revision_write(view, name, version).map(|()| Vec::new())
+            }
+            Change::RevisionDelete { name, force } => guards::revision_delete(view, name, *force),
+        }
+    }
+}
+
+/// A parsed review: reply version, uid, and the change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub version: &'static str,
+    pub uid: String,
+    pub change: Change,
+}
+
+#[derive(Deserialize)]
+struct Review {
+    #[serde(rename = "apiVersion", default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    request: Option<Request>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    kind: Option<Gvk>,
+    #[serde(default)]
+    operation: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    object: Option<Value>,
+    #[serde(default)]
+    old_object: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Gvk {
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    kind: String,
+}
+
+const V1: &str = "admission.k8s.io/v1";
+const V1BETA1: &str = "admission.k8s.io/v1beta1";
+
+/// An error answer: (reply version, uid, message).
+pub type ParseError = (&'static str, String, String);
+
+/// Parses an AdmissionReview of a meshrev.io object into the change it asks for.
+pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
+    let review: Review = serde_json::from_slice(body).map_err(|e| {
+        (
+            V1,
+            String::new(),
+            format!("body is not a valid AdmissionReview JSON document: {e}"),
+        )
+    })?;
+    let version = if review.api_version.as_deref() == Some(V1BETA1) {
+        V1BETA1
+    } else {
+        V1
+    };
+    if review.api_version.as_deref() != Some(V1) && version != V1BETA1 {
+        return Err((
+            version,
+            String::new(),
+            format!(
+                "apiVersion is {:?}; expected {V1:?}",
+                review.api_version.unwrap_or_default()
+            ),
+        ));
+    }
+    if review.kind.as_deref() != Some("AdmissionReview") {
+        return Err((
+            version,
+            String::new(),
+            "kind must be AdmissionReview".into(),
+        ));
+    }
+    let Some(req) = review.request else {
+        return Err((version, String::new(), "missing field `request`".into()));
+    };
+    if req.uid.is_empty() {
+        return Err((version, String::new(), "missing field `request.uid`".into()));
+    }
+    let uid = req.uid.clone();
+    let fail = |m: String| (version, uid.clone(), m);
+    let kind = match &req.kind {
+        Some(k) if k.group == GROUP => k.kind.clone(),
+        Some(k) => {
+            return Err(fail(format!(
+                "request.kind is {}/{}; /validate only judges meshrev.io RevisionTags and MeshRevisions (check the webhook's rules)",
+                k.group, k.kind
+            )));
+        }
+        None => return Err(fail("missing field `request.kind`".into())),
+    };
+    if req.sub_resource.as_deref().is_some_and(|s| !s.is_empty()) {
+        // Status writes by the controller: nothing to guard.
+        return Ok(Parsed {
+            version,
+            uid,
+            change: Change::Unguarded,
+        });
+    }
+    let name = req.name.clone().unwrap_or_default();
+    let change = match (kind.as_str(), req.operation.as_str()) {
+        ("RevisionTag", "CREATE" | "UPDATE") => {
+            let new: RevisionTag = object(&req.object, "object").map_err(fail)?;
+            let old: Option<RevisionTag> = match &req.old_object {
+                Some(v) if !v.is_null() => {
+                    Some(object(&req.old_object, "oldObject").map_err(fail)?)
+                }
+                _ => None,
+            };
+            let tag = new.metadata.name.clone().unwrap_or(name);
+            if old.is_some_and(|o| o.spec.revision == new.spec.revision) {
+                Change::Unguarded
+            } else {
+                Change::TagWrite {
+                    tag,
+                    revision: new.spec.revision,
+                }
+            }
+        }
+        ("RevisionTag", "DELETE") => Change::TagDelete { tag: name },
+        ("MeshRevision", "CREATE" | "UPDATE") => {
+            let new: MeshRevision = object(&req.object, "object").map_err(fail)?;
+            let old: Option<MeshRevision> = match &req.old_object {
+                Some(v) if !v.is_null() => {
+                    Some(object(&req.old_object, "oldObject").map_err(fail)?)
+                }
+                _ => None,
+            };
+            let rev = new.metadata.name.clone().unwrap_or(name);
+            if old.is_some_and(|o| o.spec.version == new.spec.version) {
+                Change::Unguarded
+            } else {
+                Change::RevisionWrite {
+                    name: rev,
+                    version: new.spec.version,
+                }
+            }
+        }
+        ("MeshRevision", "DELETE") => {
+            let force = req
+                .old_object
+                .as_ref()
+                .and_then(|o| o.pointer("/metadata/annotations"))
+                .and_then(|a| a.get(crate::upgrade::ANNOTATION_FORCE_DELETE))
+                .and_then(Value::as_str)
+                == Some("true");
+            Change::RevisionDelete { name, force }
+        }
+        (_, "CONNECT") => Change::Unguarded,
+        (k, op) => {
+            return Err(fail(format!(
+                "cannot judge {op} of {k}: /validate handles CREATE, UPDATE and DELETE of RevisionTag and MeshRevision"
+            )));
+        }
+    };
+    Ok(Parsed {
+        version,
+        uid,
+        change,
+    })
+}
+
+fn object<T: serde::de::DeserializeOwned>(v: &Option<Value>, field: &str) -> Result<T, String> {
+    let v = v
+        .as_ref()
+        .ok_or_else(|| format!("missing field `request.{field}`"))?;
+    T::deserialize(v).map_err(|e| format!("request.{field} is not valid: {e}"))
+}
+
+/// Judges `change` against `view` and writes the reply.
+pub fn reply_with_view(parsed: &Parsed, view: &MeshView) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    match parsed.change.check(view) {
+        Ok(warnings) => {
+            let w: Vec<&str> = warnings.iter().map(String::as_str).collect();
+            write_reply(&mut out, parsed.version, &parsed.uid, true, None, None, &w);
+        }
+        Err(refusal) => {
+            write_reply(
+                &mut out,
+                parsed.version,
+                &parsed.uid,
+                false,
+                None,
+                Some((403, &refusal.one_line())),
+                &[],
+            );
+        }
+    }
+    out
+}
+
+/// How long building the view may take (the webhook's timeout is 10 s).
+pub const VIEW_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Answers one `/validate` review: the body of the HTTP reply (an AdmissionReview, always
+/// well-formed; `application/json`, status 200). Lists what the change needs with `client`;
+/// when the cluster cannot be read, refuses (code 500) rather than allow a change it could
+/// not check (the webhook's `failurePolicy` is `Fail` too).
+pub async fn validate(client: &kube::Client, body: &[u8]) -> Vec<u8> {
+    let parsed = match parse(body) {
+        Ok(p) => p,
+        Err((version, uid, message)) => {
+            let mut out = Vec::with_capacity(256 + message.len());
+            write_reply(
+                &mut out,
+                version,
+                &uid,
+                false,
+                None,
+                Some((400, &message)),
+                &[],
+            );
+            return out;
+        }
+    };
+    let Some(needs) = parsed.change.needs() else {
+        let mut out = Vec::with_capacity(160);
+        write_reply(&mut out, parsed.version, &parsed.uid, true, None, None, &[]);
+        return out;
+    };
+    match tokio::time::timeout(VIEW_TIMEOUT, cluster::load_view(client, &needs)).await {
+        Ok(Ok(view)) => reply_with_view(&parsed, &view),
+        Ok(Err(e)) => unavailable(&parsed, &format!("{e:#}")),
+        Err(_) => unavailable(
+            &parsed,
+            &format!("reading the cluster took over {}s", VIEW_TIMEOUT.as_secs()),
+        ),
+    }
+}
+
+fn unavailable(parsed: &Parsed, why: &str) -> Vec<u8> {
+    tracing::warn!(error = why, "upgrade guard could not read the cluster");
+    let message = format!(
+        "meshrev could not check this change against the upgrade guards ({why}); retry, and check meshrev's RBAC (list namespaces, pods, meshrevisions, revisiontags)"
+    );
+    let mut out = Vec::with_capacity(256 + message.len());
+    write_reply(
+        &mut out,
+        parsed.version,
+        &parsed.uid,
+        false,
+        None,
+        Some((500, &message)),
+        &[],
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upgrade::view::{NamespaceLabels, PodInfo, RevisionInfo, TagInfo};
+    use serde_json::json;
+
+    fn review(kind: &str, op: &str, name: &str, object: Value, old: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1",
+                "kind": {"group": "meshrev.io", "version": "v1alpha1", "kind": kind},
+                "resource": {"group": "meshrev.io", "version": "v1alpha1", "resource": "x"},
+                "operation": op,
+                "name": name,
+                "object": object,
+                "oldObject": old,
+            }
+        }))
+        .unwrap()
+    }
+
+    fn tag(name: &str, rev: &str) -> Value {
+        json!({"apiVersion": "meshrev.io/v1alpha1", "kind": "RevisionTag",
+               "metadata": {"name": name}, "spec": {"revision": rev}})
+    }
+
+    fn rev(name: &str, version: &str, force: bool) -> Value {
+        let mut v = json!({"apiVersion": "meshrev.io/v1alpha1", "kind": "MeshRevision",
+               "metadata": {"name": name}, "spec": {"version": version}});
+        if force {
+            v["metadata"]["annotations"] = json!({"meshrev.io/force-delete": "true"});
+        }
+        v
+    }
+
+    fn view() -> MeshView {
+        let mut m = MeshView::default();
+        m.revisions
+            .insert("1-22-6".into(), RevisionInfo::new("1.22.6"));
+        m.revisions
+            .insert("1-23-6".into(), RevisionInfo::new("1.23.6"));
+        m.revisions
+            .insert("1-24-0".into(), RevisionInfo::new("1.24.0"));
+        m.tags.insert("stable".into(), TagInfo::new("1-22-6"));
+        m.tags.insert("canary".into(), TagInfo::new("1-23-6"));
+        m.namespaces
+            .insert("default".into(), NamespaceLabels::rev("canary"));
+        m.pods.push(PodInfo {
+            namespace: "default".into(),
+            name: "reviews-v2-abc".into(),
+            revision: Some("1-23-6".into()),
+            ..Default::default()
+        });
+        m
+    }
+
+    fn answer(body: &[u8]) -> Value {
+        let parsed = parse(body).unwrap();
+        serde_json::from_slice(&reply_with_view(&parsed, &view())).unwrap()
+    }
+
+    #[test]
+    fn parses_changes() {
+        let p = parse(&review(
+            "RevisionTag",
+            "CREATE",
+            "canary",
+            tag("canary", "1-24-0"),
+            Value::Null,
+        ))
+        .unwrap();
+        assert_eq!(
+            p.change,
+            Change::TagWrite {
+                tag: "canary".into(),
+                revision: "1-24-0".into()
+            }
+        );
+        let p = parse(&review(
+            "RevisionTag",
+            "UPDATE",
+            "canary",
+            tag("canary", "1-23-6"),
+            tag("canary", "1-23-6"),
+        ))
+        .unwrap();
+        assert_eq!(p.change, Change::Unguarded);
+        assert!(p.change.needs().is_none());
+        let p = parse(&review(
+            "MeshRevision",
+            "DELETE",
+            "1-22-6",
+            Value::Null,
+            rev("1-22-6", "1.22.6", true),
+        ))
+        .unwrap();
+        assert_eq!(
+            p.change,
+            Change::RevisionDelete {
+                name: "1-22-6".into(),
+                force: true
+            }
+        );
+        assert_eq!(p.change.needs().unwrap().pods, PodDetail::Metadata);
+        let e = parse(b"{}").unwrap_err();
+        assert!(e.2.contains("apiVersion"), "{e:?}");
+        let mut pod: Value = serde_json::from_slice(&review(
+            "RevisionTag",
+            "CREATE",
+            "x",
+            tag("x", "y"),
+            Value::Null,
+        ))
+        .unwrap();
+        pod["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Pod"});
+        let pod = serde_json::to_vec(&pod).unwrap();
+        assert!(parse(&pod).unwrap_err().2.contains("only judges"));
+    }
+
+    #[test]
+    fn refuses_with_403_and_blockers() {
+        let a = answer(&review(
+            "RevisionTag",
+            "UPDATE",
+            "canary",
+            tag("canary", "1-24-0"),
+            tag("canary", "1-23-6"),
+        ));
+        assert_eq!(a["response"]["allowed"], false);
+        assert_eq!(a["response"]["uid"], "u-1");
+        assert_eq!(a["response"]["status"]["code"], 403);
+        assert!(
+            a["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("skip policy"),
+            "{a}"
+        );
+
+        let a = answer(&review(
+            "RevisionTag",
+            "DELETE",
+            "canary",
+            Value::Null,
+            tag("canary", "1-23-6"),
+        ));
+        assert_eq!(a["response"]["allowed"], false);
+        let msg = a["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("namespace default (istio.io/rev=canary)"),
+            "{msg}"
+        );
+
+        let a = answer(&review(
+            "MeshRevision",
+            "DELETE",
+            "1-23-6",
+            Value::Null,
+            rev("1-23-6", "1.23.6", false),
+        ));
+        let msg = a["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("RevisionTag canary") && msg.contains("pod default/reviews-v2-abc"),
+            "{msg}"
+        );
+
+        let a = answer(&review(
+            "RevisionTag",
+            "CREATE",
+            "prod",
+            tag("prod", "1-99-0"),
+            Value::Null,
+        ));
+        assert!(
+            a["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("does not exist")
+        );
+    }
+
+    #[test]
+    fn allows_what_keeps_the_rules() {
+        let a = answer(&review(
+            "RevisionTag",
+            "CREATE",
+            "prod",
+            tag("prod", "1-24-0"),
+            Value::Null,
+        ));
+        assert_eq!(a["response"]["allowed"], true, "{a}");
+        let a = answer(&review(
+            "RevisionTag",
+            "UPDATE",
+            "stable",
+            tag("stable", "1-23-6"),
+            tag("stable", "1-22-6"),
+        ));
+        assert_eq!(a["response"]["allowed"], true, "{a}");
+        let a = answer(&review(
+            "MeshRevision",
+            "DELETE",
+            "1-24-0",
+            Value::Null,
+            rev("1-24-0", "1.24.0", false),
+        ));
+        assert_eq!(a["response"]["allowed"], true, "{a}");
+        assert!(a["response"].get("status").is_none());
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_get_a_400_without_calls() {
+        // A client that is never used: parse errors and unguarded changes answer first.
+        let cfg = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(cfg).unwrap();
+        let r: Value = serde_json::from_slice(&validate(&client, b"not json").await).unwrap();
+        assert_eq!(r["response"]["status"]["code"], 400);
+        let body = review(
+            "RevisionTag",
+            "UPDATE",
+            "canary",
+            tag("canary", "1-23-6"),
+            tag("canary", "1-23-6"),
+        );
+        let r: Value = serde_json::from_slice(&validate(&client, &body).await).unwrap();
+        assert_eq!(r["response"]["allowed"], true);
+        // A change that needs the cluster, which cannot be reached: refused, code 500.
+        let body = review(
+            "RevisionTag",
+            "DELETE",
+            "canary",
+            Value::Null,
+            tag("canary", "1-23-6"),
+        );
+        let r: Value = serde_json::from_slice(&validate(&client, &body).await).unwrap();
+        assert_eq!(r["response"]["allowed"], false);
+        assert_eq!(r["response"]["status"]["code"], 500);
+    }
+}

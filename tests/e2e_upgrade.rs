@@ -1,0 +1,789 @@
+//! The canary upgrade of the seed (ASM's "Use canary mode to enhance upgrade stability"), end
+//! to end on a real control plane, with `meshrev serve` injecting (`/inject`) and guarding
+//! (`/validate`), and `meshrev upgrade …` run as the user would:
+//!
+//! 1. bookinfo in `default` (`istio-injection=enabled`) and an ingress gateway (pod label
+//!    `sidecar.istio.io/inject=true`) on stable `1-22-6`;
+//! 2. the rollback path: canary `1-23-6` → switch → redeploy reviews-v2 → rollback → revoke;
+//! 3. the canary again → switch → redeploy reviews-v2 → verify → promote → rollout →
+//!    unpublish;
+//!
+//! checking every pod's revision at each step, and each guard refusing, from the CLI (exit
+//! code, blockers listed) and from plain API calls through the validating webhook (403,
+//! blockers in the message).
+//!
+//! There is no scheduler or kubelet: pods stay Pending. A stand-in kubelet
+//! ([`FakeKubelet`]) patches the pods' status (phase Running, condition Ready) through the
+//! status subresource, as a kubelet would, so that Deployments roll (a new pod must become
+//! available before the old one goes) and `verify` has readiness to judge. It can be paused
+//! to see `verify` fail on Pending pods. Pods deleted before a node was bound go away at
+//! once, so old pods vanish as soon as the ReplicaSet controller deletes them.
+//!
+//! One test: the revisions and tags are cluster-scoped and the steps are sequential.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+#[path = "support/meshrev.rs"]
+mod meshrev_proc;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use meshrev::config::{MeshRevision, RevisionTag};
+use meshrev_proc::{Meshrev, apply};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(90);
+const BOOKINFO: [(&str, i32); 6] = [
+    ("productpage", 2),
+    ("details", 1),
+    ("ratings", 1),
+    ("reviews-v1", 1),
+    ("reviews-v2", 1),
+    ("reviews-v3", 1),
+];
+const GATEWAY_NS: &str = "istio-ingress";
+const GATEWAY: &str = "istio-ingressgateway";
+/// Pods with this label are left alone by the stand-in kubelet.
+const KUBELET_IGNORE: &str = "e2e.meshrev.io/no-kubelet";
+
+/// The result of one `meshrev upgrade …` run.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `meshrev upgrade ARGS --kubeconfig KUBECONFIG`.
+async fn meshrev_upgrade(kubeconfig: &Path, args: &[&str]) -> Result<Run> {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshrev"))
+        .arg("upgrade")
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .env("MESHREV_LOG", "warn")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running meshrev upgrade")?;
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    println!(
+        "$ meshrev upgrade {} → exit {}\n{}{}",
+        args.join(" "),
+        run.code,
+        run.stdout,
+        run.stderr
+    );
+    Ok(run)
+}
+
+/// The test's view of things: client, kubeconfig, the kubelet switch.
+struct Env {
+    client: kube::Client,
+    kubeconfig: std::path::PathBuf,
+    kubelet: FakeKubelet,
+}
+
+impl Env {
+    /// Runs a subcommand that must succeed; returns its stdout.
+    async fn ok(&self, args: &[&str]) -> Result<String> {
+        let r = meshrev_upgrade(&self.kubeconfig, args).await?;
+        if r.code != 0 {
+            bail!(
+                "meshrev upgrade {} failed ({}):\n{}{}",
+                args.join(" "),
+                r.code,
+                r.stdout,
+                r.stderr
+            );
+        }
+        Ok(r.stdout)
+    }
+
+    /// Runs a subcommand that must be refused: exit 1 and every needle in stderr.
+    async fn refused(&self, args: &[&str], needles: &[&str]) -> Result<String> {
+        let r = meshrev_upgrade(&self.kubeconfig, args).await?;
+        assert_eq!(
+            r.code,
+            1,
+            "meshrev upgrade {} must be refused:\n{}{}",
+            args.join(" "),
+            r.stdout,
+            r.stderr
+        );
+        for n in needles {
+            assert!(
+                r.stderr.contains(n),
+                "meshrev upgrade {}: {n:?} not in the refusal:\n{}",
+                args.join(" "),
+                r.stderr
+            );
+        }
+        Ok(r.stderr)
+    }
+
+    async fn status(&self) -> Result<Value> {
+        Ok(serde_json::from_str(
+            &self.ok(&["status", "-o", "json"]).await?,
+        )?)
+    }
+
+    fn revs(&self) -> Api<MeshRevision> {
+        Api::all(self.client.clone())
+    }
+    fn tags(&self) -> Api<RevisionTag> {
+        Api::all(self.client.clone())
+    }
+
+    async fn tag_names(&self) -> Result<BTreeMap<String, String>> {
+        Ok(self
+            .tags()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|t| (t.metadata.name.unwrap_or_default(), t.spec.revision))
+            .collect())
+    }
+
+    async fn revision_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .revs()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|r| r.metadata.name)
+            .collect())
+    }
+
+    async fn ns_labels(&self, ns: &str) -> Result<BTreeMap<String, String>> {
+        let n = Api::<Namespace>::all(self.client.clone()).get(ns).await?;
+        let mut l = n.metadata.labels.unwrap_or_default();
+        l.retain(|k, _| k == "istio-injection" || k == "istio.io/rev");
+        Ok(l)
+    }
+
+    /// Pods per workload (label `app`) in `ns` with their revision, terminating ones left out.
+    async fn pod_revisions(&self, ns: &str) -> Result<BTreeMap<String, Vec<String>>> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for p in pods.list(&ListParams::default()).await?.items {
+            if p.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let phase = p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
+            if phase == "Succeeded" || phase == "Failed" {
+                continue;
+            }
+            let labels = p.metadata.labels.clone().unwrap_or_default();
+            let Some(app) = labels.get("app") else {
+                continue;
+            };
+            let rev = p
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("istio.io/rev").cloned())
+                .unwrap_or_else(|| "none".into());
+            out.entry(app.clone()).or_default().push(rev);
+        }
+        for v in out.values_mut() {
+            v.sort();
+        }
+        Ok(out)
+    }
+
+    /// Waits until each listed workload of `ns` has exactly its replicas, all on `rev`.
+    async fn expect_revisions(&self, ns: &str, want: &[(&str, i32, &str)]) -> Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self.pod_revisions(ns).await?;
+            let ok = want.iter().all(|(w, n, rev)| {
+                got.get(*w)
+                    .is_some_and(|v| v.len() == *n as usize && v.iter().all(|r| r == rev))
+            });
+            if ok {
+                println!("pods in {ns}: {got:?}");
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("pods in {ns}: want {want:?}, have {got:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Bookinfo with every workload on `rev`, except those in `except`.
+    async fn expect_bookinfo(&self, rev: &str, except: &[(&str, &str)]) -> Result<()> {
+        let want: Vec<(&str, i32, &str)> = BOOKINFO
+            .iter()
+            .map(|(w, n)| {
+                let r = except
+                    .iter()
+                    .find(|(e, _)| e == w)
+                    .map(|(_, r)| *r)
+                    .unwrap_or(rev);
+                (*w, *n, r)
+            })
+            .collect();
+        self.expect_revisions("default", &want).await
+    }
+}
+
+/// Stands in for the kubelet: marks Pending pods of some namespaces Running and Ready
+/// through the status subresource. Paused and resumed by the test.
+#[derive(Clone)]
+struct FakeKubelet {
+    on: Arc<AtomicBool>,
+}
+
+impl FakeKubelet {
+    fn start(client: kube::Client, namespaces: Vec<String>) -> FakeKubelet {
+        let on = Arc::new(AtomicBool::new(true));
+        let flag = on.clone();
+        tokio::spawn(async move {
+            loop {
+                if flag.load(Ordering::SeqCst) {
+                    for ns in &namespaces {
+                        if let Err(e) = mark_ready(&client, ns).await {
+                            eprintln!("fake kubelet: {ns}: {e:#}");
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        FakeKubelet { on }
+    }
+    fn pause(&self) {
+        self.on.store(false, Ordering::SeqCst);
+    }
+    fn resume(&self) {
+        self.on.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn mark_ready(client: &kube::Client, ns: &str) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().fields("status.phase=Pending");
+    for p in pods.list(&lp).await?.items {
+        let ignore = p
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(KUBELET_IGNORE));
+        if ignore || p.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let _ = pods
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(running_ready()),
+            )
+            .await;
+    }
+    Ok(())
+}
+
+fn running_ready() -> Value {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
+    json!({"status": {
+        "phase": "Running",
+        "startTime": now,
+        "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")],
+    }})
+}
+
+fn deployment(name: &str, replicas: i32, pod_labels: Value) -> Result<Deployment> {
+    let mut labels = json!({"app": name});
+    if let (Some(l), Some(extra)) = (labels.as_object_mut(), pod_labels.as_object()) {
+        l.extend(extra.clone());
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": name, "image": format!("docker.io/istio/examples-bookinfo-{name}:1.20.2"),
+                                         "ports": [{"containerPort": 9080}]}]}
+            }
+        }
+    }))?)
+}
+
+/// A refusal from the validating webhook: 403 and every needle in the message.
+fn assert_denied<T: std::fmt::Debug>(what: &str, r: kube::Result<T>, needles: &[&str]) {
+    match r {
+        Err(kube::Error::Api(s)) => {
+            println!(
+                "{what}: refused by the API server ({}): {}",
+                s.code, s.message
+            );
+            assert_eq!(s.code, 403, "{what}: {}", s.message);
+            assert!(
+                s.message.contains("guards.meshrev.io"),
+                "{what}: {}",
+                s.message
+            );
+            for n in needles {
+                assert!(s.message.contains(n), "{what}: {n:?} not in: {}", s.message);
+            }
+        }
+        other => panic!("{what}: expected a 403 from the validating webhook, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_upgrade_rollback_and_promotion() -> Result<()> {
+    if cluster::skip_e2e() {
+        return Ok(());
+    }
+    let c = cluster::shared();
+    let client = c.client().await?;
+
+    // The mesh before the upgrade: revision 1-22-6 and tag stable (manifests/samples.yaml).
+    meshrev_proc::install_crds(&client).await?;
+    let samples = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/samples.yaml"
+    ))?;
+    let objs = meshrev::config::parse_objects(&samples)?;
+    for r in &objs.revisions {
+        apply(
+            &Api::<MeshRevision>::all(client.clone()),
+            serde_json::to_value(r)?,
+        )
+        .await?;
+    }
+    for t in &objs.tags {
+        apply(
+            &Api::<RevisionTag>::all(client.clone()),
+            serde_json::to_value(t)?,
+        )
+        .await?;
+    }
+
+    let dir = c.dir.join("meshrev");
+    std::fs::create_dir_all(&dir)?;
+    let m = Meshrev::start(&c.kubeconfig, &dir, 0)?;
+    let ca = m.ca_pem()?;
+    meshrev_proc::register_injector(&client, m.port, &ca, "Fail").await?;
+    meshrev_proc::register_guards(&client, m.port, &ca).await?;
+    let env = Env {
+        client: client.clone(),
+        kubeconfig: c.kubeconfig.clone(),
+        kubelet: FakeKubelet::start(client.clone(), vec!["default".into(), GATEWAY_NS.into()]),
+    };
+    // /validate must answer before anything else: a harmless tag goes through it.
+    let probe = RevisionTag::new(
+        "e2e-preflight",
+        meshrev::config::RevisionTagSpec {
+            revision: "1-22-6".into(),
+        },
+    );
+    if let Err(e) = env.tags().create(&PostParams::default(), &probe).await {
+        panic!(
+            "creating a RevisionTag through the validating webhook failed: is /validate served by meshrev serve (crate::admission::validate)? {e}{}",
+            m.logs()
+        );
+    }
+    env.tags()
+        .delete("e2e-preflight", &DeleteParams::default())
+        .await?;
+
+    // Bookinfo in default (istio-injection=enabled) and a gateway that opts in by pod label.
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.patch(
+        "default",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"istio-injection": "enabled"}}})),
+    )
+    .await?;
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": GATEWAY_NS}}))?,
+    )
+    .await?;
+    meshrev_proc::eventually(
+        "default ServiceAccount in the gateway namespace",
+        WAIT,
+        || async {
+            let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                Api::namespaced(client.clone(), GATEWAY_NS);
+            Ok(sas.get_opt("default").await?.map(|_| ()))
+        },
+    )
+    .await?;
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    for (name, replicas) in BOOKINFO {
+        deploys
+            .create(
+                &PostParams::default(),
+                &deployment(name, replicas, json!({}))?,
+            )
+            .await?;
+    }
+    Api::<Deployment>::namespaced(client.clone(), GATEWAY_NS)
+        .create(
+            &PostParams::default(),
+            &deployment(
+                GATEWAY,
+                1,
+                json!({"sidecar.istio.io/inject": "true", "istio": "ingressgateway"}),
+            )?,
+        )
+        .await?;
+    // A completed pod on the old revision: it must never count (status, verify, unpublish).
+    let done: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "migration-done", "labels": {"sidecar.istio.io/inject": "true", KUBELET_IGNORE: "true"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "job", "image": "busybox"}]}
+    }))?;
+    let gw_pods: Api<Pod> = Api::namespaced(client.clone(), GATEWAY_NS);
+    let done = gw_pods.create(&PostParams::default(), &done).await?;
+    assert_eq!(
+        done.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("istio.io/rev"))
+            .map(String::as_str),
+        Some("1-22-6")
+    );
+    gw_pods
+        .patch_status(
+            "migration-done",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+        )
+        .await?;
+
+    env.expect_bookinfo("1-22-6", &[]).await?;
+    env.expect_revisions(GATEWAY_NS, &[(GATEWAY, 1, "1-22-6")])
+        .await?;
+    let s = env.status().await?;
+    assert_eq!(s["phase"], "stable-only", "{s:#}");
+    assert_eq!(s["needsUpgrade"], 0, "{s:#}");
+    assert_eq!(s["workloads"].as_array().map(Vec::len), Some(7), "{s:#}");
+    let text = env.ok(&["status"]).await?;
+    assert!(text.contains("PHASE: stable only"), "{text}");
+
+    // ---- Guards on deploying a canary ----
+    env.refused(
+        &["canary", "--revision", "1-24-0", "--version", "1.24.0"],
+        &["skip policy", "1.23.x"],
+    )
+    .await?;
+    // Through the webhook: a revision may be created, a canary tag skipping a minor may not.
+    apply(
+        &env.revs(),
+        json!({"apiVersion": "meshrev.io/v1alpha1", "kind": "MeshRevision",
+        "metadata": {"name": "1-24-0"}, "spec": {"version": "1.24.0"}}),
+    )
+    .await?;
+    let skip = RevisionTag::new(
+        "canary",
+        meshrev::config::RevisionTagSpec {
+            revision: "1-24-0".into(),
+        },
+    );
+    assert_denied(
+        "tag canary → 1-24-0",
+        env.tags().create(&PostParams::default(), &skip).await,
+        &["skip policy"],
+    );
+    env.revs()
+        .delete("1-24-0", &DeleteParams::default())
+        .await?;
+    let dangling = RevisionTag::new(
+        "prod",
+        meshrev::config::RevisionTagSpec {
+            revision: "1-99-0".into(),
+        },
+    );
+    assert_denied(
+        "tag prod → missing revision",
+        env.tags().create(&PostParams::default(), &dangling).await,
+        &["1-99-0", "does not exist"],
+    );
+
+    // ---- The rollback path: canary, switch, redeploy reviews-v2, rollback, revoke ----
+    let out = env
+        .ok(&["canary", "--revision", "1-23-6", "--version", "1.23.6"])
+        .await?;
+    assert!(out.contains("RevisionTag canary → 1-23-6 created"), "{out}");
+    assert_eq!(
+        env.tag_names().await?.get("canary").map(String::as_str),
+        Some("1-23-6")
+    );
+    env.refused(
+        &["canary", "--revision", "1-23-7", "--version", "1.23.7"],
+        &["a canary already exists", "RevisionTag canary"],
+    )
+    .await?;
+    assert_eq!(env.status().await?["phase"], "canary-deployed");
+
+    let out = env.ok(&["switch", "default", "--to", "canary"]).await?;
+    assert!(
+        out.contains("istio-injection=enabled → istio.io/rev=canary"),
+        "{out}"
+    );
+    assert!(
+        out.contains("6 workload(s) in default must be redeployed"),
+        "{out}"
+    );
+    assert_eq!(
+        env.ns_labels("default").await?,
+        BTreeMap::from([("istio.io/rev".into(), "canary".into())])
+    );
+    env.ok(&[
+        "rollout",
+        "--namespace",
+        "default",
+        "--workload",
+        "deployment/reviews-v2",
+        "--wait",
+    ])
+    .await?;
+    env.expect_bookinfo("1-22-6", &[("reviews-v2", "1-23-6")])
+        .await?;
+    env.expect_revisions(GATEWAY_NS, &[(GATEWAY, 1, "1-22-6")])
+        .await?;
+
+    // Revoking while default uses the canary: refused, blockers listed, CLI and webhook.
+    env.refused(
+        &["revoke"],
+        &[
+            "namespace default (istio.io/rev=canary)",
+            "pod default/reviews-v2-",
+        ],
+    )
+    .await?;
+    assert_denied(
+        "delete tag canary in use",
+        env.tags().delete("canary", &DeleteParams::default()).await,
+        &["namespace default"],
+    );
+    assert_denied(
+        "delete revision 1-23-6 in use",
+        env.revs().delete("1-23-6", &DeleteParams::default()).await,
+        &["RevisionTag canary", "pod default/reviews-v2-"],
+    );
+
+    let out = env.ok(&["rollback", "default", "--restart"]).await?;
+    assert!(
+        out.contains("istio.io/rev=canary → istio.io/rev=stable"),
+        "{out}"
+    );
+    assert!(
+        out.contains("restarted deployment default/reviews-v2"),
+        "{out}"
+    );
+    assert_eq!(
+        env.ns_labels("default").await?,
+        BTreeMap::from([("istio.io/rev".into(), "stable".into())])
+    );
+    env.expect_bookinfo("1-22-6", &[]).await?;
+    let out = env.ok(&["revoke"]).await?;
+    assert!(out.contains("MeshRevision 1-23-6 deleted"), "{out}");
+    assert_eq!(
+        env.tag_names().await?,
+        BTreeMap::from([("stable".into(), "1-22-6".into())])
+    );
+    assert_eq!(env.revision_names().await?, vec!["1-22-6".to_string()]);
+    assert_eq!(env.status().await?["phase"], "stable-only");
+
+    // ---- The canary again, through to promotion ----
+    env.ok(&["canary", "--revision", "1-23-6", "--version", "1.23.6"])
+        .await?;
+    let out = env.ok(&["switch", "default", "--to", "canary"]).await?;
+    assert!(
+        out.contains("istio.io/rev=stable → istio.io/rev=canary"),
+        "{out}"
+    );
+    // A namespace with both labels: istio-injection wins, status flags the conflict, and
+    // switch resolves it by removing istio-injection.
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "legacy",
+            "labels": {"istio-injection": "enabled", "istio.io/rev": "canary"}}}))?,
+    )
+    .await?;
+    let s = env.status().await?;
+    let legacy = s["namespaces"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == "legacy"))
+        .cloned()
+        .context("namespace legacy in status")?;
+    assert_eq!(legacy["revision"], "1-22-6", "{legacy:#}");
+    assert!(
+        legacy["conflict"]
+            .as_str()
+            .is_some_and(|c| c.contains("wins")),
+        "{legacy:#}"
+    );
+    let out = env.ok(&["switch", "legacy", "--to", "canary"]).await?;
+    assert!(
+        out.contains("No workload in legacy needs a redeploy"),
+        "{out}"
+    );
+    assert_eq!(
+        env.ns_labels("legacy").await?,
+        BTreeMap::from([("istio.io/rev".into(), "canary".into())])
+    );
+    // The canary's pod stays Pending for a while: verify must say so.
+    env.kubelet.pause();
+    env.ok(&[
+        "rollout",
+        "--namespace",
+        "default",
+        "--workload",
+        "deployment/reviews-v2",
+    ])
+    .await?;
+    meshrev_proc::eventually("a reviews-v2 pod on 1-23-6", WAIT, || async {
+        let got = env.pod_revisions("default").await?;
+        Ok(got
+            .get("reviews-v2")
+            .is_some_and(|v| v.contains(&"1-23-6".to_string()))
+            .then_some(()))
+    })
+    .await?;
+    env.refused(
+        &["verify"],
+        &["not ready", "default/reviews-v2-", "(Pending)"],
+    )
+    .await?;
+    env.kubelet.resume();
+    env.expect_bookinfo("1-22-6", &[("reviews-v2", "1-23-6")])
+        .await?;
+    let out = env.ok(&["verify"]).await?;
+    assert!(
+        out.contains("All 1 pod(s) on canary revision 1-23-6 are ready"),
+        "{out}"
+    );
+    let text = env.ok(&["status"]).await?;
+    assert!(text.contains("PHASE: canary deployed"), "{text}");
+    assert!(text.contains("needs upgrade"), "{text}");
+
+    // Not before the canary is promoted; not without --yes.
+    env.refused(&["unpublish"], &["not promoted"]).await?;
+    env.refused(&["promote"], &["cannot be revoked", "--yes"])
+        .await?;
+    assert_eq!(
+        env.tag_names().await?.get("stable").map(String::as_str),
+        Some("1-22-6")
+    );
+
+    let out = env.ok(&["promote", "--yes"]).await?;
+    assert!(out.contains("cannot be revoked"), "{out}");
+    assert!(
+        out.contains("[1/3] tag stable → 1-23-6 (was 1-22-6)"),
+        "{out}"
+    );
+    assert!(out.contains("[2/3] namespace default"), "{out}");
+    assert!(out.contains("[2/3] namespace legacy"), "{out}");
+    assert!(out.contains("[3/3] tag canary deleted"), "{out}");
+    assert_eq!(
+        env.tag_names().await?,
+        BTreeMap::from([("stable".into(), "1-23-6".into())])
+    );
+    let stable = env.tags().get("stable").await?;
+    assert_eq!(
+        stable
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("meshrev.io/promoted-from"))
+            .map(String::as_str),
+        Some("1-22-6")
+    );
+    assert_eq!(
+        env.ns_labels("default").await?,
+        BTreeMap::from([("istio.io/rev".into(), "stable".into())])
+    );
+    // Existing pods keep their sidecar; promote is idempotent; revoke is over.
+    env.expect_bookinfo("1-22-6", &[("reviews-v2", "1-23-6")])
+        .await?;
+    let out = env.ok(&["promote", "--yes"]).await?;
+    assert!(out.contains("complete already"), "{out}");
+    env.refused(&["revoke"], &["cannot be revoked"]).await?;
+
+    let text = env.ok(&["status"]).await?;
+    assert!(
+        text.contains("PHASE: promoted, data plane upgrading"),
+        "{text}"
+    );
+    let s = env.status().await?;
+    assert_eq!(s["phase"], "data-plane-upgrading", "{s:#}");
+    assert_eq!(
+        s["needsUpgrade"], 6,
+        "5 bookinfo workloads and the gateway: {s:#}"
+    );
+
+    // The old revision cannot go while pods run it.
+    env.refused(
+        &["unpublish"],
+        &[
+            "pod default/details-",
+            "pod istio-ingress/istio-ingressgateway-",
+            "--force",
+        ],
+    )
+    .await?;
+    assert_denied(
+        "delete revision 1-22-6 in use",
+        env.revs().delete("1-22-6", &DeleteParams::default()).await,
+        &["pod default/details-"],
+    );
+
+    let out = env
+        .ok(&["rollout", "--max-in-flight", "2", "--wait"])
+        .await?;
+    assert!(
+        out.contains("Rolling out 6 workload(s), at most 2 at a time"),
+        "{out}"
+    );
+    assert!(out.contains("0 still need upgrade"), "{out}");
+    env.expect_bookinfo("1-23-6", &[]).await?;
+    env.expect_revisions(GATEWAY_NS, &[(GATEWAY, 1, "1-23-6")])
+        .await?;
+    let text = env.ok(&["status"]).await?;
+    assert!(text.contains("PHASE: ready to unpublish"), "{text}");
+
+    let out = env.ok(&["unpublish"]).await?;
+    assert!(out.contains("MeshRevision 1-22-6 deleted"), "{out}");
+    assert_eq!(env.revision_names().await?, vec!["1-23-6".to_string()]);
+    let s = env.status().await?;
+    assert_eq!(s["phase"], "stable-only", "{s:#}");
+    assert_eq!(s["stable"], "1-23-6", "{s:#}");
+    assert_eq!(
+        env.ok(&["unpublish"]).await?.trim(),
+        "Nothing to unpublish: no revision older than stable (1-23-6) is left."
+    );
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&env.ok(&["status", "-o", "yaml"]).await?)?;
+    assert_eq!(yaml["phase"].as_str(), Some("stable-only"));
+    drop(m);
+    Ok(())
+}
