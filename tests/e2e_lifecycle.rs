@@ -13,8 +13,7 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
-use meshrev::config::{MeshRevision, RevisionTag};
-use meshrev_proc::{Meshrev, apply};
+use meshrev_proc::Meshrev;
 use serde_json::json;
 
 fn pod(name: &str) -> Result<Pod> {
@@ -39,15 +38,7 @@ async fn restart_rebuilds_and_failure_policy_decides_when_down() -> Result<()> {
     let c = cluster::shared();
     let client = c.client().await?;
     meshrev_proc::install_crds(&client).await?;
-    let objs = meshrev::config::parse_objects(meshrev::config::EMBEDDED_DEFAULT)?;
-    let revs: Api<MeshRevision> = Api::all(client.clone());
-    for r in objs.revisions {
-        apply(&revs, serde_json::to_value(&r)?).await?;
-    }
-    let tags: Api<RevisionTag> = Api::all(client.clone());
-    for t in objs.tags {
-        apply(&tags, serde_json::to_value(&t)?).await?;
-    }
+    meshrev_proc::apply_table(&client, meshrev::config::EMBEDDED_DEFAULT).await?;
     let dir = c.dir.join("meshrev");
     std::fs::create_dir_all(&dir)?;
     let t0 = std::time::Instant::now();

@@ -42,7 +42,7 @@ fn setup_meshrev() -> Mutex<Meshrev> {
         rt.block_on(async {
             let client = c.client().await.expect("client");
             meshrev_proc::install_crds(&client).await.expect("CRDs");
-            apply_table(&client, meshrev::config::EMBEDDED_DEFAULT)
+            meshrev_proc::apply_table(&client, meshrev::config::EMBEDDED_DEFAULT)
                 .await
                 .expect("default table");
             let dir = c.dir.join("meshrev");
@@ -55,20 +55,6 @@ fn setup_meshrev() -> Mutex<Meshrev> {
             Mutex::new(m)
         })
     }
-}
-
-/// Applies the MeshRevision and RevisionTag objects of a table file.
-async fn apply_table(client: &kube::Client, text: &str) -> Result<()> {
-    let objs = meshrev::config::parse_objects(text)?;
-    let revs: Api<MeshRevision> = Api::all(client.clone());
-    for r in objs.revisions {
-        apply(&revs, serde_json::to_value(&r)?).await?;
-    }
-    let tags: Api<RevisionTag> = Api::all(client.clone());
-    for t in objs.tags {
-        apply(&tags, serde_json::to_value(&t)?).await?;
-    }
-    Ok(())
 }
 
 async fn setup() -> Result<Option<kube::Client>> {

@@ -239,7 +239,17 @@ async fn drive<K>(
             Ok(Event::Init | Event::InitApply(_)) => {}
             Err(e) => {
                 wm.errors.with_label_values(&[resource]).inc();
-                tracing::warn!(resource, error = %e, "watch error; backing off");
+                let text = e.to_string();
+                if resource != "namespaces" && (text.contains("404") || text.contains("not found"))
+                {
+                    tracing::warn!(
+                        resource,
+                        error = %e,
+                        "watch error: are meshrev's CRDs installed? `meshrev crd | kubectl apply -f -` (or kubectl apply -f manifests/crds.yaml); backing off"
+                    );
+                } else {
+                    tracing::warn!(resource, error = %e, "watch error; backing off");
+                }
             }
         }
     }

@@ -166,7 +166,6 @@ pub enum TableSource {
 }
 
 /// Everything [`serve_with`] needs. `Default` is `meshrev serve` without flags.
-#[derive(Debug)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
     /// `None`: no metrics listener.
@@ -180,6 +179,8 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
+    /// The Kubernetes client of the `/validate` guards (cluster mode).
+    pub validator: Option<kube::Client>,
     /// Bench only: answer `/inject` with these bytes (after reading the body) instead of
     /// reviewing it — the floor of TLS + HTTP + body read.
     pub fixed_inject_body: Option<Bytes>,
@@ -202,7 +203,20 @@ impl Default for ServeConfig {
             shutdown_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(30),
             fixed_inject_body: None,
+            validator: None,
         }
+    }
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("listen", &self.listen)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("tls", &self.tls)
+            .field("table", &self.table)
+            .field("validator", &self.validator.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -251,6 +265,7 @@ impl ServeArgs {
             shutdown_delay: self.shutdown_delay,
             drain_timeout: self.drain_timeout,
             fixed_inject_body: None,
+            validator: None,
         }
     }
 }
@@ -381,6 +396,7 @@ pub async fn serve_with(
     };
 
     let ctx = Arc::new(Ctx {
+        validator: cfg.validator,
         store: store.clone(),
         metrics: metrics.clone(),
         readiness: readiness.clone(),
@@ -426,7 +442,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let cfg = args.to_config();
+    let mut cfg = args.to_config();
+    cfg.validator = client.clone();
     let table_desc = match &cfg.table {
         TableSource::File(p) => format!("table file {} (reloaded on change)", p.display()),
         TableSource::Controller => "from the cluster (controller)".to_string(),
@@ -524,6 +541,8 @@ async fn shutdown_signal() {
 
 /// What request handling needs.
 struct Ctx {
+    /// The client `/validate` builds its view with; `None` outside cluster mode.
+    validator: Option<kube::Client>,
     store: Arc<TableStore>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
@@ -688,6 +707,7 @@ async fn connection(
 
 enum Route {
     Inject,
+    Validate,
     Healthz,
     Readyz,
     Metrics,
@@ -697,6 +717,7 @@ enum Route {
 fn route(path: &str) -> Route {
     match path {
         "/inject" => Route::Inject,
+        "/validate" => Route::Validate,
         "/healthz" => Route::Healthz,
         "/readyz" => Route::Readyz,
         "/metrics" => Route::Metrics,
@@ -707,14 +728,15 @@ fn route(path: &str) -> Route {
 async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     match route(req.uri().path()) {
-        Route::Inject if req.method() == Method::POST => inject(ctx, req).await,
-        Route::Inject => not_allowed("POST"),
+        Route::Inject if req.method() == Method::POST => inject(ctx, req, Endpoint::Inject).await,
+        Route::Validate if req.method() == Method::POST => inject(ctx, req, Endpoint::Validate).await,
+        Route::Inject | Route::Validate => not_allowed("POST"),
         Route::Healthz | Route::Readyz if !get => not_allowed("GET, HEAD"),
         Route::Healthz => text(StatusCode::OK, "ok\n".into()),
         Route::Readyz => readyz(ctx),
         Route::Metrics | Route::Unknown => text(
             StatusCode::NOT_FOUND,
-            "not found: this listener serves POST /inject, GET /healthz and GET /readyz\n".into(),
+            "not found: this listener serves POST /inject, POST /validate, GET /healthz and GET /readyz\n".into(),
         ),
     }
 }
@@ -734,7 +756,7 @@ fn handle_metrics(ctx: &Ctx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         Route::Healthz => text(StatusCode::OK, "ok\n".into()),
         Route::Readyz => readyz(ctx),
-        Route::Inject | Route::Unknown => text(
+        Route::Inject | Route::Validate | Route::Unknown => text(
             StatusCode::NOT_FOUND,
             "not found: this listener serves GET /metrics, /healthz and /readyz\n".into(),
         ),
@@ -840,7 +862,16 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(16 * 1024));
 }
 
-async fn inject(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// The two admission endpoints: both read a bounded body under the request deadline.
+#[derive(Clone, Copy)]
+enum Endpoint {
+    /// `/inject`: the mutating webhook (hot path: table load and splice only).
+    Inject,
+    /// `/validate`: the upgrade guards (cluster mode; may LIST from the API server).
+    Validate,
+}
+
+async fn inject(ctx: &Ctx, req: Request<Incoming>, endpoint: Endpoint) -> Response<Full<Bytes>> {
     let start = Instant::now();
     let version = req.version();
     let declared = content_length(&req);
@@ -857,7 +888,10 @@ async fn inject(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
     let work = async {
         let body = read_body(req.into_body(), declared).await?;
-        Ok::<_, ReadError>(answer(ctx, &body, start))
+        Ok::<_, ReadError>(match endpoint {
+            Endpoint::Inject => answer(ctx, &body, start),
+            Endpoint::Validate => guard(ctx, &body).await,
+        })
     };
     let refused = |status, message: &str| {
         ctx.metrics.observe_refused(start.elapsed());
@@ -902,6 +936,17 @@ fn answer(ctx: &Ctx, body: &[u8], start: Instant) -> Response<Full<Bytes>> {
         tracing::debug!(result = reply.result.as_str(), "{message}");
     }
     json(StatusCode::OK, Bytes::from(reply.body))
+}
+
+/// Answers one `/validate` review with the upgrade guards.
+async fn guard(ctx: &Ctx, body: &[u8]) -> Response<Full<Bytes>> {
+    let reply = match &ctx.validator {
+        Some(client) => admission::validate(client, body).await,
+        None => admission::error_reply(
+            "meshrev runs without a cluster (no --kubeconfig or --in-cluster): the upgrade guards have nothing to check against",
+        ),
+    };
+    json(StatusCode::OK, Bytes::from(reply))
 }
 
 async fn serve_metrics(listener: TcpListener, ctx: Arc<Ctx>, header_read_timeout: Duration) {

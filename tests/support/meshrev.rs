@@ -248,18 +248,10 @@ pub async fn register_injector(
     ca_pem: &[u8],
     failure_policy: &str,
 ) -> Result<()> {
-    let cfg: MutatingWebhookConfiguration = serde_json::from_value(register(
-        "mutatingwebhook.yaml",
-        port,
-        ca_pem,
-        Some(failure_policy),
-    )?)?;
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let name = cfg.metadata.name.clone().context("name")?;
-    api.patch(
-        &name,
-        &PatchParams::apply("meshrev-e2e").force(),
-        &Patch::Apply(&cfg),
+    let cfg = register("mutatingwebhook.yaml", port, ca_pem, Some(failure_policy))?;
+    apply(
+        &Api::<MutatingWebhookConfiguration>::all(client.clone()),
+        cfg,
     )
     .await?;
     Ok(())
@@ -267,16 +259,26 @@ pub async fn register_injector(
 
 /// The validating webhook (`/validate`, the upgrade guards).
 pub async fn register_guards(client: &kube::Client, port: u16, ca_pem: &[u8]) -> Result<()> {
-    let cfg: ValidatingWebhookConfiguration =
-        serde_json::from_value(register("validatingwebhook.yaml", port, ca_pem, None)?)?;
-    let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    let name = cfg.metadata.name.clone().context("name")?;
-    api.patch(
-        &name,
-        &PatchParams::apply("meshrev-e2e").force(),
-        &Patch::Apply(&cfg),
+    let cfg = register("validatingwebhook.yaml", port, ca_pem, None)?;
+    apply(
+        &Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+        cfg,
     )
     .await?;
+    Ok(())
+}
+
+/// Applies the MeshRevision and RevisionTag objects of a table file to the cluster.
+pub async fn apply_table(client: &kube::Client, text: &str) -> Result<()> {
+    let objs = meshrev::config::parse_objects(text)?;
+    let revs: Api<meshrev::config::MeshRevision> = Api::all(client.clone());
+    for r in objs.revisions {
+        apply(&revs, serde_json::to_value(&r)?).await?;
+    }
+    let tags: Api<meshrev::config::RevisionTag> = Api::all(client.clone());
+    for t in objs.tags {
+        apply(&tags, serde_json::to_value(&t)?).await?;
+    }
     Ok(())
 }
 
