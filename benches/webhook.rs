@@ -1,0 +1,612 @@
+//! Load bench of the webhook server: `/inject` over TLS, against the floor of the same
+//! TLS + HTTP stack, in one run.
+//!
+//! ```text
+//! cargo bench --bench webhook
+//! MESHREV_BENCH_SECS=10 cargo bench --bench webhook     # longer windows
+//! ```
+//!
+//! Two servers run in process on 127.0.0.1 (port 0, a fresh self-signed CA and serving
+//! certificate in a temporary directory), both with the embedded table where namespace
+//! `default` is labelled `istio-injection: enabled`:
+//! - `inject`: the real server; the request is the fixture AdmissionReview (a typical pod
+//!   CREATE in `default`), which it injects;
+//! - `floor`: the same server with [`ServeConfig::fixed_inject_body`] set to the bytes of a
+//!   real inject reply (fetched once first, so both reply with bodies of equal length): it
+//!   reads the body and answers without reviewing — TLS + HTTP + body read alone.
+//!
+//! For each protocol and concurrency N (1, 16, 64): HTTP/2 with N concurrent streams on ONE
+//! connection (how kube-apiserver calls a webhook on loopback), and HTTP/1.1 with N
+//! keep-alive connections, one request in flight on each (a Service URL). Each cell is
+//! measured in rounds that alternate inject and floor (which goes first alternates too, so
+//! a change in background load weighs on both alike); a round opens its connections, runs
+//! a warmup, then a measured window, and stops by itself at the end of the window or after
+//! `MESHREV_BENCH_MAX_REQUESTS` requests; the rounds' samples are pooled. A response counts when it is HTTP 200 with a body
+//! of the expected length; anything else is an error, counted and printed (and the exit
+//! status is then 1).
+//!
+//! The load generator shares the process (and the cores) with the server, so absolute
+//! figures depend on the machine and on whatever else runs on it: only the inject/floor
+//! ratios of one run are meaningful.
+//!
+//! Environment: `MESHREV_BENCH_SECS` (measured time per cell and server, split over the
+//! rounds; default 3), `MESHREV_BENCH_ROUNDS` (default 3), `MESHREV_BENCH_WARMUP_SECS` (per
+//! round, default 0.5), `MESHREV_BENCH_MAX_REQUESTS` (per round, default 5,000,000). Arguments are ignored except `--bench` (which cargo bench passes):
+//! without it and without `MESHREV_BENCH_SECS` (e.g. under `cargo test --benches`) the run
+//! is a short smoke test. `--list` prints the one bench name.
+
+#[path = "../tests/support/tls_client.rs"]
+mod tls_client;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshrev::server::{ServeConfig, TableSource};
+use tokio::task::JoinSet;
+
+use tls_client::{FIXTURE, Proto, TestServer, TlsClient};
+
+const CONCURRENCY: [usize; 3] = [1, 16, 64];
+/// A request not answered within this counts as an error (and the loop moves on).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Error messages kept per cell (all errors are counted).
+const KEPT_ERRORS: usize = 5;
+
+struct Settings {
+    /// The measured window of one round.
+    window: Duration,
+    rounds: u32,
+    warmup: Duration,
+    max_requests: u64,
+    smoke: bool,
+}
+
+fn env_secs(name: &str) -> Result<Option<Duration>> {
+    match std::env::var(name) {
+        Ok(v) => {
+            let secs: f64 = v
+                .trim()
+                .parse()
+                .with_context(|| format!("{name}={v:?} is not a number of seconds"))?;
+            let d = Duration::try_from_secs_f64(secs).with_context(|| format!("{name}={v:?}"))?;
+            Ok(Some(d))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+impl Settings {
+    fn from_env(bench_mode: bool) -> Result<Settings> {
+        let window = env_secs("MESHREV_BENCH_SECS")?;
+        let smoke = !bench_mode && window.is_none();
+        let max_requests = match std::env::var("MESHREV_BENCH_MAX_REQUESTS") {
+            Ok(v) => v
+                .trim()
+                .parse()
+                .with_context(|| format!("MESHREV_BENCH_MAX_REQUESTS={v:?}"))?,
+            Err(_) => 5_000_000,
+        };
+        let (default_window, default_warmup) = if smoke {
+            (Duration::from_millis(200), Duration::from_millis(50))
+        } else {
+            (Duration::from_secs(3), Duration::from_millis(500))
+        };
+        let window = window.unwrap_or(default_window);
+        if window.is_zero() {
+            bail!("MESHREV_BENCH_SECS must be above 0");
+        }
+        let rounds: u32 = match std::env::var("MESHREV_BENCH_ROUNDS") {
+            Ok(v) => v
+                .trim()
+                .parse()
+                .with_context(|| format!("MESHREV_BENCH_ROUNDS={v:?}"))?,
+            Err(_) => 3,
+        };
+        let rounds = rounds.max(1);
+        let window = window / rounds;
+        Ok(Settings {
+            window,
+            warmup: env_secs("MESHREV_BENCH_WARMUP_SECS")?.unwrap_or(default_warmup),
+            max_requests: max_requests.max(1),
+            smoke,
+            rounds,
+        })
+    }
+}
+
+/// What one cell (protocol, N, server) measured.
+#[derive(Default)]
+struct Stats {
+    /// Latencies (ns) of the good responses that completed inside the window, sorted.
+    latencies: Vec<u64>,
+    /// The measured window (shorter than asked when the request cap was hit).
+    window: Duration,
+    errors: u64,
+    error_samples: Vec<String>,
+}
+
+impl Stats {
+    /// Pools another round's samples into these (sorted again by [`Stats::finish`]).
+    fn add(&mut self, other: Stats) {
+        self.latencies.extend_from_slice(&other.latencies);
+        self.window += other.window;
+        self.errors += other.errors;
+        for e in other.error_samples {
+            if self.error_samples.len() < KEPT_ERRORS {
+                self.error_samples.push(e);
+            }
+        }
+    }
+    fn finish(&mut self) {
+        self.latencies.sort_unstable();
+    }
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.window.as_secs_f64()
+    }
+    fn percentile(&self, p: usize) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = (self.latencies.len() - 1) * p / 100;
+        Duration::from_nanos(self.latencies[i])
+    }
+}
+
+/// One worker's result.
+#[derive(Default)]
+struct Partial {
+    latencies: Vec<u64>,
+    last_done: Option<Instant>,
+    capped: bool,
+    errors: u64,
+    error_samples: Vec<String>,
+}
+
+impl Partial {
+    fn error(&mut self, e: impl std::fmt::Display) {
+        self.errors += 1;
+        if self.error_samples.len() < KEPT_ERRORS {
+            self.error_samples.push(e.to_string());
+        }
+    }
+}
+
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+async fn h1_connect(client: &TlsClient) -> Result<Sender> {
+    let tls = client.connect(&[Proto::H1.alpn()]).await?;
+    let (sender, conn) = http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    Ok(Sender::H1(sender))
+}
+
+async fn h2_connect(client: &TlsClient) -> Result<http2::SendRequest<Full<Bytes>>> {
+    let tls = client.connect(&[Proto::H2.alpn()]).await?;
+    if tls.get_ref().1.alpn_protocol() != Some(Proto::H2.alpn()) {
+        bail!("the server did not negotiate h2");
+    }
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// The request kube-apiserver would send (it appends `?timeout=`).
+fn request(proto: Proto, port: u16, body: &Bytes) -> Request<Full<Bytes>> {
+    let b = Request::post(match proto {
+        Proto::H1 => "/inject?timeout=10s".to_string(),
+        Proto::H2 => format!("https://localhost:{port}/inject?timeout=10s"),
+    })
+    .version(proto.version())
+    .header(http::header::CONTENT_TYPE, "application/json")
+    .header(http::header::ACCEPT, "application/json");
+    let b = match proto {
+        Proto::H1 => b.header(http::header::HOST, format!("localhost:{port}")),
+        Proto::H2 => b,
+    };
+    b.body(Full::new(body.clone())).expect("a valid request")
+}
+
+/// One request; Ok when the reply is 200 with a body of `expect_len` bytes.
+async fn round_trip(
+    sender: &mut Sender,
+    req: Request<Full<Bytes>>,
+    expect_len: usize,
+) -> Result<()> {
+    let resp = match sender {
+        Sender::H1(s) => {
+            s.ready().await?;
+            s.send_request(req).await?
+        }
+        Sender::H2(s) => {
+            s.ready().await?;
+            s.send_request(req).await?
+        }
+    };
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if status != StatusCode::OK {
+        bail!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        );
+    }
+    if body.len() != expect_len {
+        bail!("a body of {} bytes, expected {expect_len}", body.len());
+    }
+    Ok(())
+}
+
+/// Drives `/inject` of the server behind `client` with N concurrent requests of `proto`.
+async fn measure(
+    client: &TlsClient,
+    proto: Proto,
+    n: usize,
+    body: &Bytes,
+    expect_len: usize,
+    s: &Settings,
+) -> Result<Stats> {
+    // Connections are opened (TLS handshakes done) before the clock starts.
+    let mut senders = Vec::with_capacity(n);
+    match proto {
+        Proto::H1 => {
+            for _ in 0..n {
+                senders.push(h1_connect(client).await?);
+            }
+        }
+        Proto::H2 => {
+            let shared = h2_connect(client).await?;
+            senders.extend((0..n).map(|_| Sender::H2(shared.clone())));
+        }
+    }
+    let measure_start = Instant::now() + s.warmup;
+    let end = measure_start + s.window;
+    let attempts = Arc::new(AtomicU64::new(0));
+    let max = s.max_requests;
+    let port = client.addr.port();
+    let expected_per_worker = (s.window.as_secs_f64() * 50_000.0 / n as f64) as usize;
+    let mut workers = JoinSet::new();
+    for mut sender in senders {
+        let attempts = attempts.clone();
+        let body = body.clone();
+        let client = client.clone();
+        workers.spawn(async move {
+            let mut out = Partial {
+                latencies: Vec::with_capacity(expected_per_worker.min(1 << 20)),
+                ..Partial::default()
+            };
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                if attempts.fetch_add(1, Ordering::Relaxed) >= max {
+                    out.capped = true;
+                    break;
+                }
+                let r = tokio::time::timeout(
+                    REQUEST_TIMEOUT,
+                    round_trip(&mut sender, request(proto, port, &body), expect_len),
+                )
+                .await;
+                let t1 = Instant::now();
+                let failed = match r {
+                    Ok(Ok(())) => {
+                        if t1 >= measure_start && t1 < end {
+                            out.latencies.push((t1 - t0).as_nanos() as u64);
+                            out.last_done = Some(t1);
+                        }
+                        false
+                    }
+                    Ok(Err(e)) => {
+                        out.error(format!("{e:#}"));
+                        true
+                    }
+                    Err(_) => {
+                        out.error(format!("no reply within {REQUEST_TIMEOUT:?}"));
+                        true
+                    }
+                };
+                if failed {
+                    // Do not spin on a broken connection; an HTTP/1 one is replaced.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    if matches!(sender, Sender::H1(_)) {
+                        match h1_connect(&client).await {
+                            Ok(fresh) => sender = fresh,
+                            Err(e) => out.error(format!("reconnecting: {e:#}")),
+                        }
+                    }
+                }
+            }
+            out
+        });
+    }
+    let mut stats = Stats::default();
+    let mut capped = false;
+    let mut last_done: Option<Instant> = None;
+    while let Some(joined) = workers.join_next().await {
+        let p = joined.context("a load worker panicked")?;
+        stats.latencies.extend_from_slice(&p.latencies);
+        stats.errors += p.errors;
+        for e in p.error_samples {
+            if stats.error_samples.len() < KEPT_ERRORS {
+                stats.error_samples.push(e);
+            }
+        }
+        capped |= p.capped;
+        last_done = last_done.max(p.last_done);
+    }
+    stats.latencies.sort_unstable();
+    let window_end = match (capped, last_done) {
+        (true, Some(t)) => t,
+        _ => end,
+    };
+    stats.window = window_end
+        .saturating_duration_since(measure_start)
+        .max(Duration::from_micros(1));
+    Ok(stats)
+}
+
+/// `nproc`, the CPU model and the load average: absolute figures depend on them.
+fn machine() -> String {
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "model name").then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().take(3).collect();
+            (f.len() == 3).then(|| f.join(" "))
+        })
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "nproc={nproc}, model name: {model}, arch {}, loadavg {load}",
+        std::env::consts::ARCH
+    )
+}
+
+fn fmt_latency(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us >= 10_000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn proto_name(p: Proto) -> &'static str {
+    match p {
+        Proto::H1 => "http/1.1",
+        Proto::H2 => "h2",
+    }
+}
+
+fn layout(p: Proto, n: usize) -> String {
+    match p {
+        Proto::H1 => format!("{n} conn × 1"),
+        Proto::H2 => format!("1 conn × {n}"),
+    }
+}
+
+async fn stop(server: TestServer, what: &str) {
+    let mut server = server;
+    if let Err(e) = server.stop_within(Duration::from_secs(10)).await {
+        eprintln!("warning: the {what} server did not stop cleanly: {e:#}");
+    }
+}
+
+async fn run(s: Settings) -> Result<u64> {
+    let body = Bytes::from_static(FIXTURE.as_bytes());
+    let table = || TableSource::Table(tls_client::test_table());
+
+    // The real server, and one real reply: it must be an injection.
+    let inject = tls_client::start(table(), |_: &mut ServeConfig| {}).await;
+    let reply = inject
+        .client
+        .post(Proto::H1, "/inject", body.clone())
+        .await
+        .context("the first /inject")?;
+    if reply.status != StatusCode::OK {
+        bail!(
+            "the first /inject answered {}: {}",
+            reply.status,
+            reply.text()
+        );
+    }
+    let v = reply.json();
+    if v["response"]["allowed"] != true || v["response"]["patch"].as_str().is_none() {
+        bail!("the fixture was not injected: {}", reply.text());
+    }
+    let reply_len = reply.body.len();
+
+    // The floor: the same stack answering the same bytes without the review.
+    let fixed = reply.body.clone();
+    let floor = tls_client::start(table(), move |cfg: &mut ServeConfig| {
+        cfg.fixed_inject_body = Some(fixed);
+    })
+    .await;
+    let check = floor
+        .client
+        .post(Proto::H2, "/inject", body.clone())
+        .await?;
+    if check.status != StatusCode::OK || check.body != reply.body {
+        bail!(
+            "the floor server answered {} ({} bytes)",
+            check.status,
+            check.body.len()
+        );
+    }
+
+    let tls = floor.client.connect(&[Proto::H2.alpn()]).await?;
+    let session = tls.get_ref().1;
+    let negotiated = format!(
+        "{:?}, {:?}",
+        session.protocol_version().context("no TLS version")?,
+        session
+            .negotiated_cipher_suite()
+            .context("no cipher suite")?
+            .suite()
+    );
+    drop(tls);
+
+    println!("meshrev webhook load bench");
+    println!("machine: {}", machine());
+    println!(
+        "{}; server and load generator in one process (tokio multi-thread, {} workers), \
+         sharing the cores; 127.0.0.1, {negotiated} (rustls/ring)",
+        if cfg!(debug_assertions) {
+            "DEBUG build (figures meaningless)"
+        } else {
+            "release build"
+        },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    println!(
+        "request: POST /inject, {} B AdmissionReview (tests/fixtures/admission-review.json); \
+         reply {} B (floor: the same bytes, fixed)",
+        body.len(),
+        reply_len
+    );
+    println!(
+        "per cell and server: {} rounds (inject and floor alternating) of {:.1} s warmup + \
+         {:.2} s measured: {:.1} s measured in all (cap {} requests per round){}",
+        s.rounds,
+        s.warmup.as_secs_f64(),
+        s.window.as_secs_f64(),
+        (s.window * s.rounds).as_secs_f64(),
+        s.max_requests,
+        if s.smoke {
+            "; SMOKE RUN (no --bench): figures meaningless"
+        } else {
+            ""
+        }
+    );
+    println!("absolute figures are noisy; compare only the ratios of one run\n");
+
+    let mut rows = Vec::new();
+    let mut total_errors = 0;
+    for proto in [Proto::H2, Proto::H1] {
+        for n in CONCURRENCY {
+            // Rounds alternate which server goes first, so that a change in the machine's
+            // background load weighs on both alike.
+            let (mut i, mut f) = (Stats::default(), Stats::default());
+            for round in 0..s.rounds {
+                let mut pair = [(&inject, &mut i), (&floor, &mut f)];
+                if round % 2 == 1 {
+                    pair.reverse();
+                }
+                for (server, stats) in pair {
+                    stats.add(measure(&server.client, proto, n, &body, reply_len, &s).await?);
+                }
+            }
+            i.finish();
+            f.finish();
+            for (what, st) in [("inject", &i), ("floor", &f)] {
+                total_errors += st.errors;
+                if st.errors > 0 {
+                    eprintln!(
+                        "errors: {} {} {what}: {} (e.g. {:?})",
+                        proto_name(proto),
+                        layout(proto, n),
+                        st.errors,
+                        st.error_samples
+                    );
+                }
+            }
+            rows.push((proto, n, i, f));
+        }
+    }
+
+    println!(
+        "{:<9} {:<12} {:<7} {:>10} {:>10} {:>10} {:>9} {:>7}",
+        "proto", "N", "server", "req/s", "p50", "p99", "requests", "errors"
+    );
+    for (proto, n, i, f) in &rows {
+        for (what, st) in [("inject", i), ("floor", f)] {
+            println!(
+                "{:<9} {:<12} {:<7} {:>10.0} {:>10} {:>10} {:>9} {:>7}",
+                proto_name(*proto),
+                layout(*proto, *n),
+                what,
+                st.rate(),
+                fmt_latency(st.percentile(50)),
+                fmt_latency(st.percentile(99)),
+                st.latencies.len(),
+                st.errors
+            );
+        }
+    }
+    println!(
+        "\nratio inject/floor\n{:<9} {:<12} {:>8} {:>8} {:>8}",
+        "proto", "N", "req/s", "p50", "p99"
+    );
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    for (proto, n, i, f) in &rows {
+        println!(
+            "{:<9} {:<12} {:>8.2} {:>8.2} {:>8.2}",
+            proto_name(*proto),
+            layout(*proto, *n),
+            ratio(i.rate(), f.rate()),
+            ratio(
+                i.percentile(50).as_secs_f64(),
+                f.percentile(50).as_secs_f64()
+            ),
+            ratio(
+                i.percentile(99).as_secs_f64(),
+                f.percentile(99).as_secs_f64()
+            ),
+        );
+    }
+    println!("\nerrors (non-200, wrong body length, transport, timeouts): {total_errors}");
+
+    stop(inject, "inject").await;
+    stop(floor, "floor").await;
+    Ok(total_errors)
+}
+
+fn main() {
+    // cargo bench passes `--bench` (and any filter after `--`); the rest is ignored.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        println!("webhook: bench");
+        return;
+    }
+    let bench_mode = args.iter().any(|a| a == "--bench");
+    let settings = match Settings::from_env(bench_mode) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("webhook bench: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match rt.block_on(run(settings)) {
+        Ok(0) => {}
+        Ok(errors) => {
+            eprintln!("webhook bench: {errors} requests failed");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("webhook bench failed: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
