@@ -10,9 +10,11 @@ mod meshrev_proc;
 use std::time::Duration;
 
 use anyhow::Result;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
+use meshrev::config::MeshRevision;
 use meshrev_proc::Meshrev;
 use serde_json::json;
 
@@ -99,6 +101,70 @@ async fn restart_rebuilds_and_failure_policy_decides_when_down() -> Result<()> {
     m.restart()?;
     let p = pods.create(&PostParams::default(), &pod("back")?).await?;
     assert_eq!(revision_of(&p).as_deref(), Some("1-22-6"));
+
+    // Two replicas: one holds the status writer's Lease; when it goes, the other takes
+    // over and status keeps being written.
+    let mut m2 = Meshrev::start(&c.kubeconfig, &dir, 0)?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let holder = || async {
+        let l = leases.get_opt("meshrev-status-writer").await?;
+        anyhow::Ok(l.and_then(|l| l.spec?.holder_identity))
+    };
+    let ends_with_pid =
+        |h: &str, m: &Meshrev| m.pid().is_some_and(|p| h.ends_with(&format!("-{p}")));
+    // A replica that was stopped earlier may still hold an unexpired Lease: wait for a
+    // live one.
+    let live = [m.pid(), m2.pid()];
+    let first = meshrev_proc::eventually(
+        "one of the two live replicas holds the Lease",
+        Duration::from_secs(60),
+        || async {
+            Ok(holder()
+                .await?
+                .filter(|h| live.iter().flatten().any(|p| h.ends_with(&format!("-{p}")))))
+        },
+    )
+    .await?;
+    let (leader, other) = if ends_with_pid(&first, &m) {
+        (&mut m, &mut m2)
+    } else {
+        (&mut m2, &mut m)
+    };
+    let other_pid = other.pid();
+    leader.stop();
+    let t = std::time::Instant::now();
+    let next = meshrev_proc::eventually(
+        "the other replica takes the Lease over",
+        Duration::from_secs(60),
+        || async {
+            Ok(holder()
+                .await?
+                .filter(|h| other_pid.is_some_and(|p| h.ends_with(&format!("-{p}")))))
+        },
+    )
+    .await?;
+    println!(
+        "status writer: {first} → {next} in {:?} after the leader stopped",
+        t.elapsed()
+    );
+    let revs: Api<MeshRevision> = Api::all(client.clone());
+    meshrev_proc::apply(
+        &revs,
+        json!({"apiVersion": "meshrev.io/v1alpha1", "kind": "MeshRevision", "metadata": {"name": "1-19-0"}, "spec": {"version": "1.19.0"}}),
+    )
+    .await?;
+    meshrev_proc::eventually(
+        "the new leader writes status",
+        Duration::from_secs(30),
+        || async {
+            Ok(revs
+                .get("1-19-0")
+                .await?
+                .status
+                .filter(|s| s.conditions.iter().any(|c| c.type_ == "Ready")))
+        },
+    )
+    .await?;
     Ok(())
 }
 

@@ -275,8 +275,15 @@ async fn routes_health_and_errors() {
         let r = s.client.get(proto, "/nope").await.unwrap();
         assert_eq!(r.status, StatusCode::NOT_FOUND);
         assert!(r.text().contains("POST /inject"), "{}", r.text());
+        // Without a cluster the guards have no view: a well-formed refusal that says so.
         let r = s.client.post(proto, "/validate", FIXTURE).await.unwrap();
-        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        assert_eq!(r.status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+        assert_eq!(v["response"]["allowed"], false);
+        let m = v["response"]["status"]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(m.contains("without a cluster"), "{m}");
     }
     // A client without ALPN speaks HTTP/1.1.
     let mut tls = s.raw(&[]).await;

@@ -105,6 +105,36 @@ async fn hold_lease(api: &Api<Lease>, me: &str) -> kube::Result<bool> {
     }
 }
 
+/// Set once the process gives its Lease up: the writer must not take it again.
+static RELEASED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Gives the Lease up if this replica holds it (on shutdown), so another replica takes
+/// over at its next renewal instead of after the lease expires.
+pub async fn release(client: &Client, me: &Identity) {
+    RELEASED.store(true, std::sync::atomic::Ordering::Release);
+    let api: Api<Lease> = Api::namespaced(client.clone(), &me.namespace);
+    let Ok(Some(mut lease)) = api.get_opt(LEASE_NAME).await else {
+        return;
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return;
+    };
+    if spec.holder_identity.as_deref() != Some(me.holder.as_str()) {
+        return;
+    }
+    spec.holder_identity = None;
+    spec.renew_time = None;
+    match api
+        .replace(LEASE_NAME, &PostParams::default(), &lease)
+        .await
+    {
+        Ok(_) => tracing::info!("status writer: lease released"),
+        Err(e) => {
+            tracing::warn!(error = %e, "status writer: releasing the lease failed; it will expire")
+        }
+    }
+}
+
 /// Desired status of every revision and tag, from a table and the live pods' revisions.
 pub fn compute(
     table: &Table,
@@ -229,6 +259,9 @@ pub async fn run(
     let mut written_tags: BTreeMap<String, RevisionTagStatus> = BTreeMap::new();
     let mut leader = false;
     loop {
+        if RELEASED.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         match hold_lease(&leases, &me.holder).await {
             Ok(true) => {
                 if !leader {

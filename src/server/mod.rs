@@ -475,6 +475,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         t.tags()
     );
     drop(t);
+    let releaser = client.clone();
     let controller = client.map(|client| {
         let (store, metrics, readiness) = (
             server.store.clone(),
@@ -492,6 +493,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })
     });
     server.wait().await?;
+    if let Some(client) = releaser {
+        // Hand the status writer's Lease over now instead of after it expires.
+        crate::controller::status::release(
+            &client,
+            &crate::controller::status::Identity::from_env(),
+        )
+        .await;
+    }
     if let Some(c) = controller
         && c.is_finished()
     {

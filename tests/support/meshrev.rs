@@ -115,6 +115,11 @@ impl Meshrev {
             .unwrap_or(0.0))
     }
 
+    /// The process id (part of the replica's Lease holder identity).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn ca_pem(&self) -> Result<Vec<u8>> {
         std::fs::read(self.cert_dir.join("ca.crt")).context("meshrev's ca.crt")
     }
