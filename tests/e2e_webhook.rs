@@ -347,20 +347,28 @@ async fn concurrent_creations_during_promotion_get_one_revision_in_full() -> Res
     set_tag(&client, "swap", "1-22-6").await?;
     let ns = namespace(&client, "swap", &[("istio.io/rev", "swap")]).await?;
     first_pod_with(&client, &ns, "1-22-6", Instant::now()).await?;
+    let created = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for w in 0..4 {
         let client = client.clone();
         let ns = ns.clone();
+        let created = created.clone();
         tasks.push(tokio::spawn(async move {
             let mut seen = Vec::new();
             for i in 0..15 {
                 let p = create_pod(&client, &ns, &format!("c{w}-{i}"), json!({})).await?;
+                created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 seen.push(injected_revision(&p).context("every pod is injected")?);
             }
             anyhow::Ok(seen)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(150)).await; // let creations be under way
+    // Promote while creations are under way: after some pods, well before the last.
+    eventually("creations under way", WAIT, || {
+        let n = created.load(std::sync::atomic::Ordering::Relaxed);
+        async move { Ok((n >= 8).then_some(())) }
+    })
+    .await?;
     let tags: Api<RevisionTag> = Api::all(client.clone());
     tags.patch(
         "swap",

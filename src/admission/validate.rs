@@ -190,13 +190,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
     let name = req.name.clone().unwrap_or_default();
     let change = match (kind.as_str(), req.operation.as_str()) {
         ("RevisionTag", "CREATE" | "UPDATE") => {
-            let new: RevisionTag = object(&req.object, "object").map_err(fail)?;
-            let old: Option<RevisionTag> = match &req.old_object {
-                Some(v) if !v.is_null() => {
-                    Some(object(&req.old_object, "oldObject").map_err(fail)?)
-                }
-                _ => None,
-            };
+            let (new, old): (RevisionTag, Option<RevisionTag>) = new_and_old(&req).map_err(fail)?;
             let tag = new.metadata.name.clone().unwrap_or(name);
             if old.is_some_and(|o| o.spec.revision == new.spec.revision) {
                 Change::Unguarded
@@ -209,13 +203,8 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
         }
         ("RevisionTag", "DELETE") => Change::TagDelete { tag: name },
         ("MeshRevision", "CREATE" | "UPDATE") => {
-            let new: MeshRevision = object(&req.object, "object").map_err(fail)?;
-            let old: Option<MeshRevision> = match &req.old_object {
-                Some(v) if !v.is_null() => {
-                    Some(object(&req.old_object, "oldObject").map_err(fail)?)
-                }
-                _ => None,
-            };
+            let (new, old): (MeshRevision, Option<MeshRevision>) =
+                new_and_old(&req).map_err(fail)?;
             let rev = new.metadata.name.clone().unwrap_or(name);
             if old.is_some_and(|o| o.spec.version == new.spec.version) {
                 Change::Unguarded
@@ -248,6 +237,16 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
         uid,
         change,
     })
+}
+
+/// The object of a CREATE/UPDATE and, for an UPDATE, the object it replaces.
+fn new_and_old<T: serde::de::DeserializeOwned>(req: &Request) -> Result<(T, Option<T>), String> {
+    let new = object(&req.object, "object")?;
+    let old = match &req.old_object {
+        Some(v) if !v.is_null() => Some(object(&req.old_object, "oldObject")?),
+        _ => None,
+    };
+    Ok((new, old))
 }
 
 fn object<T: serde::de::DeserializeOwned>(v: &Option<Value>, field: &str) -> Result<T, String> {
