@@ -384,6 +384,10 @@ async fn concurrent_creations_during_promotion_get_one_revision_in_full() -> Res
     }
     println!("revisions seen during a promotion: {counts:?}");
     assert!(counts.keys().all(|r| r == "1-22-6" || r == "1-23-6"));
+    assert!(
+        counts.contains_key("1-22-6") && counts.contains_key("1-23-6"),
+        "the promotion landed during the burst: {counts:?}"
+    );
     assert_eq!(counts.values().sum::<i32>(), 60, "no creation failed");
     first_pod_with(&client, &ns, "1-23-6", Instant::now()).await?;
     Ok(())
