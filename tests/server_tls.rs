@@ -44,6 +44,26 @@ fn secret_volume_write(dir: &Path, generation: u32, pair: &ServingPair) {
 }
 
 #[cfg(unix)]
+/// Polls until the server presents the certificate `want` (DER).
+async fn wait_served(s: &TestServer, want: &[u8], what: &str) {
+    eventually(Duration::from_secs(10), what, || {
+        let c = s.client.clone();
+        async move { (c.served_cert().await.ok()? == want).then_some(()) }
+    })
+    .await;
+}
+
+/// Polls until the TLS reload failure counter is above `before`.
+async fn wait_failure_counted(s: &TestServer, before: f64, what: &str) {
+    eventually(Duration::from_secs(10), what, || async {
+        let f = s
+            .metric("meshrev_tls_reloads_total{result=\"failure\"}")
+            .await;
+        (f > before).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_rotates_without_restart_and_bad_files_keep_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -68,12 +88,7 @@ async fn certificate_rotates_without_restart_and_bad_files_keep_the_old_one() {
     let second = ca.issue(&names).unwrap();
     secret_volume_write(&secret, 2, &second);
     let want = der(&second);
-    eventually(Duration::from_secs(10), "the rotated certificate", || {
-        let c = s.client.clone();
-        let want = want.clone();
-        async move { (c.served_cert().await.ok()? == want).then_some(()) }
-    })
-    .await;
+    wait_served(&s, &want, "the rotated certificate").await;
     assert_eq!(
         s.metric("meshrev_tls_reloads_total{result=\"success\"}")
             .await,
@@ -90,17 +105,7 @@ async fn certificate_rotates_without_restart_and_bad_files_keep_the_old_one() {
         .await;
     std::fs::write(secret.join("..gen2").join(certs::CERT_FILE), "garbage").unwrap();
     std::fs::write(secret.join("..gen2").join(certs::KEY_FILE), "garbage").unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "a counted reload failure",
-        || async {
-            let f = s
-                .metric("meshrev_tls_reloads_total{result=\"failure\"}")
-                .await;
-            (f > failures).then_some(())
-        },
-    )
-    .await;
+    wait_failure_counted(&s, failures, "a counted reload failure").await;
     assert_eq!(s.client.served_cert().await.unwrap(), want);
     assert_eq!(
         s.client
@@ -121,28 +126,13 @@ async fn certificate_rotates_without_restart_and_bad_files_keep_the_old_one() {
         .metric("meshrev_tls_reloads_total{result=\"failure\"}")
         .await;
     secret_volume_write(&secret, 3, &mismatched);
-    eventually(
-        Duration::from_secs(10),
-        "the mismatched pair refused",
-        || async {
-            let f = s
-                .metric("meshrev_tls_reloads_total{result=\"failure\"}")
-                .await;
-            (f > failures).then_some(())
-        },
-    )
-    .await;
+    wait_failure_counted(&s, failures, "the mismatched pair refused").await;
     assert_eq!(s.client.served_cert().await.unwrap(), want);
 
     // And a good pair is picked up again.
     secret_volume_write(&secret, 4, &third);
     let want = der(&third);
-    eventually(Duration::from_secs(10), "recovery", || {
-        let c = s.client.clone();
-        let want = want.clone();
-        async move { (c.served_cert().await.ok()? == want).then_some(()) }
-    })
-    .await;
+    wait_served(&s, &want, "recovery").await;
     assert_eq!(
         s.metric("meshrev_tls_reloads_total{result=\"success\"}")
             .await,
