@@ -7,6 +7,7 @@
 pub mod pod;
 mod template;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -148,7 +149,7 @@ struct PodValues<'p> {
     image: Option<&'p str>,
     log_level: &'p str,
     resources: Option<String>,
-    init_args: String,
+    init_args: Cow<'static, str>,
     app_containers: String,
     pod_ports: String,
     workload: String,
@@ -393,22 +394,26 @@ fn write_patch(
     .iter()
     .find_map(|k| meta.label(k))
     .unwrap_or("latest");
-    let mut labels: Vec<(&str, String)> = vec![("security.istio.io~1tlsMode", json_str("istio"))];
+    let mut labels: Vec<(&str, Cow<str>)> =
+        vec![("security.istio.io~1tlsMode", Cow::Borrowed("\"istio\""))];
     if meta.label("service.istio.io/canonical-name").is_none() {
-        labels.push(("service.istio.io~1canonical-name", json_str(canonical_name)));
+        labels.push((
+            "service.istio.io~1canonical-name",
+            json_str(canonical_name).into(),
+        ));
     }
     if meta.label("service.istio.io/canonical-revision").is_none() {
         labels.push((
             "service.istio.io~1canonical-revision",
-            json_str(canonical_rev),
+            json_str(canonical_rev).into(),
         ));
     }
     write_map(&mut ops, "/metadata/labels", meta.labels.is_some(), &labels);
 
     // Annotations.
-    let mut anns: Vec<(&str, String)> = Vec::with_capacity(4 + tmpl.extra_annotations.len());
+    let mut anns: Vec<(&str, Cow<str>)> = Vec::with_capacity(4 + tmpl.extra_annotations.len());
     for (k, v) in &tmpl.extra_annotations {
-        anns.push((k, v.to_string()));
+        anns.push((k, Cow::Borrowed(v)));
     }
     if let Some(first) = spec
         .containers
@@ -426,12 +431,12 @@ fn write_patch(
             ),
         ] {
             if meta.annotation(k).is_none() {
-                anns.push((key, json_str(first.name.as_str())));
+                anns.push((key, json_str(first.name.as_str()).into()));
             }
         }
     }
-    anns.push(("istio.io~1rev", tmpl.revision_json.to_string()));
-    anns.push(("sidecar.istio.io~1status", tmpl.status_json.to_string()));
+    anns.push(("istio.io~1rev", Cow::Borrowed(&tmpl.revision_json)));
+    anns.push(("sidecar.istio.io~1status", Cow::Borrowed(&tmpl.status_json)));
     write_map(
         &mut ops,
         "/metadata/annotations",
@@ -463,7 +468,7 @@ fn remove_named<'n>(
 
 /// Sets keys of a labels/annotations map: one `add` per key when the map exists, else one
 /// `add` of the whole map. Values are JSON text.
-fn write_map(ops: &mut Ops<'_>, path: &str, exists: bool, entries: &[(&str, String)]) {
+fn write_map(ops: &mut Ops<'_>, path: &str, exists: bool, entries: &[(&str, Cow<str>)]) {
     if exists {
         for (k, v) in entries {
             ops.raw(&[path, "/", k], v);
@@ -486,7 +491,31 @@ fn write_map(ops: &mut Ops<'_>, path: &str, exists: bool, entries: &[(&str, Stri
 }
 
 /// The args of `istio-init`, honouring the `traffic.sidecar.istio.io/*` annotations.
-fn init_args(meta: &Meta<'_>) -> Result<String, String> {
+/// The annotations that change `istio-init`'s args.
+const TRAFFIC_ANNOTATIONS: [&str; 6] = [
+    "traffic.sidecar.istio.io/includeOutboundIPRanges",
+    "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+    "traffic.sidecar.istio.io/includeInboundPorts",
+    "traffic.sidecar.istio.io/excludeInboundPorts",
+    "traffic.sidecar.istio.io/includeOutboundPorts",
+    "traffic.sidecar.istio.io/excludeOutboundPorts",
+];
+
+fn init_args(meta: &Meta<'_>) -> Result<Cow<'static, str>, String> {
+    // Most pods set none of the traffic annotations: their args are rendered once.
+    static DEFAULT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        render_init_args(&Meta::default()).expect("the default init args must render")
+    });
+    if TRAFFIC_ANNOTATIONS
+        .iter()
+        .all(|k| meta.annotation(k).is_none())
+    {
+        return Ok(Cow::Borrowed(DEFAULT.as_str()));
+    }
+    render_init_args(meta).map(Cow::Owned)
+}
+
+fn render_init_args(meta: &Meta<'_>) -> Result<String, String> {
     let get = |k: &str| meta.annotation(k);
     let ports = |key: &str| -> Result<Option<&str>, String> {
         match get(key) {
