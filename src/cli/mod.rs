@@ -1,6 +1,6 @@
 //! The `meshrev` command line. Thin: each subcommand parses its flags and calls the library.
 
-mod inject;
+pub mod inject;
 
 use std::process::ExitCode;
 

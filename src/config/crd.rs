@@ -39,6 +39,26 @@ pub struct MeshRevisionSpec {
     /// Overrides applied to the default sidecar of this revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<SidecarOverrides>,
+    /// Whether `istio-proxy` runs as a Kubernetes native sidecar (an init container with
+    /// `restartPolicy: Always`): `auto` (the default) follows the version (native from Istio
+    /// 1.27 on, as Istio's `auto` on kubelets that support it). The pod annotation
+    /// `sidecar.istio.io/nativeSidecar` still overrides it per pod where the version reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_sidecars: Option<NativeSidecars>,
+    /// Istio's `values.global.proxy.holdApplicationUntilProxyStarts` (default false): the
+    /// proxy starts first and the app waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_application_until_proxy_starts: Option<bool>,
+}
+
+/// `MeshRevision.spec.nativeSidecars`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum NativeSidecars {
+    #[default]
+    Auto,
+    Enabled,
+    Disabled,
 }
 
 /// Overrides of the default sidecar, per revision.

@@ -5,7 +5,9 @@
 //! into one buffer, filling only the pod-dependent slots.
 
 pub mod pod;
+mod probes;
 mod template;
+mod validate;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -13,8 +15,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub use template::{
-    INIT_CONTAINER, PROXY_CONTAINER, Part, ProxyResourceDefaults, RevisionTemplate, Slot,
-    VOLUME_NAMES, json_str, pointer_escape,
+    Features, INIT_CONTAINER, NEWEST_MINOR, OLDEST_MINOR, PROXY_CONTAINER, Part,
+    ProxyResourceDefaults, RevisionTemplate, STATUS_PORT, Slot, VOLUME_NAMES, json_str,
+    pointer_escape,
 };
 
 use crate::router::{self, Decision, SkipReason, Via};
@@ -121,12 +124,15 @@ impl Ops<'_> {
         self.start("remove", path);
         self.out.push(b'}');
     }
-    /// `add` with a value written by `value`.
-    fn add(&mut self, path: &[&str], value: impl FnOnce(&mut Vec<u8>)) {
-        self.start("add", path);
+    /// `add` (or another op with a value) with the value written by `value`.
+    fn with_value(&mut self, op: &str, path: &[&str], value: impl FnOnce(&mut Vec<u8>)) {
+        self.start(op, path);
         self.out.extend_from_slice(b",\"value\":");
         value(self.out);
         self.out.push(b'}');
+    }
+    fn add(&mut self, path: &[&str], value: impl FnOnce(&mut Vec<u8>)) {
+        self.with_value("add", path, value);
     }
     fn raw(&mut self, path: &[&str], json: &str) {
         self.add(path, |o| o.extend_from_slice(json.as_bytes()));
@@ -148,12 +154,23 @@ fn push_str_json(out: &mut Vec<u8>, s: &str) {
 struct PodValues<'p> {
     image: Option<&'p str>,
     log_level: &'p str,
+    component_log_level: &'p str,
+    agent_log_level: &'p str,
     resources: Option<String>,
     init_args: Cow<'static, str>,
     app_containers: String,
     pod_ports: String,
     workload: String,
     owner: String,
+    interception: &'p str,
+    /// `PROXY_CONFIG` when the pod sets `proxy.istio.io/config`.
+    proxy_config: Option<String>,
+    lifecycle: Option<String>,
+    native: bool,
+    probes: Option<Cow<'p, str>>,
+    prometheus_env: Option<String>,
+    probers: Option<String>,
+    user_mounts: Vec<String>,
 }
 
 const LOG_LEVELS: [&str; 7] = [
@@ -162,15 +179,16 @@ const LOG_LEVELS: [&str; 7] = [
 
 impl<'p> PodValues<'p> {
     fn compute(
-        tmpl: &RevisionTemplate,
+        tmpl: &'p RevisionTemplate,
         namespace: &str,
         meta: &'p Meta<'_>,
         spec: &Spec<'_>,
+        settings: &PodSettings,
     ) -> Result<Self, String> {
         let ann = |k: &str| meta.annotation(k);
-        let image = ann("sidecar.istio.io/proxyImage");
+        let image = ann("sidecar.istio.io/proxyImage").filter(|i| i.contains('/'));
         if let Some(img) = image
-            && (img.is_empty() || img.chars().any(char::is_whitespace))
+            && (img.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
             return Err(format!(
                 "annotation sidecar.istio.io/proxyImage: {img:?} is not an image reference"
@@ -183,6 +201,18 @@ impl<'p> PodValues<'p> {
                 LOG_LEVELS.join(", ")
             ));
         }
+        let component_log_level = ann("sidecar.istio.io/componentLogLevel").unwrap_or("misc:error");
+        let agent_log_level = ann("sidecar.istio.io/agentLogLevel").unwrap_or("default:info");
+        for (k, v) in [
+            ("sidecar.istio.io/componentLogLevel", component_log_level),
+            ("sidecar.istio.io/agentLogLevel", agent_log_level),
+        ] {
+            if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(format!(
+                    "annotation {k}: {v:?} must not contain white space or control characters"
+                ));
+            }
+        }
         let mut resources = None;
         let overrides = [
             ("sidecar.istio.io/proxyCPU", true, "cpu"),
@@ -191,14 +221,11 @@ impl<'p> PodValues<'p> {
             ("sidecar.istio.io/proxyMemoryLimit", false, "memory"),
         ];
         if overrides.iter().any(|(k, _, _)| ann(k).is_some()) {
-            let mut r = tmpl.default_resources.clone();
+            // Istio's template: with any of these annotations, only the annotated values
+            // are written (the installation's defaults are not merged in).
+            let mut r = ProxyResourceDefaults::default();
             for (key, request, res) in overrides {
                 if let Some(q) = ann(key) {
-                    if !is_quantity(q) {
-                        return Err(format!(
-                            "annotation {key}: {q:?} is not a Kubernetes quantity (e.g. 100m, 128Mi)"
-                        ));
-                    }
                     let map = if request {
                         &mut r.requests
                     } else {
@@ -209,7 +236,8 @@ impl<'p> PodValues<'p> {
             }
             resources = Some(r.to_json());
         }
-        let init_args = init_args(meta)?;
+        let interception = ann("sidecar.istio.io/interceptionMode").unwrap_or("REDIRECT");
+        let init_args = init_args(meta, interception, agent_log_level)?;
 
         let mut app_containers = String::new();
         let mut pod_ports = String::from("[");
@@ -238,47 +266,154 @@ impl<'p> PodValues<'p> {
             }
         }
         pod_ports.push(']');
-        let (workload, owner) = workload_identity(namespace, meta);
+        let (mut workload, owner) = workload_identity(namespace, meta);
+        if tmpl.features.v1_25
+            && let Some(w) = meta.label("service.istio.io/workload-name")
+        {
+            workload = w.to_string();
+        }
+
+        let status_port = settings.status_port;
+        let lifecycle = if settings.hold && !settings.native {
+            Some(
+                r#","lifecycle":{"postStart":{"exec":{"command":["pilot-agent","wait"]}}}"#
+                    .to_string(),
+            )
+        } else if settings.native {
+            Some(format!(
+                r#","lifecycle":{{"preStop":{{"exec":{{"command":["pilot-agent","request","--debug-port={status_port}","POST","drain"]}}}}}}"#
+            ))
+        } else {
+            None
+        };
+        let probes = if status_port == 0 {
+            None
+        } else {
+            let get = |k: &str, d: u32| ann(k).and_then(|v| v.parse::<u32>().ok()).unwrap_or(d);
+            let custom = [
+                "readiness.status.sidecar.istio.io/initialDelaySeconds",
+                "readiness.status.sidecar.istio.io/periodSeconds",
+                "readiness.status.sidecar.istio.io/failureThreshold",
+            ]
+            .iter()
+            .any(|k| ann(k).is_some());
+            Some(if custom {
+                Cow::Owned(template::render_probes(
+                    get("readiness.status.sidecar.istio.io/initialDelaySeconds", 0),
+                    get("readiness.status.sidecar.istio.io/periodSeconds", 15),
+                    get("readiness.status.sidecar.istio.io/failureThreshold", 4),
+                ))
+            } else {
+                Cow::Borrowed(&*tmpl.probes_json)
+            })
+        };
+        let user_mounts = match ann("sidecar.istio.io/userVolumeMount") {
+            Some(v) => named_objects("sidecar.istio.io/userVolumeMount", v)?,
+            None => Vec::new(),
+        };
         Ok(PodValues {
             image,
             log_level,
+            component_log_level,
+            agent_log_level,
             resources,
             init_args,
             app_containers,
             pod_ports,
             workload,
             owner,
+            interception,
+            proxy_config: settings.proxy_config.clone(),
+            lifecycle,
+            native: settings.native,
+            probes,
+            prometheus_env: None,
+            probers: None,
+            user_mounts,
         })
     }
 
     fn fill(&self, tmpl: &RevisionTemplate, slot: Slot, out: &mut Vec<u8>) {
+        let env = |out: &mut Vec<u8>, name: &str, value: &str| {
+            out.extend_from_slice(b",{\"name\":\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\",\"value\":");
+            push_str_json(out, value);
+            out.push(b'}');
+        };
         match slot {
             Slot::Image => match self.image {
                 Some(img) => push_str_json(out, img),
                 None => out.extend_from_slice(tmpl.image_json.as_bytes()),
             },
             Slot::InitArgs => out.extend_from_slice(self.init_args.as_bytes()),
-            Slot::LogLevelArg => {
-                out.extend_from_slice(b"\"--proxyLogLevel=");
-                out.extend_from_slice(self.log_level.as_bytes());
-                out.push(b'"');
+            Slot::ProxyArgs => {
+                out.extend_from_slice(
+                    b"[\"proxy\",\"sidecar\",\"--domain\",\"$(POD_NAMESPACE).svc.cluster.local\",",
+                );
+                for (i, (flag, v)) in [
+                    ("--proxyLogLevel=", self.log_level),
+                    ("--proxyComponentLogLevel=", self.component_log_level),
+                    ("--log_output_level=", self.agent_log_level),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    push_str_json(out, &format!("{flag}{v}"));
+                }
+                out.push(b']');
             }
             Slot::Resources => match &self.resources {
                 Some(r) => out.extend_from_slice(r.as_bytes()),
                 None => out.extend_from_slice(tmpl.resources_json.as_bytes()),
             },
-            Slot::PodEnv => {
-                for (name, value) in [
-                    ("ISTIO_META_POD_PORTS", self.pod_ports.as_str()),
-                    ("ISTIO_META_APP_CONTAINERS", &self.app_containers),
-                    ("ISTIO_META_WORKLOAD_NAME", &self.workload),
-                    ("ISTIO_META_OWNER", &self.owner),
-                ] {
-                    out.extend_from_slice(b",{\"name\":\"");
-                    out.extend_from_slice(name.as_bytes());
-                    out.extend_from_slice(b"\",\"value\":");
-                    push_str_json(out, value);
-                    out.push(b'}');
+            Slot::EnvPod => {
+                match &self.proxy_config {
+                    Some(pc) => env(out, "PROXY_CONFIG", pc),
+                    None => {
+                        out.extend_from_slice(b",{\"name\":\"PROXY_CONFIG\",\"value\":");
+                        out.extend_from_slice(tmpl.proxy_config_json.as_bytes());
+                        out.push(b'}');
+                    }
+                }
+                env(out, "ISTIO_META_POD_PORTS", &self.pod_ports);
+                env(out, "ISTIO_META_APP_CONTAINERS", &self.app_containers);
+            }
+            Slot::EnvWorkload => {
+                env(out, "ISTIO_META_INTERCEPTION_MODE", self.interception);
+                env(out, "ISTIO_META_WORKLOAD_NAME", &self.workload);
+                env(out, "ISTIO_META_OWNER", &self.owner);
+            }
+            Slot::EnvTail => {
+                if let Some(p) = &self.prometheus_env {
+                    env(out, "ISTIO_PROMETHEUS_ANNOTATIONS", p);
+                }
+                if let Some(p) = &self.probers {
+                    env(out, "ISTIO_KUBE_APP_PROBERS", p);
+                }
+            }
+            Slot::Lifecycle => {
+                if let Some(l) = &self.lifecycle {
+                    out.extend_from_slice(l.as_bytes());
+                }
+            }
+            Slot::RestartPolicy => {
+                if self.native {
+                    out.extend_from_slice(b",\"restartPolicy\":\"Always\"");
+                }
+            }
+            Slot::Probes => {
+                if let Some(p) = &self.probes {
+                    out.extend_from_slice(p.as_bytes());
+                }
+            }
+            Slot::MountsTail => {
+                for m in &self.user_mounts {
+                    out.push(b',');
+                    out.extend_from_slice(m.as_bytes());
                 }
             }
         }
@@ -294,6 +429,165 @@ impl<'p> PodValues<'p> {
     }
 }
 
+/// `{"name": {...}, …}` (Istio's `userVolume`/`userVolumeMount`) → one JSON object per entry,
+/// with its `name`.
+fn named_objects(key: &str, v: &str) -> Result<Vec<String>, String> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(v)
+        .map_err(|e| format!("annotation {key}: not a JSON object of name → object: {e}"))?;
+    map.into_iter()
+        .map(|(name, mut obj)| match &mut obj {
+            serde_json::Value::Object(o) => {
+                o.insert("name".into(), serde_json::Value::String(name));
+                Ok(obj.to_string())
+            }
+            _ => Err(format!("annotation {key}: entry {name:?} is not an object")),
+        })
+        .collect()
+}
+
+/// Per-pod settings decided before rendering.
+struct PodSettings {
+    native: bool,
+    hold: bool,
+    status_port: i64,
+    proxy_config: Option<String>,
+}
+
+impl PodSettings {
+    fn of(tmpl: &RevisionTemplate, meta: &Meta<'_>) -> Result<PodSettings, String> {
+        let ann = |k: &str| meta.annotation(k);
+        let native = match (
+            tmpl.features.native_annotation,
+            ann("sidecar.istio.io/nativeSidecar"),
+        ) {
+            (template::NativeAnnotation::Ignored, _) | (_, None) => tmpl.native,
+            (template::NativeAnnotation::TrueOptsIn, Some(v)) => v == "true",
+            (template::NativeAnnotation::NotFalseOptsIn, Some(v)) => v != "false",
+        };
+        let mut hold = tmpl.hold_application;
+        let mut proxy_config = None;
+        if let Some(pc) = ann("proxy.istio.io/config") {
+            let parsed: serde_json::Value = serde_json::from_str(pc)
+                .or_else(|_| serde_yaml::from_str(pc))
+                .map_err(|e| format!("annotation proxy.istio.io/config: not a ProxyConfig: {e}"))?;
+            let serde_json::Value::Object(mut m) = parsed else {
+                return Err(
+                    "annotation proxy.istio.io/config: must be a ProxyConfig object".to_string(),
+                );
+            };
+            if let Some(h) = m.get("holdApplicationUntilProxyStarts") {
+                hold = h.as_bool().unwrap_or(hold);
+            }
+            m.entry("discoveryAddress")
+                .or_insert_with(|| tmpl.discovery_address.clone().into());
+            proxy_config = Some(serde_json::Value::Object(m).to_string() + "\n");
+        }
+        let status_port = match ann("status.sidecar.istio.io/port") {
+            Some(p) => i64::from(p.trim().parse::<u16>().map_err(|_| {
+                format!("annotation status.sidecar.istio.io/port: {p:?} is not a port number")
+            })?),
+            None => i64::from(STATUS_PORT),
+        };
+        Ok(PodSettings {
+            native,
+            hold,
+            status_port,
+            proxy_config,
+        })
+    }
+}
+
+/// Istio's `prometheus.io/*` handling ("metrics merge"): the app's scrape settings move into
+/// `ISTIO_PROMETHEUS_ANNOTATIONS` and the pod's annotations point Prometheus at the agent,
+/// which scrapes the app and Envoy and serves both.
+struct PrometheusMerge<'m> {
+    /// Annotation keys to remove (every spelling Prometheus' relabelling would read).
+    remove: Vec<&'m str>,
+    env: Option<String>,
+}
+
+fn sanitize_label_name(k: &str) -> String {
+    k.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.is_ascii_alphabetic() || c == '_' || (i > 0 && c.is_ascii_digit()) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn parse_go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+fn prometheus_merge<'m>(meta: &'m Meta<'_>) -> Option<PrometheusMerge<'m>> {
+    if let Some(v) = meta.annotation("prometheus.istio.io/merge-metrics")
+        && parse_go_bool(v) == Some(false)
+    {
+        return None;
+    }
+    let anns = meta
+        .annotations
+        .as_ref()
+        .map(|a| a.0.as_slice())
+        .unwrap_or(&[]);
+    let (mut scrape, mut path, mut port) = (None, None, None);
+    let mut remove = Vec::new();
+    for (k, v) in anns {
+        let (k, v) = (k.as_str(), v.as_str());
+        match sanitize_label_name(k).as_str() {
+            "prometheus_io_scrape" => {
+                if parse_go_bool(v) == Some(false) {
+                    return None;
+                }
+                scrape = Some(v);
+            }
+            "prometheus_io_path" => path = Some(v),
+            "prometheus_io_port" => port = Some(v),
+            _ => continue,
+        }
+        remove.push(k);
+    }
+    if port == Some("15020") {
+        // Already pointing at the agent: re-injected, or the user's choice.
+        return None;
+    }
+    let env = (scrape.is_some() || path.is_some() || port.is_some()).then(|| {
+        serde_json::json!({
+            "scrape": scrape.unwrap_or(""),
+            "path": path.unwrap_or(""),
+            "port": port.unwrap_or(""),
+        })
+        .to_string()
+    });
+    Some(PrometheusMerge { remove, env })
+}
+
+/// Istio's `service.istio.io/canonical-name` rule: the label, else `app.kubernetes.io/name`,
+/// else `app`, else the workload name; at most 63 characters, no trailing `-`.
+fn canonical_name<'v>(meta: &'v Meta<'_>, workload: &'v str) -> &'v str {
+    let name = [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|k| meta.label(k).filter(|v| !v.is_empty()))
+    .unwrap_or(workload);
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].trim_end_matches('-')
+}
+
 /// Writes the patch that injects `tmpl` into the pod. Returns `Ok(false)` (and writes
 /// nothing) when the pod already carries this revision's sidecar.
 fn write_patch(
@@ -306,36 +600,77 @@ fn write_patch(
     let status: Option<Status> = meta
         .annotation(ANNOTATION_STATUS)
         .map(|s| serde_json::from_str(s).unwrap_or_default());
+    let has_proxy = |l: &[pod::Container<'_>]| l.iter().any(|c| c.name.as_str() == PROXY_CONTAINER);
     if let Some(st) = &status
         && st.revision.as_deref() == Some(tmpl.revision.as_str())
-        && spec
-            .containers
-            .iter()
-            .any(|c| c.name.as_str() == PROXY_CONTAINER)
+        && (has_proxy(&spec.containers) || spec.init_containers.as_deref().is_some_and(has_proxy))
     {
         return Ok(false);
     }
-    let values = PodValues::compute(tmpl, namespace, meta, spec)?;
+    validate::annotations(meta)?;
+    let settings = PodSettings::of(tmpl, meta)?;
+    let mut values = PodValues::compute(tmpl, namespace, meta, spec, &settings)?;
+
+    let rewrite_probes = meta
+        .annotation("sidecar.istio.io/rewriteAppHTTPProbers")
+        .and_then(parse_go_bool)
+        .unwrap_or(true);
+    let mut rewrite = probes::Rewrite::default();
+    if rewrite_probes {
+        rewrite = probes::rewrite(spec, settings.status_port, tmpl.features.lifecycle_rewrite);
+        if status.is_some() {
+            let old_env = spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .find(|c| c.name.as_str() == PROXY_CONTAINER)
+                .and_then(|c| c.env)
+                .map(|e| e.get());
+            probes::merge_previous(&mut rewrite.probers, old_env);
+        }
+        if !rewrite.probers.is_empty() {
+            values.probers =
+                Some(serde_json::to_string(&rewrite.probers).expect("probers must serialize"));
+        }
+    }
+    let prom = prometheus_merge(meta);
+    if let Some(p) = &prom {
+        values.prometheus_env = p.env.clone();
+    }
+    let user_volumes = match meta.annotation("sidecar.istio.io/userVolume") {
+        Some(v) => named_objects("sidecar.istio.io/userVolume", v)?,
+        None => Vec::new(),
+    };
+
     let mut ops = Ops { out, n: 0 };
+
+    // Rewritten probes first: their paths use the indices of the pod as it came.
+    for (path, value) in &rewrite.replaces {
+        ops.with_value("replace", &[path], |o| {
+            o.extend_from_slice(value.as_bytes())
+        });
+    }
 
     // Remove what an earlier injection (of another revision) left, so nothing is doubled.
     let listed = |l: &Option<Vec<String>>, name: &str| {
         l.as_ref().is_some_and(|v| v.iter().any(|n| n == name))
     };
     let st = status.unwrap_or_default();
+    let sidecar_name = |n: &str| n == INIT_CONTAINER || n == PROXY_CONTAINER;
+    let mut inits_left = 0;
     if let Some(inits) = &spec.init_containers {
-        remove_named(
+        inits_left = remove_named(
             &mut ops,
             "/spec/initContainers/",
             inits.iter().map(|c| c.name.as_str()),
-            |n| n == INIT_CONTAINER || listed(&st.init_containers, n),
+            |n| sidecar_name(n) || listed(&st.init_containers, n) || listed(&st.containers, n),
         );
     }
     remove_named(
         &mut ops,
         "/spec/containers/",
         spec.containers.iter().map(|c| c.name.as_str()),
-        |n| n == PROXY_CONTAINER || listed(&st.containers, n),
+        |n| sidecar_name(n) || listed(&st.containers, n) || listed(&st.init_containers, n),
     );
     if let Some(vols) = &spec.volumes {
         remove_named(
@@ -346,28 +681,62 @@ fn write_patch(
         );
     }
 
-    // Containers: istio-init first in initContainers, istio-proxy last in containers.
+    // Containers. Native: initContainers = istio-init, istio-proxy, the pod's own. Classic:
+    // istio-init after the pod's init containers; istio-proxy last (first when the app
+    // waits for it).
     let init = |o: &mut Vec<u8>| values.render(tmpl, &tmpl.init_container.0, o);
-    if spec.init_containers.is_some() {
-        ops.add(&["/spec/initContainers/-"], init);
+    let proxy = |o: &mut Vec<u8>| values.render(tmpl, &tmpl.proxy_container.0, o);
+    let no_init = values.interception == "NONE" && !values.native;
+    if values.native {
+        if spec.init_containers.is_some() {
+            ops.add(&["/spec/initContainers/0"], proxy);
+            if values.interception != "NONE" {
+                ops.add(&["/spec/initContainers/0"], init);
+            }
+        } else {
+            ops.add(&["/spec/initContainers"], |o| {
+                o.push(b'[');
+                if values.interception != "NONE" {
+                    init(o);
+                    o.push(b',');
+                }
+                proxy(o);
+                o.push(b']');
+            });
+        }
     } else {
-        ops.add(&["/spec/initContainers"], |o| {
-            o.push(b'[');
-            init(o);
-            o.push(b']');
-        });
+        if !no_init {
+            if spec.init_containers.is_some() {
+                ops.add(&["/spec/initContainers/-"], init);
+            } else {
+                ops.add(&["/spec/initContainers"], |o| {
+                    o.push(b'[');
+                    init(o);
+                    o.push(b']');
+                });
+            }
+        }
+        let at = if settings.hold {
+            "/spec/containers/0"
+        } else {
+            "/spec/containers/-"
+        };
+        ops.add(&[at], proxy);
     }
-    ops.add(&["/spec/containers/-"], |o| {
-        values.render(tmpl, &tmpl.proxy_container.0, o)
-    });
+    let _ = inits_left;
+    let all_volumes = tmpl
+        .volumes
+        .iter()
+        .map(|v| &**v)
+        .chain(user_volumes.iter().map(String::as_str));
     if spec.volumes.is_some() {
-        for v in &tmpl.volumes {
+        for v in all_volumes {
             ops.raw(&["/spec/volumes/-"], v);
         }
     } else {
         ops.add(&["/spec/volumes"], |o| {
             o.push(b'[');
-            for (i, v) in tmpl.volumes.iter().enumerate() {
+            for (i, v) in all_volumes.enumerate() {
                 if i > 0 {
                     o.push(b',');
                 }
@@ -378,42 +747,35 @@ fn write_patch(
     }
 
     // Labels.
-    let canonical_name = [
-        "service.istio.io/canonical-name",
-        "app.kubernetes.io/name",
-        "app",
-    ]
-    .iter()
-    .find_map(|k| meta.label(k))
-    .unwrap_or(&values.workload);
     let canonical_rev = [
         "service.istio.io/canonical-revision",
         "app.kubernetes.io/version",
         "version",
     ]
     .iter()
-    .find_map(|k| meta.label(k))
+    .find_map(|k| meta.label(k).filter(|v| !v.is_empty()))
     .unwrap_or("latest");
-    let mut labels: Vec<(&str, Cow<str>)> =
-        vec![("security.istio.io~1tlsMode", Cow::Borrowed("\"istio\""))];
-    if meta.label("service.istio.io/canonical-name").is_none() {
-        labels.push((
+    let tls_mode = meta
+        .label("security.istio.io/tlsMode")
+        .filter(|v| !v.is_empty())
+        .unwrap_or("istio");
+    let labels: [(&str, Cow<str>); 3] = [
+        ("security.istio.io~1tlsMode", json_str(tls_mode).into()),
+        (
             "service.istio.io~1canonical-name",
-            json_str(canonical_name).into(),
-        ));
-    }
-    if meta.label("service.istio.io/canonical-revision").is_none() {
-        labels.push((
+            json_str(canonical_name(meta, &values.workload)).into(),
+        ),
+        (
             "service.istio.io~1canonical-revision",
             json_str(canonical_rev).into(),
-        ));
-    }
+        ),
+    ];
     write_map(&mut ops, "/metadata/labels", meta.labels.is_some(), &labels);
 
     // Annotations.
-    let mut anns: Vec<(&str, Cow<str>)> = Vec::with_capacity(4 + tmpl.extra_annotations.len());
+    let mut anns: Vec<(Cow<str>, Cow<str>)> = Vec::with_capacity(8 + tmpl.extra_annotations.len());
     for (k, v) in &tmpl.extra_annotations {
-        anns.push((k, Cow::Borrowed(v)));
+        anns.push((Cow::Borrowed(k), Cow::Borrowed(v)));
     }
     if let Some(first) = spec
         .containers
@@ -431,18 +793,77 @@ fn write_patch(
             ),
         ] {
             if meta.annotation(k).is_none() {
-                anns.push((key, json_str(first.name.as_str()).into()));
+                anns.push((Cow::Borrowed(key), json_str(first.name.as_str()).into()));
             }
         }
     }
-    anns.push(("istio.io~1rev", Cow::Borrowed(&tmpl.revision_json)));
-    anns.push(("sidecar.istio.io~1status", Cow::Borrowed(&tmpl.status_json)));
+    if let Some(p) = &prom {
+        if meta.annotations.is_some() {
+            for k in &p.remove {
+                let key = pointer_escape(k);
+                ops.remove(&["/metadata/annotations/", &key]);
+            }
+        }
+        anns.push((
+            Cow::Borrowed("prometheus.io~1port"),
+            Cow::Borrowed("\"15020\""),
+        ));
+        anns.push((
+            Cow::Borrowed("prometheus.io~1path"),
+            Cow::Borrowed("\"/stats/prometheus\""),
+        ));
+        anns.push((
+            Cow::Borrowed("prometheus.io~1scrape"),
+            Cow::Borrowed("\"true\""),
+        ));
+    }
+    anns.push((
+        Cow::Borrowed("istio.io~1rev"),
+        Cow::Borrowed(&tmpl.revision_json),
+    ));
+    let default_shape = values.interception != "NONE" && user_volumes.is_empty();
+    let status_json: Cow<str> = match (default_shape, values.native) {
+        (true, true) => Cow::Borrowed(&tmpl.status_json_native),
+        (true, false) => Cow::Borrowed(&tmpl.status_json_classic),
+        (false, native) => {
+            // What this pod actually got, in Istio's format.
+            let init = values.interception != "NONE";
+            let mut inits: Vec<&str> = Vec::new();
+            if init {
+                inits.push(INIT_CONTAINER);
+            }
+            if native {
+                inits.push(PROXY_CONTAINER);
+            }
+            let mut vols: Vec<&str> = tmpl.volume_names.clone();
+            let user_names: Vec<String> = user_volumes
+                .iter()
+                .filter_map(|v| {
+                    serde_json::from_str::<serde_json::Value>(v)
+                        .ok()
+                        .and_then(|v| v["name"].as_str().map(str::to_string))
+                })
+                .collect();
+            vols.extend(user_names.iter().map(String::as_str));
+            let status = serde_json::json!({
+                "initContainers": if inits.is_empty() { serde_json::Value::Null } else { serde_json::json!(inits) },
+                "containers": if native { serde_json::Value::Null } else { serde_json::json!([PROXY_CONTAINER]) },
+                "volumes": vols,
+                "imagePullSecrets": null,
+                "revision": tmpl.revision,
+            });
+            Cow::Owned(json_str(&status.to_string()))
+        }
+    };
+    anns.push((Cow::Borrowed("sidecar.istio.io~1status"), status_json));
+    let anns: Vec<(&str, Cow<str>)> = anns.iter().map(|(k, v)| (&**k, v.clone())).collect();
     write_map(
         &mut ops,
         "/metadata/annotations",
         meta.annotations.is_some(),
         &anns,
     );
+    let _ = no_init;
     ops.finish();
     Ok(true)
 }
@@ -454,16 +875,20 @@ fn remove_named<'n>(
     prefix: &str,
     names: impl Iterator<Item = &'n str>,
     hit: impl Fn(&str) -> bool,
-) {
+) -> usize {
+    let mut total = 0;
     let idx: Vec<usize> = names
         .enumerate()
+        .inspect(|_| total += 1)
         .filter(|(_, n)| hit(n))
         .map(|(i, _)| i)
         .collect();
+    let left = total - idx.len();
     for i in idx.into_iter().rev() {
         let i = i.to_string();
         ops.remove(&[prefix, &i]);
     }
+    left
 }
 
 /// Sets keys of a labels/annotations map: one `add` per key when the map exists, else one
@@ -490,60 +915,77 @@ fn write_map(ops: &mut Ops<'_>, path: &str, exists: bool, entries: &[(&str, Cow<
     }
 }
 
-/// The args of `istio-init`, honouring the `traffic.sidecar.istio.io/*` annotations.
 /// The annotations that change `istio-init`'s args.
-const TRAFFIC_ANNOTATIONS: [&str; 6] = [
+const INIT_ARG_ANNOTATIONS: [&str; 11] = [
     "traffic.sidecar.istio.io/includeOutboundIPRanges",
     "traffic.sidecar.istio.io/excludeOutboundIPRanges",
     "traffic.sidecar.istio.io/includeInboundPorts",
     "traffic.sidecar.istio.io/excludeInboundPorts",
     "traffic.sidecar.istio.io/includeOutboundPorts",
     "traffic.sidecar.istio.io/excludeOutboundPorts",
+    "traffic.sidecar.istio.io/kubevirtInterfaces",
+    "traffic.sidecar.istio.io/excludeInterfaces",
+    "istio.io/reroute-virtual-interfaces",
+    "status.sidecar.istio.io/port",
+    "sidecar.istio.io/interceptionMode",
 ];
 
-fn init_args(meta: &Meta<'_>) -> Result<Cow<'static, str>, String> {
-    // Most pods set none of the traffic annotations: their args are rendered once.
-    static DEFAULT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        render_init_args(&Meta::default()).expect("the default init args must render")
-    });
-    if TRAFFIC_ANNOTATIONS
-        .iter()
-        .all(|k| meta.annotation(k).is_none())
+/// The args of `istio-init` (Istio's template), honouring the traffic annotations. The
+/// values were validated by [`validate::annotations`].
+fn init_args(
+    meta: &Meta<'_>,
+    interception: &str,
+    agent_log_level: &str,
+) -> Result<Cow<'static, str>, String> {
+    // Most pods set none of these annotations: their args are rendered once.
+    static DEFAULT: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| render_init_args(&Meta::default(), "REDIRECT", "default:info"));
+    if agent_log_level == "default:info"
+        && INIT_ARG_ANNOTATIONS
+            .iter()
+            .all(|k| meta.annotation(k).is_none())
     {
         return Ok(Cow::Borrowed(DEFAULT.as_str()));
     }
-    render_init_args(meta).map(Cow::Owned)
+    Ok(Cow::Owned(render_init_args(
+        meta,
+        interception,
+        agent_log_level,
+    )))
 }
 
-fn render_init_args(meta: &Meta<'_>) -> Result<String, String> {
-    let get = |k: &str| meta.annotation(k);
-    let ports = |key: &str| -> Result<Option<&str>, String> {
-        match get(key) {
-            Some(v) if !is_port_list(v) => Err(format!(
-                "annotation {key}: {v:?} is not '*' or a comma-separated list of ports"
-            )),
-            v => Ok(v),
-        }
-    };
-    let ranges = |key: &str| -> Result<Option<&str>, String> {
-        match get(key) {
-            Some(v) if !is_cidr_list(v) => Err(format!(
-                "annotation {key}: {v:?} is not '*' or a comma-separated list of CIDRs"
-            )),
-            v => Ok(v),
-        }
-    };
-    let include_ranges = ranges("traffic.sidecar.istio.io/includeOutboundIPRanges")?.unwrap_or("*");
-    let exclude_ranges = ranges("traffic.sidecar.istio.io/excludeOutboundIPRanges")?.unwrap_or("");
-    let include_in = ports("traffic.sidecar.istio.io/includeInboundPorts")?.unwrap_or("*");
-    let exclude_in = ports("traffic.sidecar.istio.io/excludeInboundPorts")?;
-    let include_out = ports("traffic.sidecar.istio.io/includeOutboundPorts")?;
-    let exclude_out = ports("traffic.sidecar.istio.io/excludeOutboundPorts")?;
-    let mut excluded_in = String::from("15090,15021,15020");
-    if let Some(e) = exclude_in.filter(|e| !e.is_empty()) {
-        excluded_in.push(',');
-        excluded_in.push_str(e);
+/// Istio's `excludeInboundPort`: adds the status port to the excluded inbound ports unless
+/// it is there already (or is 0).
+fn exclude_inbound_port(port: &str, excluded: &str) -> String {
+    let port = port.trim();
+    if port.is_empty() || port == "0" {
+        return excluded.to_string();
     }
+    let mut out = Vec::new();
+    for p in excluded.split(',') {
+        if p == port {
+            return excluded.to_string();
+        }
+        let p = p.trim();
+        if !p.is_empty() {
+            out.push(p);
+        }
+    }
+    out.push(port);
+    out.join(",")
+}
+
+fn render_init_args(meta: &Meta<'_>, interception: &str, agent_log_level: &str) -> String {
+    let get = |k: &str| meta.annotation(k);
+    let excluded = exclude_inbound_port(
+        get("status.sidecar.istio.io/port").unwrap_or("15020"),
+        get("traffic.sidecar.istio.io/excludeInboundPorts").unwrap_or(""),
+    );
+    let d = if excluded.is_empty() {
+        "15090,15021".to_string()
+    } else {
+        format!("15090,15021,{excluded}")
+    };
     let mut args: Vec<&str> = vec![
         "istio-iptables",
         "-p",
@@ -553,47 +995,33 @@ fn render_init_args(meta: &Meta<'_>) -> Result<String, String> {
         "-u",
         "1337",
         "-m",
-        "REDIRECT",
+        interception,
         "-i",
-        include_ranges,
+        get("traffic.sidecar.istio.io/includeOutboundIPRanges").unwrap_or("*"),
         "-x",
-        exclude_ranges,
+        get("traffic.sidecar.istio.io/excludeOutboundIPRanges").unwrap_or(""),
         "-b",
-        include_in,
+        get("traffic.sidecar.istio.io/includeInboundPorts").unwrap_or("*"),
         "-d",
-        &excluded_in,
+        &d,
     ];
-    if let Some(q) = include_out {
+    if let Some(q) = get("traffic.sidecar.istio.io/includeOutboundPorts") {
         args.extend(["-q", q]);
     }
-    if let Some(o) = exclude_out {
+    if let Some(o) = get("traffic.sidecar.istio.io/excludeOutboundPorts") {
         args.extend(["-o", o]);
     }
-    args.push("--log_output_level=default:info");
-    Ok(serde_json::to_string(&args).expect("strings must serialize"))
-}
-
-fn is_port_list(v: &str) -> bool {
-    v == "*"
-        || v.is_empty()
-        || v.split(',')
-            .all(|p| p.trim().parse::<u16>().is_ok_and(|p| p > 0))
-}
-
-fn is_cidr_list(v: &str) -> bool {
-    v == "*"
-        || v.is_empty()
-        || v.split(',').all(|c| {
-            let c = c.trim();
-            let (ip, prefix) = c.split_once('/').unwrap_or((c, "32"));
-            match ip.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(_)) => prefix.parse::<u8>().is_ok_and(|p| p <= 32),
-                Ok(std::net::IpAddr::V6(_)) => {
-                    prefix.parse::<u8>().is_ok_and(|p| p <= 128) || !c.contains('/')
-                }
-                Err(_) => false,
-            }
-        })
+    if let Some(k) = get("istio.io/reroute-virtual-interfaces")
+        .or_else(|| get("traffic.sidecar.istio.io/kubevirtInterfaces"))
+    {
+        args.extend(["-k", k]);
+    }
+    if let Some(c) = get("traffic.sidecar.istio.io/excludeInterfaces") {
+        args.extend(["-c", c]);
+    }
+    let log = format!("--log_output_level={agent_log_level}");
+    args.push(&log);
+    serde_json::to_string(&args).expect("strings must serialize")
 }
 
 /// Whether `q` is a Kubernetes resource quantity (`100m`, `1.5`, `128Mi`, `1e3`).

@@ -152,14 +152,27 @@ pub struct Spec<'a> {
     pub volumes: Option<Vec<Named<'a>>>,
 }
 
-/// A container: its name and its `ports` array, kept as raw JSON to be spliced into
-/// `ISTIO_META_POD_PORTS` without being parsed.
+/// A container: its name, and the parts injection reads kept as raw JSON (borrowed slices
+/// of the request, parsed only when a rewrite needs them): `ports` is spliced into
+/// `ISTIO_META_POD_PORTS` as it is; probes and lifecycle hooks are rewritten to the agent's
+/// `/app-health` endpoints; `env` is read only on an already injected `istio-proxy`.
 #[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 pub struct Container<'a> {
     #[serde(borrow, default)]
     pub name: Str<'a>,
     #[serde(borrow, default)]
     pub ports: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub readiness_probe: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub liveness_probe: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub startup_probe: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub lifecycle: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub env: Option<&'a RawValue>,
 }
 
 /// Anything identified by its `name` (volumes).

@@ -18,20 +18,70 @@ pub enum Slot {
     Image,
     /// The whole `args` array of `istio-init`.
     InitArgs,
-    /// The `--proxyLogLevel=…` argument of `istio-proxy` (a JSON string).
-    LogLevelArg,
-    /// Pod-derived env vars of `istio-proxy`, written as `,{…},{…}` after the fixed ones.
-    PodEnv,
-    /// The `resources` object of `istio-proxy`.
+    /// The whole `args` array of `istio-proxy`.
+    ProxyArgs,
+    /// The `resources` object of `istio-init` and `istio-proxy` (Istio renders both from its
+    /// `resources` template).
     Resources,
+    /// `PROXY_CONFIG`, `ISTIO_META_POD_PORTS`, `ISTIO_META_APP_CONTAINERS`: env entries,
+    /// each written as `,{…}`.
+    EnvPod,
+    /// `ISTIO_META_INTERCEPTION_MODE`, `ISTIO_META_WORKLOAD_NAME`, `ISTIO_META_OWNER`.
+    EnvWorkload,
+    /// What Istio appends after rendering: `ISTIO_PROMETHEUS_ANNOTATIONS`,
+    /// `ISTIO_KUBE_APP_PROBERS`.
+    EnvTail,
+    /// `,"lifecycle":{…}` or nothing.
+    Lifecycle,
+    /// `,"restartPolicy":"Always"` (native sidecar) or nothing.
+    RestartPolicy,
+    /// `,"readinessProbe":{…},"startupProbe":{…}` or nothing (status port 0).
+    Probes,
+    /// Extra volume mounts (`sidecar.istio.io/userVolumeMount`), each `,{…}`.
+    MountsTail,
 }
 
-const SLOTS: [(Slot, &str); 5] = [
-    (Slot::Image, "@@SLOT:IMAGE@@"),
-    (Slot::InitArgs, "@@SLOT:INIT_ARGS@@"),
-    (Slot::LogLevelArg, "@@SLOT:LOG_LEVEL@@"),
-    (Slot::PodEnv, "@@SLOT:POD_ENV@@"),
-    (Slot::Resources, "@@SLOT:RESOURCES@@"),
+/// How a slot marker sits in the template `Value`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SlotKind {
+    /// `"@@SLOT:X@@"` stands for a whole value.
+    Value,
+    /// `"@@SLOT:X@@"` is an array element after at least one other; the comma before it is
+    /// taken into the slot, so it can expand to nothing or to several `,{…}` elements.
+    Element,
+    /// `"~slot:X":null` is an object member (the `~` makes it sort last, after a comma); the
+    /// comma is taken into the slot, which writes `,"key":value` or nothing.
+    Member,
+}
+
+const SLOTS: [(Slot, &str, SlotKind); 11] = [
+    (Slot::Image, "\"@@SLOT:IMAGE@@\"", SlotKind::Value),
+    (Slot::InitArgs, "\"@@SLOT:INIT_ARGS@@\"", SlotKind::Value),
+    (Slot::ProxyArgs, "\"@@SLOT:PROXY_ARGS@@\"", SlotKind::Value),
+    (Slot::Resources, "\"@@SLOT:RESOURCES@@\"", SlotKind::Value),
+    (Slot::EnvPod, "\"@@SLOT:ENV_POD@@\"", SlotKind::Element),
+    (
+        Slot::EnvWorkload,
+        "\"@@SLOT:ENV_WORKLOAD@@\"",
+        SlotKind::Element,
+    ),
+    (Slot::EnvTail, "\"@@SLOT:ENV_TAIL@@\"", SlotKind::Element),
+    (
+        Slot::MountsTail,
+        "\"@@SLOT:MOUNTS_TAIL@@\"",
+        SlotKind::Element,
+    ),
+    (
+        Slot::Lifecycle,
+        "\"~slot:lifecycle\":null",
+        SlotKind::Member,
+    ),
+    (
+        Slot::RestartPolicy,
+        "\"~slot:restartPolicy\":null",
+        SlotKind::Member,
+    ),
+    (Slot::Probes, "\"~slot:probes\":null", SlotKind::Member),
 ];
 
 /// A piece of pre-rendered JSON.
@@ -46,9 +96,7 @@ pub enum Part {
 pub struct Fragment(pub Vec<Part>);
 
 impl Fragment {
-    /// Serializes `v` and cuts it at the slot markers. A marker stands for a whole JSON
-    /// value (`"@@SLOT:X@@"`, quotes included); `PodEnv` is an array element whose comma
-    /// before it is taken into the slot, so that it can expand to nothing.
+    /// Serializes `v` and cuts it at the slot markers (see [`SlotKind`]).
     fn from_value(v: &Value) -> Fragment {
         let text = serde_json::to_string(v).expect("a template Value must serialize");
         let mut parts = Vec::new();
@@ -56,18 +104,15 @@ impl Fragment {
         loop {
             let next = SLOTS
                 .iter()
-                .filter_map(|(slot, m)| {
-                    let quoted = format!("\"{m}\"");
-                    rest.find(&quoted).map(|i| (i, *slot, quoted.len()))
-                })
-                .min_by_key(|(i, _, _)| *i);
+                .filter_map(|(slot, m, kind)| rest.find(m).map(|i| (i, *slot, m.len(), *kind)))
+                .min_by_key(|(i, _, _, _)| *i);
             match next {
-                Some((i, slot, len)) => {
+                Some((i, slot, len, kind)) => {
                     let mut lit = &rest[..i];
-                    if slot == Slot::PodEnv {
+                    if kind != SlotKind::Value {
                         lit = lit
                             .strip_suffix(',')
-                            .expect("the PodEnv marker must follow an env entry");
+                            .expect("an element or member slot must follow another entry");
                     }
                     if !lit.is_empty() {
                         parts.push(Part::Lit(lit.into()));
@@ -86,6 +131,69 @@ impl Fragment {
     }
 }
 
+/// What changed across the Istio releases meshrev follows, for one revision's version.
+/// Each switches on at the release where Istio's injector changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// 1.24+: the pod annotation `sidecar.istio.io/nativeSidecar` is read ("true" opts in,
+    /// any other value opts out); 1.27+: any value but "false" opts in.
+    pub native_annotation: NativeAnnotation,
+    /// 1.27+: `istio-ca-crl` volume and mount.
+    pub crl: bool,
+    /// 1.29+: `resourceFieldRef` divisors are written as "1" (before: "0").
+    pub divisor_one: bool,
+    /// 1.25+: lifecycle hooks (`postStart`/`preStop` httpGet and tcpSocket) are rewritten
+    /// like probes.
+    pub lifecycle_rewrite: bool,
+    /// 1.25+: `istio.io/reroute-virtual-interfaces`, the `service.istio.io/workload-name`
+    /// label, and `-u 1337` under TPROXY.
+    pub v1_25: bool,
+    /// Before 1.24: `sidecar.istio.io/enableCoreDump` adds an `enable-core-dump` init
+    /// container.
+    pub core_dump_container: bool,
+    /// 1.27+: only "true"/"false" are valid values of `sidecar.istio.io/inject`.
+    pub strict_inject_values: bool,
+}
+
+/// How a version reads `sidecar.istio.io/nativeSidecar`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NativeAnnotation {
+    Ignored,
+    TrueOptsIn,
+    NotFalseOptsIn,
+}
+
+/// The oldest Istio minor whose injection meshrev reproduces.
+pub const OLDEST_MINOR: u64 = 22;
+/// The newest Istio minor whose injection meshrev knows; newer versions get its behaviour.
+pub const NEWEST_MINOR: u64 = 30;
+
+impl Features {
+    pub fn of(version: &semver::Version) -> Features {
+        let m = version.minor.clamp(OLDEST_MINOR, NEWEST_MINOR);
+        Features {
+            native_annotation: if m >= 27 {
+                NativeAnnotation::NotFalseOptsIn
+            } else if m >= 24 {
+                NativeAnnotation::TrueOptsIn
+            } else {
+                NativeAnnotation::Ignored
+            },
+            crl: m >= 27,
+            divisor_one: m >= 29,
+            lifecycle_rewrite: m >= 25,
+            v1_25: m >= 25,
+            core_dump_container: m < 24,
+            strict_inject_values: m >= 27,
+        }
+    }
+    /// Native sidecars when nothing overrides them: Istio's `auto` on a cluster whose
+    /// kubelets support them (1.27+); off before.
+    pub fn native_by_default(&self) -> bool {
+        self.crl
+    }
+}
+
 /// Names of what a revision injects, as recorded in `sidecar.istio.io/status`.
 pub const INIT_CONTAINER: &str = "istio-init";
 pub const PROXY_CONTAINER: &str = "istio-proxy";
@@ -95,19 +203,31 @@ pub const PROXY_CONTAINER: &str = "istio-proxy";
 #[derive(Clone, Debug)]
 pub struct RevisionTemplate {
     pub revision: String,
+    pub features: Features,
+    /// Whether this revision injects native sidecars unless a pod says otherwise.
+    pub native: bool,
+    /// `holdApplicationUntilProxyStarts` for the revision's pods.
+    pub hold_application: bool,
     pub image: String,
     /// The JSON string of the default image, quotes included.
     pub image_json: Box<str>,
-    /// The default `resources` object of `istio-proxy`.
+    /// The default `resources` object of `istio-init` and `istio-proxy`.
     pub resources_json: Box<str>,
     pub default_resources: ProxyResourceDefaults,
     pub init_container: Fragment,
     pub proxy_container: Fragment,
+    /// `,"readinessProbe":…,"startupProbe":…` for the default status port.
+    pub probes_json: Box<str>,
+    /// The `PROXY_CONFIG` env value for pods without `proxy.istio.io/config`.
+    pub proxy_config_json: Box<str>,
+    /// The discovery address, written into `PROXY_CONFIG`.
+    pub discovery_address: String,
     /// Each injected volume as a JSON object.
     pub volumes: Vec<Box<str>>,
     pub volume_names: Vec<&'static str>,
-    /// `sidecar.istio.io/status`, as a JSON string value (quotes included).
-    pub status_json: Box<str>,
+    /// `sidecar.istio.io/status` (quotes included) for a native and a classic sidecar.
+    pub status_json_native: Box<str>,
+    pub status_json_classic: Box<str>,
     /// `istio.io/rev`, as a JSON string value.
     pub revision_json: Box<str>,
     /// Extra annotations of the revision: (JSON-pointer-escaped key, JSON string value).
@@ -135,7 +255,8 @@ impl ProxyResourceDefaults {
     }
 }
 
-pub const VOLUME_NAMES: [&str; 8] = [
+/// The volumes of a sidecar, in Istio's order; `istio-ca-crl` from 1.27 on.
+pub const VOLUME_NAMES: [&str; 9] = [
     "workload-socket",
     "credential-socket",
     "workload-certs",
@@ -144,6 +265,7 @@ pub const VOLUME_NAMES: [&str; 8] = [
     "istio-podinfo",
     "istio-token",
     "istiod-ca-cert",
+    "istio-ca-crl",
 ];
 
 /// Escapes a key for use in a JSON Pointer (RFC 6901).
@@ -156,9 +278,42 @@ pub fn json_str(s: &str) -> String {
     serde_json::to_string(s).expect("a string must serialize")
 }
 
+/// Istio's default status port (the agent's `/app-health` and `/stats/prometheus`).
+pub const STATUS_PORT: u16 = 15020;
+
+/// The `readinessProbe` and `startupProbe` members of `istio-proxy` (with a leading comma),
+/// as Istio's template writes them for the given readiness settings.
+pub fn render_probes(initial_delay: u32, period: u32, failure: u32) -> String {
+    // Go omits zero probe fields (`omitempty`); so does meshrev, to write what Istio writes.
+    let mut ready = json!({
+        "httpGet": {"path": "/healthz/ready", "port": 15021},
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failure,
+    });
+    if initial_delay != 0 {
+        ready["initialDelaySeconds"] = json!(initial_delay);
+    }
+    for k in ["periodSeconds", "failureThreshold"] {
+        if ready[k] == 0 {
+            ready.as_object_mut().expect("an object").remove(k);
+        }
+    }
+    let startup = json!({
+        "httpGet": {"path": "/healthz/ready", "port": 15021},
+        "periodSeconds": 1,
+        "timeoutSeconds": 3,
+        "failureThreshold": 600,
+    });
+    format!(",\"readinessProbe\":{ready},\"startupProbe\":{startup}")
+}
+
 impl RevisionTemplate {
     /// Renders the templates of revision `name`. The spec must already be validated.
     pub fn render(name: &str, spec: &MeshRevisionSpec) -> RevisionTemplate {
+        let version = semver::Version::parse(&spec.version)
+            .unwrap_or_else(|_| semver::Version::new(1, NEWEST_MINOR, 0));
+        let features = Features::of(&version);
         let image = spec
             .proxy_image
             .clone()
@@ -182,16 +337,18 @@ impl RevisionTemplate {
             res.requests.extend(r.requests.clone());
             res.limits.extend(r.limits.clone());
         }
+        let native = match spec.native_sidecars.unwrap_or_default() {
+            crate::config::NativeSidecars::Auto => features.native_by_default(),
+            crate::config::NativeSidecars::Enabled => true,
+            crate::config::NativeSidecars::Disabled => false,
+        };
+        let hold_application = spec.hold_application_until_proxy_starts.unwrap_or(false);
 
         let init = json!({
             "name": INIT_CONTAINER,
             "image": "@@SLOT:IMAGE@@",
             "args": "@@SLOT:INIT_ARGS@@",
-            "imagePullPolicy": "IfNotPresent",
-            "resources": {
-                "requests": {"cpu": "10m", "memory": "40Mi"},
-                "limits": {"cpu": "2000m", "memory": "1024Mi"}
-            },
+            "resources": "@@SLOT:RESOURCES@@",
             "securityContext": {
                 "allowPrivilegeEscalation": false,
                 "privileged": false,
@@ -203,6 +360,8 @@ impl RevisionTemplate {
             }
         });
 
+        let divisor = if features.divisor_one { "1" } else { "0" };
+        let resource_env = |name: &str, resource: &str| json!({"name": name, "valueFrom": {"resourceFieldRef": {"resource": resource, "divisor": divisor}}});
         let mut env = vec![
             json!({"name": "PILOT_CERT_PROVIDER", "value": "istiod"}),
             json!({"name": "CA_ADDR", "value": discovery}),
@@ -211,41 +370,44 @@ impl RevisionTemplate {
             field_env("INSTANCE_IP", "status.podIP"),
             field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
             field_env("HOST_IP", "status.hostIP"),
-            field_env("ISTIO_CPU_LIMIT", ""),
-            json!({"name": "PROXY_CONFIG", "value": json!({"discoveryAddress": discovery}).to_string()}),
+            resource_env("ISTIO_CPU_LIMIT", "limits.cpu"),
+            json!("@@SLOT:ENV_POD@@"),
+            resource_env("GOMEMLIMIT", "limits.memory"),
+            resource_env("GOMAXPROCS", "limits.cpu"),
             json!({"name": "ISTIO_META_CLUSTER_ID", "value": "Kubernetes"}),
             field_env("ISTIO_META_NODE_NAME", "spec.nodeName"),
-            json!({"name": "ISTIO_META_INTERCEPTION_MODE", "value": "REDIRECT"}),
+            json!("@@SLOT:ENV_WORKLOAD@@"),
             json!({"name": "ISTIO_META_MESH_ID", "value": "cluster.local"}),
             json!({"name": "TRUST_DOMAIN", "value": "cluster.local"}),
-            json!({"name": "ISTIO_META_REVISION", "value": name}),
         ];
-        // ISTIO_CPU_LIMIT comes from the container's own limit, not a field path.
-        env[7] = json!({"name": "ISTIO_CPU_LIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "0"}}});
         for EnvVar { name, value } in &overrides.env {
             env.push(json!({"name": name, "value": value}));
         }
-        env.push(json!("@@SLOT:POD_ENV@@"));
+        env.push(json!("@@SLOT:ENV_TAIL@@"));
+
+        let mut mounts = vec![
+            json!({"mountPath": "/var/run/secrets/workload-spiffe-uds", "name": "workload-socket"}),
+            json!({"mountPath": "/var/run/secrets/credential-uds", "name": "credential-socket"}),
+            json!({"mountPath": "/var/run/secrets/workload-spiffe-credentials", "name": "workload-certs"}),
+            json!({"mountPath": "/var/run/secrets/istio", "name": "istiod-ca-cert"}),
+        ];
+        if features.crl {
+            mounts.push(json!({"mountPath": "/var/run/secrets/istio/crl", "name": "istio-ca-crl"}));
+        }
+        mounts.extend([
+            json!({"mountPath": "/var/lib/istio/data", "name": "istio-data"}),
+            json!({"mountPath": "/etc/istio/proxy", "name": "istio-envoy"}),
+            json!({"mountPath": "/var/run/secrets/tokens", "name": "istio-token"}),
+            json!({"mountPath": "/etc/istio/pod", "name": "istio-podinfo"}),
+            json!("@@SLOT:MOUNTS_TAIL@@"),
+        ]);
 
         let proxy = json!({
             "name": PROXY_CONTAINER,
             "image": "@@SLOT:IMAGE@@",
-            "args": [
-                "proxy", "sidecar",
-                "--domain", "$(POD_NAMESPACE).svc.cluster.local",
-                "@@SLOT:LOG_LEVEL@@",
-                "--proxyComponentLogLevel=misc:error",
-                "--log_output_level=default:info"
-            ],
+            "args": "@@SLOT:PROXY_ARGS@@",
             "env": env,
-            "imagePullPolicy": "IfNotPresent",
             "ports": [{"containerPort": 15090, "name": "http-envoy-prom", "protocol": "TCP"}],
-            "readinessProbe": {
-                "failureThreshold": 4,
-                "httpGet": {"path": "/healthz/ready", "port": 15021, "scheme": "HTTP"},
-                "periodSeconds": 15,
-                "timeoutSeconds": 3
-            },
             "resources": "@@SLOT:RESOURCES@@",
             "securityContext": {
                 "allowPrivilegeEscalation": false,
@@ -256,22 +418,16 @@ impl RevisionTemplate {
                 "runAsNonRoot": true,
                 "runAsUser": 1337
             },
-            "volumeMounts": [
-                {"mountPath": "/var/run/secrets/workload-spiffe-uds", "name": "workload-socket"},
-                {"mountPath": "/var/run/secrets/credential-uds", "name": "credential-socket"},
-                {"mountPath": "/var/run/secrets/workload-spiffe-credentials", "name": "workload-certs"},
-                {"mountPath": "/var/run/secrets/istio", "name": "istiod-ca-cert"},
-                {"mountPath": "/var/lib/istio/data", "name": "istio-data"},
-                {"mountPath": "/etc/istio/proxy", "name": "istio-envoy"},
-                {"mountPath": "/var/run/secrets/tokens", "name": "istio-token"},
-                {"mountPath": "/etc/istio/pod", "name": "istio-podinfo"}
-            ]
+            "volumeMounts": mounts,
+            "~slot:lifecycle": null,
+            "~slot:probes": null,
+            "~slot:restartPolicy": null,
         });
 
-        let volumes = [
-            json!({"name": "workload-socket", "emptyDir": {}}),
-            json!({"name": "credential-socket", "emptyDir": {}}),
-            json!({"name": "workload-certs", "emptyDir": {}}),
+        let mut volumes = vec![
+            json!({"name": "workload-socket"}),
+            json!({"name": "credential-socket"}),
+            json!({"name": "workload-certs"}),
             json!({"name": "istio-envoy", "emptyDir": {"medium": "Memory"}}),
             json!({"name": "istio-data", "emptyDir": {}}),
             json!({"name": "istio-podinfo", "downwardAPI": {"items": [
@@ -283,33 +439,57 @@ impl RevisionTemplate {
             ]}}),
             json!({"name": "istiod-ca-cert", "configMap": {"name": "istio-ca-root-cert"}}),
         ];
+        if features.crl {
+            volumes.push(json!({"name": "istio-ca-crl", "configMap": {"name": "istio-ca-crl", "optional": true}}));
+        }
+        let volume_names: Vec<&'static str> = VOLUME_NAMES[..volumes.len()].to_vec();
         debug_assert!(
             volumes
                 .iter()
-                .zip(VOLUME_NAMES)
-                .all(|(v, n)| v["name"] == n)
+                .zip(&volume_names)
+                .all(|(v, n)| v["name"] == *n)
         );
 
-        let status = json!({
-            "initContainers": [INIT_CONTAINER],
-            "containers": [PROXY_CONTAINER],
-            "volumes": VOLUME_NAMES,
-            "imagePullSecrets": null,
-            "revision": name,
-        })
-        .to_string();
+        let status = |native: bool| {
+            let (inits, containers) = if native {
+                (json!([INIT_CONTAINER, PROXY_CONTAINER]), Value::Null)
+            } else {
+                (json!([INIT_CONTAINER]), json!([PROXY_CONTAINER]))
+            };
+            json_str(
+                &json!({
+                    "initContainers": inits,
+                    "containers": containers,
+                    "volumes": volume_names,
+                    "imagePullSecrets": null,
+                    "revision": name,
+                })
+                .to_string(),
+            )
+            .into()
+        };
 
         RevisionTemplate {
             revision: name.to_string(),
+            features,
+            native,
+            hold_application,
             image_json: json_str(&image).into(),
             image,
             resources_json: res.to_json().into(),
             default_resources: res,
             init_container: Fragment::from_value(&init),
             proxy_container: Fragment::from_value(&proxy),
+            probes_json: render_probes(0, 15, 4).into(),
+            proxy_config_json: json_str(
+                &(json!({"discoveryAddress": discovery}).to_string() + "\n"),
+            )
+            .into(),
+            discovery_address: discovery,
             volumes: volumes.iter().map(|v| v.to_string().into()).collect(),
-            volume_names: VOLUME_NAMES.to_vec(),
-            status_json: json_str(&status).into(),
+            status_json_native: status(true),
+            status_json_classic: status(false),
+            volume_names,
             revision_json: json_str(name).into(),
             extra_annotations: overrides
                 .annotations
@@ -321,7 +501,7 @@ impl RevisionTemplate {
 }
 
 fn field_env(name: &str, path: &str) -> Value {
-    json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}})
+    json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
 }
 
 #[cfg(test)]
@@ -348,8 +528,22 @@ mod tests {
             })
             .collect();
         slots.sort();
-        assert_eq!(slots, ["Image", "LogLevelArg", "PodEnv", "Resources"]);
+        assert_eq!(
+            slots,
+            [
+                "EnvPod",
+                "EnvTail",
+                "EnvWorkload",
+                "Image",
+                "Lifecycle",
+                "MountsTail",
+                "Probes",
+                "ProxyArgs",
+                "Resources",
+                "RestartPolicy"
+            ]
+        );
         assert_eq!(&*t.image_json, "\"docker.io/istio/proxyv2:1.23.6\"");
-        assert!(t.status_json.contains("1-23-6"));
+        assert!(t.status_json_classic.contains("1-23-6"));
     }
 }

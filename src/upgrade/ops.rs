@@ -55,6 +55,7 @@ pub async fn canary(client: &Client, args: CanaryArgs) -> anyhow::Result<()> {
             proxy_image: args.proxy_image.clone(),
             discovery_address: args.discovery_address.clone(),
             template: None,
+            ..Default::default()
         };
         cluster::create_revision(client, &args.revision, spec).await?;
         println!(

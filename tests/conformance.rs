@@ -1,0 +1,245 @@
+//! Istio conformance: every *plain* case of Istio's own injection corpus (nine releases,
+//! 1.22.6 … 1.30.3, copied into `tests/conformance/istio/`, see its README) goes through the
+//! code path of `meshrev inject`, with a revision of that release's version, and must give
+//! Istio's expected output under the structural normaliser of `support/normalize.rs`.
+//!
+//! A case that still differs must be listed, with its reason, in
+//! `tests/conformance/known-differences.tsv`; the test fails on a new difference and on a
+//! listed case that now passes (so the list only shrinks). It prints the per-tag table.
+#[path = "support/normalize.rs"]
+mod normalize;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use meshrev::table::Table;
+
+const TAGS: [&str; 9] = [
+    "1.22.6", "1.23.6", "1.24.6", "1.25.5", "1.26.8", "1.27.9", "1.28.10", "1.29.6", "1.30.3",
+];
+
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/istio")
+}
+
+/// A table with one revision of Istio `version`, named as in Istio's tests, behind `stable`.
+fn table_for(version: &str, revision: &str) -> Table {
+    let text = format!(
+        "apiVersion: meshrev.io/v1alpha1\nkind: MeshRevision\nmetadata: {{name: {revision}}}\n\
+         spec: {{version: \"{version}\"}}\n---\n\
+         apiVersion: meshrev.io/v1alpha1\nkind: RevisionTag\nmetadata: {{name: stable}}\n\
+         spec: {{revision: {revision}}}\n"
+    );
+    meshrev::table::from_text(&text).expect("the conformance table must build")
+}
+
+struct Case {
+    input: String,
+    want: Option<String>,
+    expected_error: Option<String>,
+}
+
+fn cases(tag: &str) -> Vec<Case> {
+    let text = std::fs::read_to_string(corpus().join(tag).join("cases.tsv"))
+        .expect("cases.tsv must exist for every tag");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let opt = |s: &str| (s != "-").then(|| s.to_string());
+            Case {
+                input: f[0].to_string(),
+                want: opt(f[1]),
+                expected_error: opt(f[2]),
+            }
+        })
+        .collect()
+}
+
+fn yaml_docs(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("corpus YAML must parse"))
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn inject(table: &Table, input: &str) -> anyhow::Result<String> {
+    let labels = HashMap::from([("istio-injection".to_string(), "enabled".to_string())]);
+    meshrev::cli::inject::inject_documents(table, input, None, Some(&labels)).map(|(out, _)| out)
+}
+
+/// The feature behind a difference, for the table.
+fn feature(d: &normalize::Diff) -> String {
+    let p = d.path.as_str();
+    let text = format!("{p} {:?} {:?}", d.want, d.got);
+    let has = |s: &str| text.contains(s);
+    if has("GOMEMLIMIT") || has("GOMAXPROCS") {
+        "Go runtime env".into()
+    } else if has("ISTIO_META_REVISION") {
+        "extra env ISTIO_META_REVISION".into()
+    } else if has("prometheus.io") || has("ISTIO_PROMETHEUS_ANNOTATIONS") {
+        "Prometheus merge".into()
+    } else if has("ISTIO_KUBE_APP_PROBERS") || has("app-health") {
+        "probe rewrite".into()
+    } else if p.contains("[istio-proxy]/startupProbe") {
+        "proxy startupProbe".into()
+    } else if has("istio-ca-crl") {
+        "CRL volume".into()
+    } else if p.ends_with("initContainers[names]") || p.ends_with("containers[names]") {
+        "container set/order (native sidecar, templates, merge)".into()
+    } else if p.contains("[istio-init]/resources") {
+        "istio-init resources".into()
+    } else if p.contains("[istio-proxy]/restartPolicy") || p.contains("preStop") {
+        "native sidecar".into()
+    } else if has("canonical-name") {
+        "canonical-name".into()
+    } else {
+        let short: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
+        let n = short.len().min(6);
+        short[short.len() - n..].join("/")
+    }
+}
+
+enum Outcome {
+    Equivalent,
+    Differs(Vec<String>),
+}
+
+fn run_case(tag: &str, table: &Table, c: &Case) -> Outcome {
+    let dir = corpus().join(tag);
+    let input = std::fs::read_to_string(dir.join(&c.input)).expect("input must exist");
+    let got = inject(table, &input);
+    if c.expected_error.is_some() {
+        return match got {
+            Err(_) => Outcome::Equivalent,
+            Ok(_) => Outcome::Differs(vec!["refusal: Istio refuses, meshrev injected".into()]),
+        };
+    }
+    let got = match got {
+        Ok(g) => g,
+        Err(e) => return Outcome::Differs(vec![format!("refusal: meshrev refused: {e:#}")]),
+    };
+    let want_text = std::fs::read_to_string(dir.join(c.want.as_deref().expect("want")))
+        .expect("golden must exist");
+    let mut want = yaml_docs(&want_text);
+    let mut got = yaml_docs(&got);
+    if want.len() != got.len() {
+        return Outcome::Differs(vec![format!(
+            "document count: Istio {} meshrev {}",
+            want.len(),
+            got.len()
+        )]);
+    }
+    let mut features = BTreeSet::new();
+    for (w, g) in want.iter_mut().zip(got.iter_mut()) {
+        normalize::normalize(w);
+        normalize::normalize(g);
+        for d in normalize::diff(w, g) {
+            if std::env::var_os("CONFORMANCE_VERBOSE").is_some() {
+                eprintln!(
+                    "  {tag} {}: {}\n    want {}\n    got  {}",
+                    c.input,
+                    d.path,
+                    d.want.as_ref().map(Value::to_string).unwrap_or("-".into()),
+                    d.got.as_ref().map(Value::to_string).unwrap_or("-".into())
+                );
+            }
+            features.insert(feature(&d));
+        }
+    }
+    if features.is_empty() {
+        Outcome::Equivalent
+    } else {
+        Outcome::Differs(features.into_iter().collect())
+    }
+}
+
+/// `tag \t want-or-input \t reason`.
+fn known_differences() -> BTreeMap<(String, String), String> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/known-differences.tsv");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.splitn(3, '\t');
+            let tag = f.next().unwrap_or("").to_string();
+            let case = f.next().unwrap_or("").to_string();
+            let why = f.next().unwrap_or("").to_string();
+            ((tag, case), why)
+        })
+        .collect()
+}
+
+fn case_id(c: &Case) -> String {
+    c.want.clone().unwrap_or_else(|| c.input.clone())
+}
+
+#[test]
+fn istio_plain_cases_at_every_tag() {
+    let known = known_differences();
+    let only = std::env::var("CONFORMANCE_TAG").ok();
+    let mut report = String::from(
+        "\n| tag | cases | equivalent | differences by feature |\n|---|---|---|---|\n",
+    );
+    let mut new_diffs = Vec::new();
+    let mut now_passing = Vec::new();
+    let mut all_failing = Vec::new();
+    let (mut total, mut total_ok) = (0, 0);
+    for tag in TAGS {
+        if only.as_deref().is_some_and(|o| o != tag) {
+            continue;
+        }
+        let table = table_for(tag, "default");
+        let cs = cases(tag);
+        let mut ok = 0;
+        let mut by_feature: BTreeMap<String, usize> = BTreeMap::new();
+        for c in &cs {
+            let id = case_id(c);
+            let listed = known.contains_key(&(tag.to_string(), id.clone()));
+            match run_case(tag, &table, c) {
+                Outcome::Equivalent => {
+                    ok += 1;
+                    if listed {
+                        now_passing.push(format!("{tag}\t{id}"));
+                    }
+                }
+                Outcome::Differs(fs) => {
+                    for f in &fs {
+                        *by_feature.entry(f.clone()).or_default() += 1;
+                    }
+                    all_failing.push(format!("{tag}\t{id}\t{}", fs.join("; ")));
+                    if !listed {
+                        new_diffs.push(format!("{tag}\t{id}\t{}", fs.join("; ")));
+                    }
+                }
+            }
+        }
+        total += cs.len();
+        total_ok += ok;
+        let feats: Vec<String> = by_feature
+            .iter()
+            .map(|(f, n)| format!("{f} ({n})"))
+            .collect();
+        report.push_str(&format!(
+            "| {tag} | {} | {ok} | {} |\n",
+            cs.len(),
+            feats.join(", ")
+        ));
+    }
+    report.push_str(&format!("| all | {total} | {total_ok} | |\n"));
+    eprintln!("{report}");
+    if let Ok(path) = std::env::var("CONFORMANCE_WRITE_KNOWN") {
+        std::fs::write(path, all_failing.join("\n") + "\n").expect("write known differences");
+    }
+    assert!(
+        new_diffs.is_empty() && now_passing.is_empty(),
+        "conformance changed.\nNew differences (fix them, or list them with a reason in \
+         tests/conformance/known-differences.tsv):\n{}\nListed as known but now equivalent \
+         (remove them from the list):\n{}",
+        new_diffs.join("\n"),
+        now_passing.join("\n")
+    );
+}
