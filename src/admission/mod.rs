@@ -198,7 +198,11 @@ pub fn review<'t>(table: &'t Table, body: &[u8], patch: &mut Vec<u8>) -> Reply<'
         .map(Str::as_str)
         .unwrap_or("default");
 
-    match injector::inject(table, namespace, pod, patch) {
+    let whole_pod = || {
+        let mut review: serde_json::Value = serde_json::from_slice(body).ok()?;
+        Some(review.get_mut("request")?.get_mut("object")?.take())
+    };
+    match injector::inject(table, namespace, pod, patch, whole_pod) {
         Outcome::Injected {
             revision,
             via,

@@ -172,7 +172,7 @@ pub fn inject_documents(
         let view: Pod = serde_json::from_str(&text)
             .with_context(|| format!("{what}: not a valid pod template"))?;
         let mut patch = Vec::new();
-        match injector::inject(table, &namespace, &view, &mut patch) {
+        match injector::inject(table, &namespace, &view, &mut patch, || Some(pod.clone())) {
             Outcome::Injected {
                 revision,
                 via,

@@ -4,9 +4,11 @@
 //! ([`RevisionTemplate`]); per request [`inject`] routes the pod and writes the patch straight
 //! into one buffer, filling only the pod-dependent slots.
 
+mod overrides;
 pub mod pod;
 mod probes;
 mod template;
+mod templates;
 mod validate;
 
 use std::borrow::Cow;
@@ -47,11 +49,16 @@ pub enum Outcome<'t> {
 
 /// Routes `pod` (created in `namespace`) and, when it is to be injected, appends the JSON
 /// Patch to `patch` (which must be empty).
+///
+/// `whole_pod` gives the pod as a `Value`; it is called only for the rare pods that need the
+/// full-pod path (their own `istio-proxy`, or `inject.istio.io/templates`), see
+/// [`overrides`]. A caller that cannot give it (returns `None`) gets the plain sidecar.
 pub fn inject<'t>(
     table: &'t Table,
     namespace: &str,
     pod: &Pod<'_>,
     patch: &mut Vec<u8>,
+    whole_pod: impl FnOnce() -> Option<serde_json::Value>,
 ) -> Outcome<'t> {
     static EMPTY: Spec<'static> = Spec {
         host_network: None,
@@ -71,7 +78,14 @@ pub fn inject<'t>(
             revision,
             via,
             warning,
-        } => match write_patch(&revision.template, namespace, &pod.metadata, spec, patch) {
+        } => match write_patch(&revision.template, namespace, &pod.metadata, spec, patch).and_then(
+            |written| {
+                if written && overrides::needed(&pod.metadata, spec) {
+                    full_pod_patch(&revision.template, whole_pod, patch)?;
+                }
+                Ok(written)
+            },
+        ) {
             Ok(true) => Outcome::Injected {
                 revision,
                 via,
@@ -87,6 +101,29 @@ pub fn inject<'t>(
             }
         },
     }
+}
+
+/// The full-pod path: the fast path's patch applied to the whole pod, then Istio's handling
+/// of the pod's own container definitions and templates, answered as the difference.
+fn full_pod_patch(
+    tmpl: &RevisionTemplate,
+    whole_pod: impl FnOnce() -> Option<serde_json::Value>,
+    patch: &mut Vec<u8>,
+) -> Result<(), String> {
+    let Some(original) = whole_pod() else {
+        return Ok(());
+    };
+    let ops: json_patch::Patch = serde_json::from_slice(patch)
+        .map_err(|e| format!("internal error: the injector wrote an invalid patch: {e}"))?;
+    let mut injected = original.clone();
+    json_patch::patch(&mut injected, &ops)
+        .map_err(|e| format!("internal error: the injector's patch does not apply: {e}"))?;
+    templates::apply(tmpl, &original, &mut injected)?;
+    overrides::apply(&original, &mut injected);
+    patch.clear();
+    serde_json::to_writer(&mut *patch, &json_patch::diff(&original, &injected))
+        .expect("writing a patch to a Vec must not fail");
+    Ok(())
 }
 
 #[derive(Deserialize, Default)]
@@ -334,11 +371,15 @@ impl<'p> PodValues<'p> {
     }
 
     fn fill(&self, tmpl: &RevisionTemplate, slot: Slot, out: &mut Vec<u8>) {
+        // Go omits an empty env value; so does meshrev.
         let env = |out: &mut Vec<u8>, name: &str, value: &str| {
             out.extend_from_slice(b",{\"name\":\"");
             out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b"\",\"value\":");
-            push_str_json(out, value);
+            out.push(b'"');
+            if !value.is_empty() {
+                out.extend_from_slice(b",\"value\":");
+                push_str_json(out, value);
+            }
             out.push(b'}');
         };
         match slot {

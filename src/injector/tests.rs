@@ -26,7 +26,7 @@ fn run(t: &Table, ns: &str, pod: &Value) -> (String, Option<Value>) {
     let text = pod.to_string();
     let view: Pod = serde_json::from_str(&text).expect("pod view must parse");
     let mut buf = Vec::new();
-    match inject(t, ns, &view, &mut buf) {
+    match inject(t, ns, &view, &mut buf, || Some(pod.clone())) {
         Outcome::Injected { revision, .. } => {
             let patch: json_patch::Patch = serde_json::from_slice(&buf).unwrap_or_else(|e| {
                 panic!(

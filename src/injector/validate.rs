@@ -6,7 +6,11 @@ use super::pod::Meta;
 
 type Check = fn(&str) -> Result<(), String>;
 
-const CHECKS: [(&str, Check); 17] = [
+const CHECKS: [(&str, Check); 18] = [
+    (
+        super::templates::ANNOTATION_TEMPLATES,
+        super::templates::validate,
+    ),
     ("sidecar.istio.io/interceptionMode", interception_mode),
     ("status.sidecar.istio.io/port", port),
     (

@@ -1,0 +1,275 @@
+//! `inject.istio.io/templates`: Istio's built-in injection templates other than `sidecar`.
+//!
+//! - `gateway`: the pod runs the proxy as its (gateway) workload: `proxy router`, no
+//!   `istio-init`, no app probes or drain hooks, a pod sysctl that lets it bind low ports.
+//!   Istio's gateway charts use it with a container `istio-proxy` whose `image: auto`.
+//! - `grpc-simple`: proxyless gRPC: no proxy at all, a bootstrap init container and the gRPC
+//!   xDS env in every app container.
+//! - `grpc-agent`: proxyless gRPC with the agent: not reproduced yet, refused by name.
+//!
+//! Pods asking for templates take the full-pod path ([`super::overrides`]); the sidecar is
+//! injected first and transformed here, as Istio applies templates in order over the pod.
+
+use serde_json::{Value, json};
+
+use super::{INIT_CONTAINER, PROXY_CONTAINER, RevisionTemplate};
+
+/// The annotation naming the templates, comma-separated, applied in order.
+pub const ANNOTATION_TEMPLATES: &str = "inject.istio.io/templates";
+
+/// Templates meshrev reproduces.
+pub const KNOWN: [&str; 3] = ["sidecar", "gateway", "grpc-simple"];
+
+/// Checks the annotation's value: every name must be a template meshrev reproduces.
+pub fn validate(value: &str) -> Result<(), String> {
+    for t in value.split(',').map(str::trim) {
+        if !KNOWN.contains(&t) {
+            return Err(format!(
+                "unknown injection template {t:?}; meshrev reproduces Istio's {}",
+                KNOWN.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Transforms the sidecar-injected pod for the templates the original pod asks for.
+pub fn apply(
+    tmpl: &RevisionTemplate,
+    original: &Value,
+    injected: &mut Value,
+) -> Result<(), String> {
+    if tmpl.features.core_dump_container
+        && original["metadata"]["annotations"]["sidecar.istio.io/enableCoreDump"] == "true"
+    {
+        core_dump(injected);
+    }
+    let Some(list) = original["metadata"]["annotations"][ANNOTATION_TEMPLATES].as_str() else {
+        return Ok(());
+    };
+    validate(list).map_err(|e| format!("annotation {ANNOTATION_TEMPLATES}: {e}"))?;
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    if names.contains(&"gateway") {
+        gateway(tmpl, original, injected);
+    } else if names.contains(&"grpc-simple") {
+        grpc_simple(tmpl, original, injected);
+    }
+    Ok(())
+}
+
+fn take_container(pod: &mut Value, list: &str, name: &str) -> Option<Value> {
+    let arr = pod["spec"][list].as_array_mut()?;
+    let i = arr.iter().position(|c| c["name"] == name)?;
+    Some(arr.remove(i))
+}
+
+/// Restores `key` of `pod.spec` to the original's when the injection left it empty.
+fn drop_if_emptied(pod: &mut Value, original: &Value, list: &str) {
+    if pod["spec"][list].as_array().is_some_and(Vec::is_empty)
+        && original["spec"].get(list).is_none()
+        && let Some(spec) = pod["spec"].as_object_mut()
+    {
+        spec.remove(list);
+    }
+}
+
+fn set_status(pod: &mut Value, status: Value) {
+    pod["metadata"]["annotations"][super::ANNOTATION_STATUS] = Value::String(status.to_string());
+}
+
+fn gateway(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
+    let proxy = take_container(pod, "initContainers", PROXY_CONTAINER)
+        .or_else(|| take_container(pod, "containers", PROXY_CONTAINER));
+    take_container(pod, "initContainers", INIT_CONTAINER);
+    drop_if_emptied(pod, original, "initContainers");
+    let Some(mut proxy) = proxy else { return };
+    if let Some(p) = proxy.as_object_mut() {
+        p.insert("args".into(), {
+            let mut args = p["args"].clone();
+            args[1] = json!("router");
+            args
+        });
+        for k in ["lifecycle", "startupProbe", "restartPolicy", "resources"] {
+            p.remove(k);
+        }
+        p.insert(
+            "securityContext".into(),
+            json!({"runAsUser": 1337, "runAsGroup": 1337}),
+        );
+        if let Some(mounts) = p.get_mut("volumeMounts").and_then(Value::as_array_mut) {
+            mounts.retain(|m| m["name"] != "istio-ca-crl");
+        }
+        if let Some(env) = p.get_mut("env").and_then(Value::as_array_mut) {
+            env.retain(|e| e["name"] != "ISTIO_KUBE_APP_PROBERS");
+        }
+    }
+    match pod["spec"]["containers"].as_array_mut() {
+        Some(cs) => cs.push(proxy),
+        None => pod["spec"]["containers"] = json!([proxy]),
+    }
+    if let Some(vols) = pod["spec"]["volumes"].as_array_mut() {
+        vols.retain(|v| v["name"] != "istio-ca-crl");
+    }
+    if original["metadata"]["labels"]
+        .get("security.istio.io/tlsMode")
+        .is_none()
+        && let Some(l) = pod["metadata"]["labels"].as_object_mut()
+    {
+        l.remove("security.istio.io/tlsMode");
+    }
+    let sc = &mut pod["spec"]["securityContext"];
+    if !sc.is_object() {
+        *sc = json!({});
+    }
+    let sysctl = json!({"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"});
+    match sc["sysctls"].as_array_mut() {
+        Some(s) if !s.iter().any(|x| x["name"] == sysctl["name"]) => s.push(sysctl),
+        Some(_) => {}
+        None => sc["sysctls"] = json!([sysctl]),
+    }
+    let volumes: Vec<&str> = tmpl
+        .volume_names
+        .iter()
+        .copied()
+        .filter(|v| *v != "istio-ca-crl")
+        .collect();
+    set_status(
+        pod,
+        json!({"initContainers": null, "containers": [PROXY_CONTAINER], "volumes": volumes,
+               "imagePullSecrets": null, "revision": tmpl.revision}),
+    );
+}
+
+const GRPC_BOOTSTRAP: &str = r#"NODE_ID="sidecar~${INSTANCE_IP}~${POD_NAME}.${POD_NAMESPACE}~cluster.local"
+SERVER_URI="dns:///istiod.${ISTIO_NAMESPACE}.svc:15010"
+echo '
+{
+  "xds_servers": [
+    {
+      "server_uri": "'${SERVER_URI}'",
+      "channel_creds": [{"type": "insecure"}],
+      "server_features" : ["xds_v3"]
+    }
+  ],
+  "node": {
+    "id": "'${NODE_ID}'",
+    "metadata": {
+      "GENERATOR": "grpc"
+    }
+  }
+}' > /var/lib/grpc/data/bootstrap.json"#;
+
+/// Proxyless gRPC: starts again from the original pod (the template injects no proxy).
+fn grpc_simple(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
+    let prom = [
+        "prometheus.io/path",
+        "prometheus.io/port",
+        "prometheus.io/scrape",
+    ];
+    let mut out = original.clone();
+    // Keep what Istio's post-processing adds to every injected pod.
+    for k in prom {
+        if let Some(v) = pod["metadata"]["annotations"].get(k) {
+            out["metadata"]["annotations"][k] = v.clone();
+        }
+    }
+    out["metadata"]["annotations"]["sidecar.istio.io/rewriteAppHTTPProbers"] = json!("false");
+    let mount = json!({"mountPath": "/var/lib/grpc/data/", "name": "grpc-io-proxyless-bootstrap"});
+    let field = |n: &str, p: &str| json!({"name": n, "valueFrom": {"fieldRef": {"fieldPath": p}}});
+    let init = json!({
+        "name": "grpc-bootstrap-init",
+        "image": "busybox:1.28",
+        "volumeMounts": [mount],
+        "env": [field("INSTANCE_IP", "status.podIP"), field("POD_NAME", "metadata.name"),
+                field("POD_NAMESPACE", "metadata.namespace"),
+                {"name": "ISTIO_NAMESPACE", "value": "istio-system\n"}],
+        "command": ["sh", "-c", GRPC_BOOTSTRAP],
+    });
+    let mut names = Vec::new();
+    let mut overrides = Vec::new();
+    if let Some(cs) = out["spec"]["containers"].as_array_mut() {
+        for c in cs.iter_mut() {
+            overrides.push(c.clone());
+            names.push(c["name"].clone());
+            let tmpl_part = json!({
+                "env": [
+                    {"name": "GRPC_XDS_BOOTSTRAP", "value": "/var/lib/grpc/data/bootstrap.json"},
+                    {"name": "GRPC_GO_LOG_VERBOSITY_LEVEL", "value": "99"},
+                    {"name": "GRPC_GO_LOG_SEVERITY_LEVEL", "value": "info"},
+                ],
+                "volumeMounts": [mount],
+            });
+            // The template's container, with the pod's own fields over it (Istio reapplies
+            // the pod's containers of the same name).
+            let mut merged = tmpl_part;
+            super::overrides::strategic_merge(&mut merged, c);
+            *c = merged;
+        }
+    }
+    match out["spec"]["initContainers"].as_array_mut() {
+        Some(i) => i.push(init),
+        None => out["spec"]["initContainers"] = json!([init]),
+    }
+    let vol = json!({"name": "grpc-io-proxyless-bootstrap", "emptyDir": {}});
+    match out["spec"]["volumes"].as_array_mut() {
+        Some(v) => v.push(vol),
+        None => out["spec"]["volumes"] = json!([vol]),
+    }
+    out["metadata"]["annotations"][super::overrides::ANNOTATION_OVERRIDES] =
+        Value::String(json!({"containers": overrides}).to_string());
+    set_status(
+        &mut out,
+        json!({"initContainers": ["grpc-bootstrap-init"], "containers": names,
+               "volumes": ["grpc-io-proxyless-bootstrap"], "imagePullSecrets": null,
+               "revision": tmpl.revision}),
+    );
+    *pod = out;
+}
+
+/// Before 1.24, `sidecar.istio.io/enableCoreDump: "true"` adds a privileged init container
+/// that sets the kernel's core pattern, and lets the proxy write its root filesystem.
+fn core_dump(pod: &mut Value) {
+    let Some(init) = pod["spec"]["initContainers"]
+        .as_array()
+        .and_then(|i| i.iter().find(|c| c["name"] == INIT_CONTAINER))
+        .cloned()
+    else {
+        return;
+    };
+    let dump = json!({
+        "name": "enable-core-dump",
+        "args": ["-c", "sysctl -w kernel.core_pattern=/var/lib/istio/data/core.proxy && ulimit -c unlimited"],
+        "command": ["/bin/sh"],
+        "image": init["image"],
+        "resources": init["resources"],
+        "securityContext": {
+            "allowPrivilegeEscalation": true,
+            "capabilities": {"add": ["SYS_ADMIN"], "drop": ["ALL"]},
+            "privileged": true,
+            "readOnlyRootFilesystem": false,
+            "runAsGroup": 0,
+            "runAsNonRoot": false,
+            "runAsUser": 0
+        }
+    });
+    if let Some(inits) = pod["spec"]["initContainers"].as_array_mut() {
+        inits.push(dump);
+    }
+    for list in ["containers", "initContainers"] {
+        if let Some(p) = pod["spec"][list]
+            .as_array_mut()
+            .and_then(|cs| cs.iter_mut().find(|c| c["name"] == PROXY_CONTAINER))
+        {
+            p["securityContext"]["readOnlyRootFilesystem"] = json!(false);
+        }
+    }
+    let status = pod["metadata"]["annotations"][super::ANNOTATION_STATUS]
+        .as_str()
+        .and_then(|s| serde_json::from_str::<Value>(s).ok());
+    if let Some(mut st) = status {
+        if let Some(i) = st["initContainers"].as_array_mut() {
+            i.push(json!("enable-core-dump"));
+        }
+        set_status(pod, st);
+    }
+}
