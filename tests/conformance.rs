@@ -243,3 +243,96 @@ fn istio_plain_cases_at_every_tag() {
         now_passing.join("\n")
     );
 }
+
+/// The pod templates (or pods) of an object, for checks over every workload kind.
+fn pod_specs(doc: &Value) -> Vec<&Value> {
+    let kind = doc["kind"].as_str().unwrap_or("");
+    match kind {
+        "Pod" => vec![doc],
+        "CronJob" => vec![&doc["spec"]["jobTemplate"]["spec"]["template"]],
+        "List" => doc["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(pod_specs)
+            .collect(),
+        _ if doc["spec"]["template"].is_object() => vec![&doc["spec"]["template"]],
+        _ => vec![],
+    }
+}
+
+/// Each of Istio's expected outputs, re-injected for another revision (as after a
+/// promotion), must give one `istio-proxy` and probes that the proxy can still run: every
+/// probe or hook pointing at the agent has its original in `ISTIO_KUBE_APP_PROBERS`.
+#[test]
+fn istio_goldens_reinjected_for_another_revision_stay_consistent() {
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for tag in TAGS {
+        let table = table_for(tag, "other");
+        for c in cases(tag) {
+            let Some(want) = &c.want else { continue };
+            let golden = std::fs::read_to_string(corpus().join(tag).join(want)).expect("golden");
+            if !golden.contains("istio-proxy") {
+                continue;
+            }
+            let out = match inject(&table, &golden) {
+                Ok(o) => o,
+                Err(e) => {
+                    problems.push(format!("{tag} {want}: refused: {e:#}"));
+                    continue;
+                }
+            };
+            for doc in yaml_docs(&out) {
+                for pod in pod_specs(&doc) {
+                    checked += 1;
+                    if let Err(e) = consistent(pod) {
+                        problems.push(format!("{tag} {want}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("re-injected {checked} pod templates of Istio's goldens");
+    assert!(checked > 400, "too few pods checked: {checked}");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+fn consistent(pod: &Value) -> Result<(), String> {
+    let spec = &pod["spec"];
+    let all: Vec<&Value> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|l| spec[*l].as_array().into_iter().flatten())
+        .collect();
+    let proxies: Vec<&&Value> = all.iter().filter(|c| c["name"] == "istio-proxy").collect();
+    if proxies.len() != 1 {
+        return Err(format!("{} istio-proxy containers", proxies.len()));
+    }
+    let probers: BTreeMap<String, Value> = proxies[0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == "ISTIO_KUBE_APP_PROBERS")
+        .and_then(|e| e["value"].as_str())
+        .map(|v| serde_json::from_str(v).expect("probers must be JSON"))
+        .unwrap_or_default();
+    for c in all.iter().filter(|c| c["name"] != "istio-proxy") {
+        let mut paths = Vec::new();
+        for p in ["readinessProbe", "livenessProbe", "startupProbe"] {
+            paths.push(c[p]["httpGet"]["path"].as_str());
+        }
+        for h in ["preStop", "postStart"] {
+            paths.push(c["lifecycle"][h]["httpGet"]["path"].as_str());
+        }
+        for path in paths.into_iter().flatten() {
+            let agent = path.starts_with("/app-health/") || path.starts_with("/app-lifecycle/");
+            if agent && !probers.contains_key(path) {
+                return Err(format!(
+                    "container {}: probe {path} points at the agent but ISTIO_KUBE_APP_PROBERS lacks it",
+                    c["name"]
+                ));
+            }
+        }
+    }
+    Ok(())
+}

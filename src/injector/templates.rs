@@ -5,7 +5,8 @@
 //!   Istio's gateway charts use it with a container `istio-proxy` whose `image: auto`.
 //! - `grpc-simple`: proxyless gRPC: no proxy at all, a bootstrap init container and the gRPC
 //!   xDS env in every app container.
-//! - `grpc-agent`: proxyless gRPC with the agent: not reproduced yet, refused by name.
+//! - `grpc-agent`: proxyless gRPC with the agent: the agent runs without Envoy and writes the
+//!   gRPC xDS bootstrap and certificates for the app containers.
 //!
 //! Pods asking for templates take the full-pod path ([`super::overrides`]); the sidecar is
 //! injected first and transformed here, as Istio applies templates in order over the pod.
@@ -18,7 +19,7 @@ use super::{INIT_CONTAINER, PROXY_CONTAINER, RevisionTemplate};
 pub const ANNOTATION_TEMPLATES: &str = "inject.istio.io/templates";
 
 /// Templates meshrev reproduces.
-pub const KNOWN: [&str; 3] = ["sidecar", "gateway", "grpc-simple"];
+pub const KNOWN: [&str; 4] = ["sidecar", "gateway", "grpc-agent", "grpc-simple"];
 
 /// Checks the annotation's value: every name must be a template meshrev reproduces.
 pub fn validate(value: &str) -> Result<(), String> {
@@ -51,6 +52,8 @@ pub fn apply(
     let names: Vec<&str> = list.split(',').map(str::trim).collect();
     if names.contains(&"gateway") {
         gateway(tmpl, original, injected);
+    } else if names.contains(&"grpc-agent") {
+        grpc_agent(tmpl, original, injected);
     } else if names.contains(&"grpc-simple") {
         grpc_simple(tmpl, original, injected);
     }
@@ -272,4 +275,150 @@ fn core_dump(pod: &mut Value) {
         }
         set_status(pod, st);
     }
+}
+
+/// The app containers of the original pod, each merged over the template's version of it
+/// (Istio reapplies the pod's own containers of the same name), and their originals for
+/// `proxy.istio.io/overrides`.
+fn merged_app_containers(original: &Value, tmpl_part: &Value) -> (Vec<Value>, Vec<Value>) {
+    let mut merged = Vec::new();
+    let mut originals = Vec::new();
+    for c in original["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if c["name"] == PROXY_CONTAINER {
+            continue;
+        }
+        originals.push(c.clone());
+        let mut m = tmpl_part.clone();
+        m["name"] = c["name"].clone();
+        super::overrides::strategic_merge(&mut m, c);
+        merged.push(m);
+    }
+    (merged, originals)
+}
+
+/// Proxyless gRPC with the agent (Istio's `grpc-agent` template): the proxy container runs
+/// only the agent (`DISABLE_ENVOY`), the app containers read its xDS bootstrap.
+fn grpc_agent(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
+    let Some(mut proxy) = take_container(pod, "initContainers", PROXY_CONTAINER)
+        .or_else(|| take_container(pod, "containers", PROXY_CONTAINER))
+    else {
+        return;
+    };
+    take_container(pod, "initContainers", INIT_CONTAINER);
+    drop_if_emptied(pod, original, "initContainers");
+    if let Some(p) = proxy.as_object_mut() {
+        let drop_env = [
+            "ISTIO_CPU_LIMIT",
+            "GOMEMLIMIT",
+            "GOMAXPROCS",
+            "ISTIO_META_INTERCEPTION_MODE",
+            "ISTIO_KUBE_APP_PROBERS",
+        ];
+        let mut env = vec![
+            json!({"name": "ISTIO_META_GENERATOR", "value": "grpc"}),
+            json!({"name": "OUTPUT_CERTS", "value": "/var/lib/istio/data"}),
+        ];
+        env.extend(
+            p["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| !drop_env.iter().any(|d| e["name"] == *d))
+                .cloned(),
+        );
+        env.push(json!({"name": "ISTIO_META_DNS_CAPTURE", "value": "false"}));
+        env.push(json!({"name": "DISABLE_ENVOY", "value": "true"}));
+        p.insert("env".into(), Value::Array(env));
+        p.insert(
+            "lifecycle".into(),
+            json!({"postStart": {"exec": {"command": ["pilot-agent", "wait", "--url=http://localhost:15020/healthz/ready"]}}}),
+        );
+        p.insert(
+            "ports".into(),
+            json!([{"containerPort": 15020, "name": "mesh-metrics", "protocol": "TCP"}]),
+        );
+        p.insert(
+            "readinessProbe".into(),
+            json!({"httpGet": {"path": "/healthz/ready", "port": 15020}, "periodSeconds": 15,
+                   "timeoutSeconds": 3, "failureThreshold": 4}),
+        );
+        for k in ["startupProbe", "restartPolicy", "securityContext"] {
+            p.remove(k);
+        }
+        p.insert(
+            "volumeMounts".into(),
+            json!([
+                {"mountPath": "/var/run/secrets/workload-spiffe-uds", "name": "workload-socket"},
+                {"mountPath": "/var/run/secrets/workload-spiffe-credentials", "name": "workload-certs"},
+                {"mountPath": "/var/run/secrets/istio", "name": "istiod-ca-cert"},
+                {"mountPath": "/var/lib/istio/data", "name": "istio-data"},
+                {"mountPath": "/etc/istio/proxy", "name": "istio-xds"},
+                {"mountPath": "/var/run/secrets/tokens", "name": "istio-token"},
+                {"mountPath": "/etc/istio/pod", "name": "istio-podinfo"},
+            ]),
+        );
+    }
+    let app = json!({
+        "env": [
+            {"name": "GRPC_XDS_EXPERIMENTAL_SECURITY_SUPPORT", "value": "true"},
+            {"name": "GRPC_XDS_BOOTSTRAP", "value": "/etc/istio/proxy/grpc-bootstrap.json"},
+        ],
+        "volumeMounts": [
+            {"mountPath": "/var/lib/istio/data", "name": "istio-data"},
+            {"mountPath": "/etc/istio/proxy", "name": "istio-xds"},
+            {"mountPath": "/var/run/secrets/workload-spiffe-credentials", "name": "workload-certs"},
+        ],
+    });
+    let (mut containers, originals) = merged_app_containers(original, &app);
+    let mut names = vec![json!(PROXY_CONTAINER)];
+    names.extend(containers.iter().map(|c| c["name"].clone()));
+    containers.push(proxy);
+    pod["spec"]["containers"] = Value::Array(containers);
+    let gone = ["credential-socket", "istio-envoy", "istio-ca-crl"];
+    let mut vols: Vec<Value> = original["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let own: Vec<Value> = vec![
+        json!({"name": "workload-socket"}),
+        json!({"name": "workload-certs"}),
+        json!({"name": "istio-xds", "emptyDir": {"medium": "Memory"}}),
+        json!({"name": "istio-data", "emptyDir": {}}),
+    ];
+    let kept: Vec<Value> = pod["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| {
+            ["istio-podinfo", "istio-token", "istiod-ca-cert"]
+                .iter()
+                .any(|n| v["name"] == *n)
+        })
+        .cloned()
+        .collect();
+    let vol_names: Vec<Value> = own.iter().chain(&kept).map(|v| v["name"].clone()).collect();
+    vols.extend(own);
+    vols.extend(kept);
+    vols.retain(|v| !gone.iter().any(|g| v["name"] == *g));
+    pod["spec"]["volumes"] = Value::Array(vols);
+    if original["metadata"]["labels"]
+        .get("security.istio.io/tlsMode")
+        .is_none()
+        && let Some(l) = pod["metadata"]["labels"].as_object_mut()
+    {
+        l.remove("security.istio.io/tlsMode");
+    }
+    let ann = &mut pod["metadata"]["annotations"];
+    ann["sidecar.istio.io/rewriteAppHTTPProbers"] = json!("false");
+    ann[super::overrides::ANNOTATION_OVERRIDES] =
+        Value::String(json!({"containers": originals}).to_string());
+    set_status(
+        pod,
+        json!({"initContainers": null, "containers": names, "volumes": vol_names,
+               "imagePullSecrets": null, "revision": tmpl.revision}),
+    );
 }
