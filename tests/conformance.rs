@@ -336,3 +336,90 @@ fn consistent(pod: &Value) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A sample through the webhook's own entry point: every single-Deployment plain case, sent as
+/// the Pod CREATE review the API server would send for one of its pods (owned by a
+/// ReplicaSet, with its pod-template-hash), must give the golden's pod template.
+#[test]
+fn istio_cases_through_inject_reviews() {
+    let mut checked = 0;
+    let mut failing = Vec::new();
+    let known = known_differences();
+    for tag in TAGS {
+        let labels = meshrev::table::NamespaceLabels {
+            injection: Some("enabled".into()),
+            rev: None,
+        };
+        let base = table_for(tag, "default");
+        for c in cases(tag) {
+            let Some(want) = &c.want else { continue };
+            if known.contains_key(&(tag.to_string(), want.clone())) {
+                continue;
+            }
+            let dir = corpus().join(tag);
+            let input = yaml_docs(&std::fs::read_to_string(dir.join(&c.input)).expect("input"));
+            let golden = yaml_docs(&std::fs::read_to_string(dir.join(want)).expect("golden"));
+            if input.len() != 1 || input[0]["kind"] != "Deployment" {
+                continue;
+            }
+            let dep = &input[0];
+            let name = dep["metadata"]["name"].as_str().unwrap_or("x");
+            let ns = dep["metadata"]["namespace"].as_str().unwrap_or("default");
+            let table = base.with_namespaces(HashMap::from([(ns.to_string(), labels.clone())]));
+            let hash = "5d8c7b9f4";
+            let mut pod = serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": dep["spec"]["template"]["metadata"].clone(),
+                "spec": dep["spec"]["template"]["spec"].clone(),
+            });
+            pod["metadata"]["generateName"] = format!("{name}-{hash}-").into();
+            pod["metadata"]["labels"]["pod-template-hash"] = hash.into();
+            pod["metadata"]["ownerReferences"] = serde_json::json!([{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{name}-{hash}"),
+                "uid": "u", "controller": true}]);
+            let review = serde_json::json!({
+                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": "r1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "namespace": ns, "operation": "CREATE", "object": pod}});
+            let body = serde_json::to_vec(&review).expect("review");
+            let mut scratch = Vec::new();
+            let reply = meshrev::admission::review(&table, &body, &mut scratch);
+            let reply: Value = serde_json::from_slice(&reply.body).expect("reply is JSON");
+            assert_eq!(reply["response"]["uid"], "r1");
+            let mut got = review["request"]["object"].clone();
+            if let Some(p) = reply["response"]["patch"].as_str() {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(p)
+                    .expect("patch is base64");
+                let ops: json_patch::Patch = serde_json::from_slice(&bytes).expect("JSON Patch");
+                json_patch::patch(&mut got, &ops).expect("the patch must apply");
+            }
+            let m = got["metadata"].as_object_mut().expect("metadata");
+            m.remove("ownerReferences");
+            m.remove("generateName");
+            if let Some(l) = m.get_mut("labels").and_then(Value::as_object_mut) {
+                l.remove("pod-template-hash");
+            }
+            let mut got = serde_json::json!({"metadata": got["metadata"], "spec": got["spec"]});
+            let mut want_pod = golden[0]["spec"]["template"].clone();
+            normalize::normalize(&mut got);
+            normalize::normalize(&mut want_pod);
+            let diffs = normalize::diff(&want_pod, &got);
+            checked += 1;
+            if !diffs.is_empty() {
+                failing.push(format!(
+                    "{tag} {want}: {:?}",
+                    diffs.iter().map(|d| &d.path).collect::<Vec<_>>()
+                ));
+            }
+        }
+    }
+    eprintln!(
+        "{checked} cases through /inject reviews, {} differ",
+        failing.len()
+    );
+    assert!(checked > 300, "too few cases: {checked}");
+    assert!(failing.is_empty(), "{}", failing.join("\n"));
+}
