@@ -175,12 +175,15 @@ pub fn compute(
                         if in_use { "Selected" } else { "Unused" },
                         &format!("{n} namespaces select it, {pods} pods carry its sidecar"),
                     ),
-                    condition(
-                        "Ready",
-                        true,
-                        "Rendered",
-                        "the sidecar template is built and served",
-                    ),
+                    match rev.version_warning() {
+                        Some(w) => condition("Ready", true, "NewerThanKnown", &w),
+                        None => condition(
+                            "Ready",
+                            true,
+                            "Rendered",
+                            "the sidecar template is built and served",
+                        ),
+                    },
                 ],
                 observed_generation: None,
             },

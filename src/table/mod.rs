@@ -33,6 +33,19 @@ pub struct Revision {
     pub template: RevisionTemplate,
 }
 
+impl Revision {
+    /// A warning for a version newer than the newest Istio behaviour meshrev knows.
+    pub fn version_warning(&self) -> Option<String> {
+        let newest = crate::injector::NEWEST_MINOR;
+        (self.version.major > 1 || self.version.minor > newest).then(|| {
+            format!(
+                "Istio {} is newer than the newest injection meshrev reproduces (1.{newest});                  its pods get 1.{newest}'s sidecar",
+                self.version
+            )
+        })
+    }
+}
+
 /// The injection labels of a namespace (all the router needs of it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NamespaceLabels {
@@ -200,6 +213,16 @@ impl TableBuilder {
                     spec.version
                 )
             })?;
+        if version.major < 1 || (version.major == 1 && version.minor < crate::injector::OLDEST_MINOR)
+        {
+            return Err(format!(
+                "spec.version {} is older than meshrev reproduces: Istio 1.{} through 1.{}                  (newer versions get 1.{}'s sidecar, with a warning)",
+                spec.version,
+                crate::injector::OLDEST_MINOR,
+                crate::injector::NEWEST_MINOR,
+                crate::injector::NEWEST_MINOR
+            ));
+        }
         if let Some(img) = &spec.proxy_image
             && (img.is_empty() || img.chars().any(char::is_whitespace))
         {
@@ -384,6 +407,19 @@ mod tests {
             s.contains("MeshRevision \"x\"") && s.contains("spec.version"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn versions_outside_the_known_range() {
+        let rev = |v: &str| {
+            format!("apiVersion: meshrev.io/v1alpha1\nkind: MeshRevision\nmetadata: {{name: x}}\nspec: {{version: \"{v}\"}}\n")
+        };
+        let e = table(&rev("1.21.9")).unwrap_err().to_string();
+        assert!(e.contains("1.22 through 1.30"), "{e}");
+        let t = table(&rev("1.31.0")).expect("a newer version is served");
+        let w = t.revision("x").unwrap().version_warning().expect("with a warning");
+        assert!(w.contains("1.30"), "{w}");
+        assert!(table(&rev("1.30.3")).unwrap().revision("x").unwrap().version_warning().is_none());
     }
 
     #[test]
