@@ -26,9 +26,19 @@ fn corpus() -> PathBuf {
 
 /// A table with one revision of Istio `version`, named as in Istio's tests, behind `stable`.
 fn table_for(version: &str, revision: &str) -> Table {
+    table_with(version, revision, "")
+}
+
+/// The same, with more `MeshRevision.spec` fields (`key: value`, one line).
+fn table_with(version: &str, revision: &str, spec: &str) -> Table {
+    let extra = if spec.is_empty() {
+        String::new()
+    } else {
+        format!(", {spec}")
+    };
     let text = format!(
         "apiVersion: meshrev.io/v1alpha1\nkind: MeshRevision\nmetadata: {{name: {revision}}}\n\
-         spec: {{version: \"{version}\"}}\n---\n\
+         spec: {{version: \"{version}\"{extra}}}\n---\n\
          apiVersion: meshrev.io/v1alpha1\nkind: RevisionTag\nmetadata: {{name: stable}}\n\
          spec: {{revision: {revision}}}\n"
     );
@@ -421,5 +431,45 @@ fn istio_cases_through_inject_reviews() {
         failing.len()
     );
     assert!(checked > 300, "too few cases: {checked}");
+    assert!(failing.is_empty(), "{}", failing.join("\n"));
+}
+
+/// Corpus cases whose only special setting is an installation value that `MeshRevision.spec`
+/// models (`values.tsv`): with that field set, meshrev must give Istio's output.
+#[test]
+fn istio_values_cases_via_meshrevision_spec() {
+    let mut failing = Vec::new();
+    let mut n = 0;
+    let known = known_differences();
+    for tag in TAGS {
+        let text =
+            std::fs::read_to_string(corpus().join(tag).join("values.tsv")).expect("values.tsv");
+        for l in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let f: Vec<&str> = l.split('\t').collect();
+            let table = table_with(tag, "default", f[2]);
+            let c = Case {
+                input: f[0].to_string(),
+                want: Some(f[1].to_string()),
+                expected_error: None,
+            };
+            n += 1;
+            let listed = known.contains_key(&(tag.to_string(), f[1].to_string()));
+            match run_case(tag, &table, &c) {
+                Outcome::Differs(d) if !listed => {
+                    failing.push(format!("{tag} {} ({}): {}", f[1], f[2], d.join("; ")))
+                }
+                Outcome::Equivalent if listed => failing.push(format!(
+                    "{tag} {}: listed as known but now equivalent",
+                    f[1]
+                )),
+                _ => {}
+            }
+        }
+    }
+    eprintln!("{n} values cases, {} differ", failing.len());
+    assert!(n >= 50, "too few values cases: {n}");
     assert!(failing.is_empty(), "{}", failing.join("\n"));
 }

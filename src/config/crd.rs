@@ -49,6 +49,42 @@ pub struct MeshRevisionSpec {
     /// proxy starts first and the app waits for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_application_until_proxy_starts: Option<bool>,
+    /// Istio's `values.global.hub`: the registry of `proxyv2` (default `docker.io/istio`).
+    /// `proxyImage` overrides `hub` and `tag`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
+    /// Istio's `values.global.tag`: the tag of `proxyv2` (default: `version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Istio's `values.global.imagePullPolicy` for the injected containers (default: unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+    /// Istio's `values.global.proxy.privileged` (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privileged: Option<bool>,
+    /// Istio's `values.global.proxy.logLevel`: Envoy's log level (default `warning`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// Istio's `values.global.proxy.componentLogLevel` (default `misc:error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_log_level: Option<String>,
+    /// Istio's `values.global.logging.level`: the agent's log level (default `default:info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_log_level: Option<String>,
+    /// Istio's `values.global.proxy.includeIPRanges` (default `*`).
+    #[serde(
+        default,
+        rename = "includeIPRanges",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub include_ip_ranges: Option<String>,
+    /// Istio's `values.global.proxy.excludeIPRanges` (default empty).
+    #[serde(
+        default,
+        rename = "excludeIPRanges",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exclude_ip_ranges: Option<String>,
 }
 
 /// `MeshRevision.spec.nativeSidecars`.

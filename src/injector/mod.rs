@@ -79,20 +79,16 @@ pub fn inject<'t>(
             via,
             warning,
         } => match write_patch(&revision.template, namespace, &pod.metadata, spec, patch).and_then(
-            |written| {
-                if written && overrides::needed(&pod.metadata, spec) {
+            |()| {
+                if overrides::needed(&pod.metadata, spec) {
                     full_pod_patch(&revision.template, whole_pod, patch)?;
                 }
-                Ok(written)
+                Ok(())
             },
         ) {
-            Ok(true) => Outcome::Injected {
+            Ok(()) => Outcome::Injected {
                 revision,
                 via,
-                warning,
-            },
-            Ok(false) => Outcome::Skipped {
-                reason: SkipReason::AlreadyInjected,
                 warning,
             },
             Err(e) => {
@@ -135,8 +131,6 @@ struct Status {
     containers: Option<Vec<String>>,
     #[serde(default)]
     volumes: Option<Vec<String>>,
-    #[serde(default)]
-    revision: Option<String>,
 }
 
 /// Appends JSON Patch operations to a buffer.
@@ -194,7 +188,7 @@ struct PodValues<'p> {
     component_log_level: &'p str,
     agent_log_level: &'p str,
     resources: Option<String>,
-    init_args: Cow<'static, str>,
+    init_args: Cow<'p, str>,
     app_containers: String,
     pod_ports: String,
     workload: String,
@@ -208,6 +202,9 @@ struct PodValues<'p> {
     prometheus_env: Option<String>,
     probers: Option<String>,
     user_mounts: Vec<String>,
+    /// Env vars of an earlier injection's proxy that this template does not set: kept, as
+    /// Istio's strategic merge of the template over the old container keeps them.
+    carried_env: Vec<String>,
 }
 
 const LOG_LEVELS: [&str; 7] = [
@@ -231,15 +228,17 @@ impl<'p> PodValues<'p> {
                 "annotation sidecar.istio.io/proxyImage: {img:?} is not an image reference"
             ));
         }
-        let log_level = ann("sidecar.istio.io/logLevel").unwrap_or("warning");
+        let log_level = ann("sidecar.istio.io/logLevel").unwrap_or(&tmpl.log_level);
         if !LOG_LEVELS.contains(&log_level) {
             return Err(format!(
                 "annotation sidecar.istio.io/logLevel: {log_level:?} is not one of {}",
                 LOG_LEVELS.join(", ")
             ));
         }
-        let component_log_level = ann("sidecar.istio.io/componentLogLevel").unwrap_or("misc:error");
-        let agent_log_level = ann("sidecar.istio.io/agentLogLevel").unwrap_or("default:info");
+        let component_log_level =
+            ann("sidecar.istio.io/componentLogLevel").unwrap_or(&tmpl.component_log_level);
+        let agent_log_level =
+            ann("sidecar.istio.io/agentLogLevel").unwrap_or(&tmpl.agent_log_level);
         for (k, v) in [
             ("sidecar.istio.io/componentLogLevel", component_log_level),
             ("sidecar.istio.io/agentLogLevel", agent_log_level),
@@ -274,7 +273,7 @@ impl<'p> PodValues<'p> {
             resources = Some(r.to_json());
         }
         let interception = ann("sidecar.istio.io/interceptionMode").unwrap_or("REDIRECT");
-        let init_args = init_args(meta, interception, agent_log_level)?;
+        let init_args = init_args(tmpl, meta, interception, agent_log_level);
 
         let mut app_containers = String::new();
         let mut pod_ports = String::from("[");
@@ -367,6 +366,7 @@ impl<'p> PodValues<'p> {
             prometheus_env: None,
             probers: None,
             user_mounts,
+            carried_env: Vec::new(),
         })
     }
 
@@ -435,6 +435,10 @@ impl<'p> PodValues<'p> {
                 if let Some(p) = &self.probers {
                     env(out, "ISTIO_KUBE_APP_PROBERS", p);
                 }
+                for e in &self.carried_env {
+                    out.push(b',');
+                    out.extend_from_slice(e.as_bytes());
+                }
             }
             Slot::Lifecycle => {
                 if let Some(l) = &self.lifecycle {
@@ -486,6 +490,61 @@ fn named_objects(key: &str, v: &str) -> Result<Vec<String>, String> {
         .collect()
 }
 
+/// Env vars every sidecar sets (or meshrev set once); an earlier proxy's other env vars are
+/// carried over on re-injection.
+const SIDECAR_ENV: [&str; 23] = [
+    "PILOT_CERT_PROVIDER",
+    "CA_ADDR",
+    "POD_NAME",
+    "POD_NAMESPACE",
+    "INSTANCE_IP",
+    "SERVICE_ACCOUNT",
+    "HOST_IP",
+    "ISTIO_CPU_LIMIT",
+    "PROXY_CONFIG",
+    "ISTIO_META_POD_PORTS",
+    "ISTIO_META_APP_CONTAINERS",
+    "GOMEMLIMIT",
+    "GOMAXPROCS",
+    "ISTIO_META_CLUSTER_ID",
+    "ISTIO_META_NODE_NAME",
+    "ISTIO_META_INTERCEPTION_MODE",
+    "ISTIO_META_WORKLOAD_NAME",
+    "ISTIO_META_OWNER",
+    "ISTIO_META_MESH_ID",
+    "TRUST_DOMAIN",
+    "ISTIO_PROMETHEUS_ANNOTATIONS",
+    "ISTIO_KUBE_APP_PROBERS",
+    "ISTIO_META_REVISION",
+];
+
+fn carried_env(tmpl: &RevisionTemplate, old: &str) -> Vec<String> {
+    let Ok(vars) = serde_json::from_str::<Vec<serde_json::Value>>(old) else {
+        return Vec::new();
+    };
+    vars.into_iter()
+        .filter(|v| {
+            let name = v
+                .get("name")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            !name.is_empty()
+                && !SIDECAR_ENV.contains(&name)
+                && !tmpl.override_env_names.iter().any(|n| n == name)
+        })
+        .map(|v| v.to_string())
+        .collect()
+}
+
+/// The value of env var `name` in a container's raw `env` array.
+fn old_env_value(env: Option<&str>, name: &str) -> Option<String> {
+    let vars: Vec<serde_json::Value> = serde_json::from_str(env?).ok()?;
+    vars.iter()
+        .find(|v| v.get("name").and_then(serde_json::Value::as_str) == Some(name))
+        .and_then(|v| v.get("value").and_then(serde_json::Value::as_str))
+        .map(str::to_string)
+}
+
 /// Per-pod settings decided before rendering.
 struct PodSettings {
     native: bool,
@@ -516,8 +575,9 @@ impl PodSettings {
                     "annotation proxy.istio.io/config: must be a ProxyConfig object".to_string(),
                 );
             };
-            if let Some(h) = m.get("holdApplicationUntilProxyStarts") {
-                hold = h.as_bool().unwrap_or(hold);
+            // Istio ORs the pod's setting with the installation's.
+            if m.get("holdApplicationUntilProxyStarts") == Some(&serde_json::Value::Bool(true)) {
+                hold = true;
             }
             m.entry("discoveryAddress")
                 .or_insert_with(|| tmpl.discovery_address.clone().into());
@@ -629,28 +689,30 @@ fn canonical_name<'v>(meta: &'v Meta<'_>, workload: &'v str) -> &'v str {
     name[..end].trim_end_matches('-')
 }
 
-/// Writes the patch that injects `tmpl` into the pod. Returns `Ok(false)` (and writes
-/// nothing) when the pod already carries this revision's sidecar.
+/// Writes the patch that injects `tmpl` into the pod.
 fn write_patch(
     tmpl: &RevisionTemplate,
     namespace: &str,
     meta: &Meta<'_>,
     spec: &Spec<'_>,
     out: &mut Vec<u8>,
-) -> Result<bool, String> {
+) -> Result<(), String> {
     let status: Option<Status> = meta
         .annotation(ANNOTATION_STATUS)
         .map(|s| serde_json::from_str(s).unwrap_or_default());
-    let has_proxy = |l: &[pod::Container<'_>]| l.iter().any(|c| c.name.as_str() == PROXY_CONTAINER);
-    if let Some(st) = &status
-        && st.revision.as_deref() == Some(tmpl.revision.as_str())
-        && (has_proxy(&spec.containers) || spec.init_containers.as_deref().is_some_and(has_proxy))
-    {
-        return Ok(false);
-    }
+    // An injected pod is injected again, as Istio does: its spec may have changed since (a
+    // container added to the template), and the result of re-injecting an unchanged pod is
+    // the same pod.
     validate::annotations(meta)?;
     let settings = PodSettings::of(tmpl, meta)?;
     let mut values = PodValues::compute(tmpl, namespace, meta, spec, &settings)?;
+    let old_proxy_env = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name.as_str() == PROXY_CONTAINER)
+        .and_then(|c| c.env)
+        .map(|e| e.get());
 
     let rewrite_probes = meta
         .annotation("sidecar.istio.io/rewriteAppHTTPProbers")
@@ -660,23 +722,27 @@ fn write_patch(
     if rewrite_probes {
         rewrite = probes::rewrite(spec, settings.status_port, tmpl.features.lifecycle_rewrite);
         if status.is_some() {
-            let old_env = spec
-                .containers
-                .iter()
-                .chain(spec.init_containers.iter().flatten())
-                .find(|c| c.name.as_str() == PROXY_CONTAINER)
-                .and_then(|c| c.env)
-                .map(|e| e.get());
-            probes::merge_previous(&mut rewrite.probers, old_env);
+            probes::merge_previous(&mut rewrite.probers, old_proxy_env);
         }
         if !rewrite.probers.is_empty() {
             values.probers =
                 Some(serde_json::to_string(&rewrite.probers).expect("probers must serialize"));
         }
     }
+    if status.is_some()
+        && let Some(old) = old_proxy_env
+    {
+        values.carried_env = carried_env(tmpl, old);
+    }
     let prom = prometheus_merge(meta);
-    if let Some(p) = &prom {
-        values.prometheus_env = p.env.clone();
+    match &prom {
+        Some(p) => values.prometheus_env = p.env.clone(),
+        // Re-injection: the annotations already point at the agent; the app's settings
+        // live on in the old proxy's env.
+        None if status.is_some() => {
+            values.prometheus_env = old_env_value(old_proxy_env, "ISTIO_PROMETHEUS_ANNOTATIONS");
+        }
+        None => {}
     }
     let user_volumes = match meta.annotation("sidecar.istio.io/userVolume") {
         Some(v) => named_objects("sidecar.istio.io/userVolume", v)?,
@@ -906,7 +972,7 @@ fn write_patch(
     );
     let _ = no_init;
     ops.finish();
-    Ok(true)
+    Ok(())
 }
 
 /// Removes, highest index first (so earlier indices stay valid), the elements whose name
@@ -973,26 +1039,21 @@ const INIT_ARG_ANNOTATIONS: [&str; 11] = [
 
 /// The args of `istio-init` (Istio's template), honouring the traffic annotations. The
 /// values were validated by [`validate::annotations`].
-fn init_args(
+fn init_args<'t>(
+    tmpl: &'t RevisionTemplate,
     meta: &Meta<'_>,
     interception: &str,
     agent_log_level: &str,
-) -> Result<Cow<'static, str>, String> {
-    // Most pods set none of these annotations: their args are rendered once.
-    static DEFAULT: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| render_init_args(&Meta::default(), "REDIRECT", "default:info"));
-    if agent_log_level == "default:info"
+) -> Cow<'t, str> {
+    // Most pods set none of these annotations: their args were rendered with the revision.
+    if agent_log_level == tmpl.agent_log_level
         && INIT_ARG_ANNOTATIONS
             .iter()
             .all(|k| meta.annotation(k).is_none())
     {
-        return Ok(Cow::Borrowed(DEFAULT.as_str()));
+        return Cow::Borrowed(&tmpl.default_init_args);
     }
-    Ok(Cow::Owned(render_init_args(
-        meta,
-        interception,
-        agent_log_level,
-    )))
+    Cow::Owned(render_init_args(tmpl, meta, interception, agent_log_level))
 }
 
 /// Istio's `excludeInboundPort`: adds the status port to the excluded inbound ports unless
@@ -1016,7 +1077,13 @@ fn exclude_inbound_port(port: &str, excluded: &str) -> String {
     out.join(",")
 }
 
-fn render_init_args(meta: &Meta<'_>, interception: &str, agent_log_level: &str) -> String {
+/// Renders `istio-init`'s args (a JSON array) for a pod.
+pub(crate) fn render_init_args(
+    tmpl: &RevisionTemplate,
+    meta: &Meta<'_>,
+    interception: &str,
+    agent_log_level: &str,
+) -> String {
     let get = |k: &str| meta.annotation(k);
     let excluded = exclude_inbound_port(
         get("status.sidecar.istio.io/port").unwrap_or("15020"),
@@ -1038,9 +1105,9 @@ fn render_init_args(meta: &Meta<'_>, interception: &str, agent_log_level: &str) 
         "-m",
         interception,
         "-i",
-        get("traffic.sidecar.istio.io/includeOutboundIPRanges").unwrap_or("*"),
+        get("traffic.sidecar.istio.io/includeOutboundIPRanges").unwrap_or(&tmpl.include_ip_ranges),
         "-x",
-        get("traffic.sidecar.istio.io/excludeOutboundIPRanges").unwrap_or(""),
+        get("traffic.sidecar.istio.io/excludeOutboundIPRanges").unwrap_or(&tmpl.exclude_ip_ranges),
         "-b",
         get("traffic.sidecar.istio.io/includeInboundPorts").unwrap_or("*"),
         "-d",

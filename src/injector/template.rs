@@ -208,11 +208,21 @@ pub struct RevisionTemplate {
     pub native: bool,
     /// `holdApplicationUntilProxyStarts` for the revision's pods.
     pub hold_application: bool,
+    /// The installation's defaults that pod annotations override.
+    pub log_level: String,
+    pub component_log_level: String,
+    pub agent_log_level: String,
+    pub include_ip_ranges: String,
+    pub exclude_ip_ranges: String,
     pub image: String,
     /// The JSON string of the default image, quotes included.
     pub image_json: Box<str>,
     /// The default `resources` object of `istio-init` and `istio-proxy`.
     pub resources_json: Box<str>,
+    /// `istio-init`'s args for pods without traffic annotations (a JSON array).
+    pub default_init_args: String,
+    /// Names of the env vars the revision's overrides add to `istio-proxy`.
+    pub override_env_names: Vec<String>,
     pub default_resources: ProxyResourceDefaults,
     pub init_container: Fragment,
     pub proxy_container: Fragment,
@@ -314,10 +324,14 @@ impl RevisionTemplate {
         let version = semver::Version::parse(&spec.version)
             .unwrap_or_else(|_| semver::Version::new(1, NEWEST_MINOR, 0));
         let features = Features::of(&version);
-        let image = spec
-            .proxy_image
-            .clone()
-            .unwrap_or_else(|| format!("docker.io/istio/proxyv2:{}", spec.version));
+        let image = spec.proxy_image.clone().unwrap_or_else(|| {
+            format!(
+                "{}/proxyv2:{}",
+                spec.hub.as_deref().unwrap_or("docker.io/istio"),
+                spec.tag.as_deref().unwrap_or(&spec.version)
+            )
+        });
+        let privileged = spec.privileged.unwrap_or(false);
         let discovery = spec
             .discovery_address
             .clone()
@@ -350,8 +364,8 @@ impl RevisionTemplate {
             "args": "@@SLOT:INIT_ARGS@@",
             "resources": "@@SLOT:RESOURCES@@",
             "securityContext": {
-                "allowPrivilegeEscalation": false,
-                "privileged": false,
+                "allowPrivilegeEscalation": privileged,
+                "privileged": privileged,
                 "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
                 "readOnlyRootFilesystem": false,
                 "runAsGroup": 0,
@@ -410,9 +424,9 @@ impl RevisionTemplate {
             "ports": [{"containerPort": 15090, "name": "http-envoy-prom", "protocol": "TCP"}],
             "resources": "@@SLOT:RESOURCES@@",
             "securityContext": {
-                "allowPrivilegeEscalation": false,
+                "allowPrivilegeEscalation": privileged,
                 "capabilities": {"drop": ["ALL"]},
-                "privileged": false,
+                "privileged": privileged,
                 "readOnlyRootFilesystem": true,
                 "runAsGroup": 1337,
                 "runAsNonRoot": true,
@@ -423,6 +437,12 @@ impl RevisionTemplate {
             "~slot:probes": null,
             "~slot:restartPolicy": null,
         });
+
+        let (mut init, mut proxy) = (init, proxy);
+        if let Some(policy) = &spec.image_pull_policy {
+            init["imagePullPolicy"] = json!(policy);
+            proxy["imagePullPolicy"] = json!(policy);
+        }
 
         let mut volumes = vec![
             json!({"name": "workload-socket"}),
@@ -469,11 +489,24 @@ impl RevisionTemplate {
             .into()
         };
 
-        RevisionTemplate {
+        let mut t = RevisionTemplate {
+            default_init_args: String::new(),
+            override_env_names: overrides.env.iter().map(|e| e.name.clone()).collect(),
             revision: name.to_string(),
             features,
             native,
             hold_application,
+            log_level: spec.log_level.clone().unwrap_or_else(|| "warning".into()),
+            component_log_level: spec
+                .component_log_level
+                .clone()
+                .unwrap_or_else(|| "misc:error".into()),
+            agent_log_level: spec
+                .agent_log_level
+                .clone()
+                .unwrap_or_else(|| "default:info".into()),
+            include_ip_ranges: spec.include_ip_ranges.clone().unwrap_or_else(|| "*".into()),
+            exclude_ip_ranges: spec.exclude_ip_ranges.clone().unwrap_or_default(),
             image_json: json_str(&image).into(),
             image,
             resources_json: res.to_json().into(),
@@ -496,7 +529,14 @@ impl RevisionTemplate {
                 .iter()
                 .map(|(k, v)| (pointer_escape(k).into(), json_str(v).into()))
                 .collect(),
-        }
+        };
+        t.default_init_args = super::render_init_args(
+            &t,
+            &super::pod::Meta::default(),
+            "REDIRECT",
+            &t.agent_log_level,
+        );
+        t
     }
 }
 

@@ -37,19 +37,17 @@ pub enum SkipReason {
     NamespaceDisabled,
     UnknownRevision,
     NotInMesh,
-    AlreadyInjected,
     NotCreate,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 8] = [
+    pub const ALL: [SkipReason; 7] = [
         SkipReason::HostNetwork,
         SkipReason::SystemNamespace,
         SkipReason::PodOptOut,
         SkipReason::NamespaceDisabled,
         SkipReason::UnknownRevision,
         SkipReason::NotInMesh,
-        SkipReason::AlreadyInjected,
         SkipReason::NotCreate,
     ];
     pub fn as_str(self) -> &'static str {
@@ -60,7 +58,6 @@ impl SkipReason {
             SkipReason::NamespaceDisabled => "namespace-disabled",
             SkipReason::UnknownRevision => "unknown-revision",
             SkipReason::NotInMesh => "not-in-mesh",
-            SkipReason::AlreadyInjected => "already-injected",
             SkipReason::NotCreate => "not-create",
         }
     }

@@ -34,7 +34,7 @@ pub struct Metrics {
     /// `requests` resolved per [`ReviewResult::ALL`] index.
     by_result: [IntCounter; 4],
     /// `skips` resolved per [`SkipReason::ALL`] index.
-    by_skip: [IntCounter; 8],
+    by_skip: [IntCounter; 7],
     injections: IntCounterVec,
     duration: Histogram,
     table_generation: IntGauge,

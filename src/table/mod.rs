@@ -213,7 +213,8 @@ impl TableBuilder {
                     spec.version
                 )
             })?;
-        if version.major < 1 || (version.major == 1 && version.minor < crate::injector::OLDEST_MINOR)
+        if version.major < 1
+            || (version.major == 1 && version.minor < crate::injector::OLDEST_MINOR)
         {
             return Err(format!(
                 "spec.version {} is older than meshrev reproduces: Istio 1.{} through 1.{}                  (newer versions get 1.{}'s sidecar, with a warning)",
@@ -412,14 +413,27 @@ mod tests {
     #[test]
     fn versions_outside_the_known_range() {
         let rev = |v: &str| {
-            format!("apiVersion: meshrev.io/v1alpha1\nkind: MeshRevision\nmetadata: {{name: x}}\nspec: {{version: \"{v}\"}}\n")
+            format!(
+                "apiVersion: meshrev.io/v1alpha1\nkind: MeshRevision\nmetadata: {{name: x}}\nspec: {{version: \"{v}\"}}\n"
+            )
         };
         let e = table(&rev("1.21.9")).unwrap_err().to_string();
         assert!(e.contains("1.22 through 1.30"), "{e}");
         let t = table(&rev("1.31.0")).expect("a newer version is served");
-        let w = t.revision("x").unwrap().version_warning().expect("with a warning");
+        let w = t
+            .revision("x")
+            .unwrap()
+            .version_warning()
+            .expect("with a warning");
         assert!(w.contains("1.30"), "{w}");
-        assert!(table(&rev("1.30.3")).unwrap().revision("x").unwrap().version_warning().is_none());
+        assert!(
+            table(&rev("1.30.3"))
+                .unwrap()
+                .revision("x")
+                .unwrap()
+                .version_warning()
+                .is_none()
+        );
     }
 
     #[test]
