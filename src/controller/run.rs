@@ -1,6 +1,7 @@
 //! The watches that keep the revision table in step with the cluster.
 //!
-//! Three kube-rs reflectors (MeshRevision, RevisionTag, Namespace metadata) feed their
+//! Four kube-rs reflectors (MeshRevision, RevisionTag, Namespace metadata, and Nodes cut down
+//! to their kubelet version, for Istio's native-sidecar `auto`) feed their
 //! stores; every change wakes one builder task, which reads the three stores whole, builds
 //! a [`Table`] and publishes it with one [`TableStore::publish`]. The reflector applies a
 //! relist to its store only at `InitDone`, so a rebuild never sees half a relist.
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
@@ -44,7 +45,7 @@ impl WatchMetrics {
             ),
             &["resource"],
         )?;
-        for r in ["meshrevisions", "revisiontags", "namespaces"] {
+        for r in ["meshrevisions", "revisiontags", "namespaces", "nodes"] {
             errors.with_label_values(&[r]);
         }
         let last_sync = Arc::new(std::sync::Mutex::new(Instant::now()));
@@ -109,10 +110,16 @@ pub async fn run(
         .reflect(tag_writer);
     let ns_stream = watch(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-        cfg,
+        cfg.clone(),
     )
     .default_backoff()
     .reflect(ns_writer);
+    // Nodes are kept as their name and kubelet version only.
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let node_stream = watch(Api::<Node>::all(client.clone()), cfg)
+        .default_backoff()
+        .modify(slim_node)
+        .reflect(node_writer);
 
     let drivers = [
         tokio::spawn(drive(
@@ -133,6 +140,13 @@ pub async fn run(
             ns_stream,
             "namespaces",
             readiness.gate("watch:namespaces"),
+            changed.clone(),
+            wm.clone(),
+        )),
+        tokio::spawn(drive(
+            node_stream,
+            "nodes",
+            readiness.gate("watch:nodes"),
             changed.clone(),
             wm.clone(),
         )),
@@ -161,11 +175,20 @@ pub async fn run(
     let _ = revs.wait_until_ready().await;
     let _ = tags.wait_until_ready().await;
     let _ = nss.wait_until_ready().await;
+    let _ = nodes.wait_until_ready().await;
 
     let mut builder = TableBuilder::new();
     let mut last_problems: Vec<Problem> = Vec::new();
     loop {
-        let (table, problems) = build(&mut builder, &revs, &tags, &nss);
+        let (mut table, problems) = build(&mut builder, &revs, &tags, &nss);
+        table.nodes_support_native_sidecars = Some(nodes_support_native_sidecars(
+            nodes.state().iter().map(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.node_info.as_ref())
+                    .map(|i| i.kubelet_version.as_str())
+            }),
+        ));
         if problems != last_problems {
             for p in &problems {
                 tracing::warn!(%p, "configuration object left out of the revision table");
@@ -187,7 +210,43 @@ pub async fn run(
     }
 }
 
-/// Builds a table from the three stores (each read whole).
+/// Keeps only what native-sidecar detection reads: the name and the kubelet version.
+fn slim_node(n: &mut Node) {
+    let version = n
+        .status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .map(|i| i.kubelet_version.clone());
+    n.metadata.managed_fields = None;
+    n.metadata.annotations = None;
+    n.metadata.labels = None;
+    n.spec = None;
+    n.status = version.map(|v| k8s_openapi::api::core::v1::NodeStatus {
+        node_info: Some(k8s_openapi::api::core::v1::NodeSystemInfo {
+            kubelet_version: v,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+}
+
+/// Istio's native-sidecar `auto`: every node's kubelet is 1.33 or newer (where sidecar
+/// containers are stable); a node whose version does not parse counts as too old. No nodes:
+/// supported.
+pub fn nodes_support_native_sidecars<'a>(versions: impl Iterator<Item = Option<&'a str>>) -> bool {
+    const MIN_MINOR: u64 = 33;
+    versions.into_iter().all(|v| {
+        v.and_then(|v| {
+            let mut parts = v.trim_start_matches('v').split(['.', '-', '+']);
+            let major: u64 = parts.next()?.parse().ok()?;
+            let minor: u64 = parts.next()?.parse().ok()?;
+            Some(major > 1 || minor >= MIN_MINOR)
+        })
+        .unwrap_or(false)
+    })
+}
+
+/// Builds a table from the revision, tag and namespace stores (each read whole).
 fn build(
     builder: &mut TableBuilder,
     revs: &Store<MeshRevision>,
@@ -255,4 +314,16 @@ async fn drive<K>(
     }
     changed.notify_one();
     tracing::error!(resource, "watch stream ended");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn native_sidecars_need_every_kubelet_at_1_33() {
+        use super::nodes_support_native_sidecars as f;
+        assert!(f([Some("v1.33.0"), Some("v1.34.1-gke.2")].into_iter()));
+        assert!(!f([Some("v1.33.0"), Some("v1.28.0")].into_iter()));
+        assert!(!f([None].into_iter()));
+        assert!(f(std::iter::empty()));
+    }
 }

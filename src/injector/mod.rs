@@ -78,14 +78,20 @@ pub fn inject<'t>(
             revision,
             via,
             warning,
-        } => match write_patch(&revision.template, namespace, &pod.metadata, spec, patch).and_then(
-            |()| {
-                if overrides::needed(&pod.metadata, spec) {
-                    full_pod_patch(&revision.template, whole_pod, patch)?;
-                }
-                Ok(())
-            },
-        ) {
+        } => match write_patch(
+            &revision.template,
+            table.nodes_support_native_sidecars,
+            namespace,
+            &pod.metadata,
+            spec,
+            patch,
+        )
+        .and_then(|()| {
+            if overrides::needed(&pod.metadata, spec) {
+                full_pod_patch(&revision.template, whole_pod, patch)?;
+            }
+            Ok(())
+        }) {
             Ok(()) => Outcome::Injected {
                 revision,
                 via,
@@ -554,13 +560,17 @@ struct PodSettings {
 }
 
 impl PodSettings {
-    fn of(tmpl: &RevisionTemplate, meta: &Meta<'_>) -> Result<PodSettings, String> {
+    fn of(
+        tmpl: &RevisionTemplate,
+        nodes_native: Option<bool>,
+        meta: &Meta<'_>,
+    ) -> Result<PodSettings, String> {
         let ann = |k: &str| meta.annotation(k);
         let native = match (
             tmpl.features.native_annotation,
             ann("sidecar.istio.io/nativeSidecar"),
         ) {
-            (template::NativeAnnotation::Ignored, _) | (_, None) => tmpl.native,
+            (template::NativeAnnotation::Ignored, _) | (_, None) => tmpl.native_for(nodes_native),
             (template::NativeAnnotation::TrueOptsIn, Some(v)) => v == "true",
             (template::NativeAnnotation::NotFalseOptsIn, Some(v)) => v != "false",
         };
@@ -692,6 +702,7 @@ fn canonical_name<'v>(meta: &'v Meta<'_>, workload: &'v str) -> &'v str {
 /// Writes the patch that injects `tmpl` into the pod.
 fn write_patch(
     tmpl: &RevisionTemplate,
+    nodes_native: Option<bool>,
     namespace: &str,
     meta: &Meta<'_>,
     spec: &Spec<'_>,
@@ -704,7 +715,7 @@ fn write_patch(
     // container added to the template), and the result of re-injecting an unchanged pod is
     // the same pod.
     validate::annotations(meta)?;
-    let settings = PodSettings::of(tmpl, meta)?;
+    let settings = PodSettings::of(tmpl, nodes_native, meta)?;
     let mut values = PodValues::compute(tmpl, namespace, meta, spec, &settings)?;
     let old_proxy_env = spec
         .containers

@@ -204,8 +204,11 @@ pub const PROXY_CONTAINER: &str = "istio-proxy";
 pub struct RevisionTemplate {
     pub revision: String,
     pub features: Features,
-    /// Whether this revision injects native sidecars unless a pod says otherwise.
+    /// Whether this revision injects native sidecars unless a pod says otherwise, when the
+    /// cluster's nodes support them (see [`RevisionTemplate::native_for`]).
     pub native: bool,
+    /// `nativeSidecars: auto`: the nodes decide too.
+    pub native_auto: bool,
     /// `holdApplicationUntilProxyStarts` for the revision's pods.
     pub hold_application: bool,
     /// The installation's defaults that pod annotations override.
@@ -319,6 +322,12 @@ pub fn render_probes(initial_delay: u32, period: u32, failure: u32) -> String {
 }
 
 impl RevisionTemplate {
+    /// Native sidecars for a pod that does not say, given what the nodes support (Istio's
+    /// `auto` requires every node's kubelet to be 1.33 or newer).
+    pub fn native_for(&self, nodes_support: Option<bool>) -> bool {
+        self.native && (!self.native_auto || nodes_support.unwrap_or(true))
+    }
+
     /// Renders the templates of revision `name`. The spec must already be validated.
     pub fn render(name: &str, spec: &MeshRevisionSpec) -> RevisionTemplate {
         let version = semver::Version::parse(&spec.version)
@@ -351,6 +360,8 @@ impl RevisionTemplate {
             res.requests.extend(r.requests.clone());
             res.limits.extend(r.limits.clone());
         }
+        let native_auto =
+            spec.native_sidecars.unwrap_or_default() == crate::config::NativeSidecars::Auto;
         let native = match spec.native_sidecars.unwrap_or_default() {
             crate::config::NativeSidecars::Auto => features.native_by_default(),
             crate::config::NativeSidecars::Enabled => true,
@@ -495,6 +506,7 @@ impl RevisionTemplate {
             revision: name.to_string(),
             features,
             native,
+            native_auto,
             hold_application,
             log_level: spec.log_level.clone().unwrap_or_else(|| "warning".into()),
             component_log_level: spec

@@ -75,6 +75,10 @@ pub struct Table {
     tags: HashMap<String, Arc<Revision>>,
     /// namespace name → its injection labels (only namespaces that have any).
     namespaces: Arc<HashMap<String, NamespaceLabels>>,
+    /// Whether every node's kubelet runs native sidecars (Kubernetes 1.33+), as Istio's
+    /// `auto` decides; `None` outside a cluster (file tables, `meshrev inject`), where a
+    /// revision's version decides alone.
+    pub nodes_support_native_sidecars: Option<bool>,
 }
 
 impl Table {
@@ -112,6 +116,7 @@ impl Table {
             revisions: self.revisions.clone(),
             tags: self.tags.clone(),
             namespaces: Arc::new(namespaces),
+            nodes_support_native_sidecars: self.nodes_support_native_sidecars,
         }
     }
 }
@@ -181,6 +186,7 @@ impl TableBuilder {
             revisions: revs,
             tags: tag_map,
             namespaces: Arc::new(namespaces),
+            nodes_support_native_sidecars: None,
         };
         (table, problems)
     }
