@@ -431,12 +431,12 @@ async fn a_deleted_revision_makes_its_namespaces_skip_with_a_warning() -> Result
     let revs: Api<MeshRevision> = Api::all(client.clone());
     apply(
         &revs,
-        json!({"apiVersion": "meshrev.io/v1alpha1", "kind": "MeshRevision", "metadata": {"name": "1-21-9"}, "spec": {"version": "1.21.9"}}),
+        json!({"apiVersion": "meshrev.io/v1alpha1", "kind": "MeshRevision", "metadata": {"name": "1-24-9"}, "spec": {"version": "1.24.9"}}),
     )
     .await?;
-    let ns = namespace(&client, "doomed", &[("istio.io/rev", "1-21-9")]).await?;
-    first_pod_with(&client, &ns, "1-21-9", Instant::now()).await?;
-    revs.delete("1-21-9", &DeleteParams::default()).await?;
+    let ns = namespace(&client, "doomed", &[("istio.io/rev", "1-24-9")]).await?;
+    first_pod_with(&client, &ns, "1-24-9", Instant::now()).await?;
+    revs.delete("1-24-9", &DeleteParams::default()).await?;
     let mut i = 0;
     let warnings = eventually(
         "a pod in the namespace of a deleted revision is admitted uninjected",
@@ -456,7 +456,7 @@ async fn a_deleted_revision_makes_its_namespaces_skip_with_a_warning() -> Result
     assert!(
         warnings
             .iter()
-            .any(|w| w.contains("1-21-9") && w.contains("not injected")),
+            .any(|w| w.contains("1-24-9") && w.contains("not injected")),
         "the API server relays meshrev's warning: {warnings:?}"
     );
     let skips = meshrev()
@@ -475,16 +475,16 @@ async fn status_reports_tags_namespaces_pods_and_broken_tags() -> Result<()> {
     let revs: Api<MeshRevision> = Api::all(client.clone());
     apply(
         &revs,
-        json!({"apiVersion": "meshrev.io/v1alpha1", "kind": "MeshRevision", "metadata": {"name": "1-20-1"}, "spec": {"version": "1.20.1"}}),
+        json!({"apiVersion": "meshrev.io/v1alpha1", "kind": "MeshRevision", "metadata": {"name": "1-25-1"}, "spec": {"version": "1.25.1"}}),
     )
     .await?;
-    set_tag(&client, "statustag", "1-20-1").await?;
+    set_tag(&client, "statustag", "1-25-1").await?;
     // A tag to a missing revision is left out of the table and reported, not fatal.
     set_tag(&client, "broken", "9-9-9").await?;
     let ns = namespace(&client, "status", &[("istio.io/rev", "statustag")]).await?;
-    first_pod_with(&client, &ns, "1-20-1", Instant::now()).await?;
-    let status = eventually("MeshRevision 1-20-1 status", WAIT, || async {
-        let r = revs.get("1-20-1").await?;
+    first_pod_with(&client, &ns, "1-25-1", Instant::now()).await?;
+    let status = eventually("MeshRevision 1-25-1 status", WAIT, || async {
+        let r = revs.get("1-25-1").await?;
         Ok(r.status
             .filter(|s| s.pods >= 1 && s.namespaces == 1 && s.tags == ["statustag"]))
     })
@@ -516,7 +516,7 @@ async fn status_reports_tags_namespaces_pods_and_broken_tags() -> Result<()> {
             .and_then(|s| s.resolved_revision))
     })
     .await?;
-    assert_eq!(ok, "1-20-1");
+    assert_eq!(ok, "1-25-1");
     tags.delete("broken", &DeleteParams::default()).await?;
     Ok(())
 }

@@ -133,6 +133,8 @@ pub struct WorkloadRow {
     pub target: Option<String>,
     pub needs_upgrade: bool,
     pub state: String,
+    /// A gateway (Istio's `gateway` template): its proxy is the workload.
+    pub gateway: bool,
 }
 
 /// Everything `status` prints.
@@ -322,7 +324,12 @@ impl StatusReport {
                 .map(|w| {
                     vec![
                         w.namespace.clone(),
-                        format!("{}/{}", w.kind.to_ascii_lowercase(), w.name),
+                        format!(
+                            "{}/{}{}",
+                            w.kind.to_ascii_lowercase(),
+                            w.name,
+                            if w.gateway { " (gateway)" } else { "" }
+                        ),
                         w.pods.to_string(),
                         w.ready.to_string(),
                         sidecars(&w.revisions),
@@ -360,6 +367,7 @@ fn row(s: &WorkloadState) -> WorkloadRow {
         target: s.target.revision().map(str::to_string),
         needs_upgrade: s.needs_upgrade(),
         state: s.state(),
+        gateway: s.gateway,
     }
 }
 
@@ -468,6 +476,7 @@ mod tests {
             replicas: 1,
             paused: false,
             on_delete: false,
+            gateway: false,
         });
         m.pods.push(PodInfo {
             namespace: "default".into(),

@@ -387,6 +387,8 @@ pub struct WorkloadInfo {
     pub paused: bool,
     /// A StatefulSet with `updateStrategy: OnDelete` (a restart does not replace pods).
     pub on_delete: bool,
+    /// Its pods ask for Istio's `gateway` template (`inject.istio.io/templates`).
+    pub gateway: bool,
 }
 
 impl WorkloadInfo {
@@ -401,6 +403,12 @@ impl WorkloadInfo {
             replicas: 1,
             paused: false,
             on_delete: false,
+            gateway: template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get("inject.istio.io/templates"))
+                .is_some_and(|t| t.split(',').any(|t| t.trim() == "gateway")),
         }
     }
     pub fn from_deployment(d: &Deployment) -> Option<Self> {
@@ -668,6 +676,7 @@ impl MeshView {
             st.replicas = w.replicas;
             st.paused = w.paused;
             st.on_delete = w.on_delete;
+            st.gateway = w.gateway;
             if st.in_mesh() {
                 out.push(st);
             }
@@ -719,6 +728,8 @@ pub struct WorkloadState {
     pub replicas: i32,
     pub paused: bool,
     pub on_delete: bool,
+    /// Runs the proxy as a gateway (`inject.istio.io/templates: gateway`).
+    pub gateway: bool,
 }
 
 impl WorkloadState {
@@ -752,6 +763,7 @@ impl WorkloadState {
             replicas: 0,
             paused: false,
             on_delete: false,
+            gateway: false,
         }
     }
 
@@ -960,6 +972,7 @@ mod tests {
                 replicas: 1,
                 paused: false,
                 on_delete: false,
+                gateway: false,
             });
         }
         let pod = |name: &str, owner: &str, rev: &str| PodInfo {
