@@ -446,15 +446,25 @@ async fn canary_upgrade_rollback_and_promotion() -> Result<()> {
             )
             .await?;
     }
+    // The gateway as Istio's gateway chart deploys it: Istio's `gateway` template, and a
+    // container `istio-proxy` with `image: auto` that the injector fills in.
+    let mut gateway = deployment(
+        GATEWAY,
+        1,
+        json!({"sidecar.istio.io/inject": "true", "istio": "ingressgateway"}),
+    )?;
+    let tmpl = gateway
+        .spec
+        .as_mut()
+        .context("spec")?
+        .template
+        .clone();
+    let mut tmpl = serde_json::to_value(tmpl)?;
+    tmpl["metadata"]["annotations"] = json!({"inject.istio.io/templates": "gateway"});
+    tmpl["spec"]["containers"] = json!([{"name": "istio-proxy", "image": "auto"}]);
+    gateway.spec.as_mut().context("spec")?.template = serde_json::from_value(tmpl)?;
     Api::<Deployment>::namespaced(client.clone(), GATEWAY_NS)
-        .create(
-            &PostParams::default(),
-            &deployment(
-                GATEWAY,
-                1,
-                json!({"sidecar.istio.io/inject": "true", "istio": "ingressgateway"}),
-            )?,
-        )
+        .create(&PostParams::default(), &gateway)
         .await?;
     // A completed pod on the old revision: it must never count (status, verify, unpublish).
     let done: Pod = serde_json::from_value(json!({
@@ -488,6 +498,20 @@ async fn canary_upgrade_rollback_and_promotion() -> Result<()> {
     assert_eq!(s["workloads"].as_array().map(Vec::len), Some(7), "{s:#}");
     let text = env.ok(&["status"]).await?;
     assert!(text.contains("PHASE: stable only"), "{text}");
+    assert!(
+        text.contains("deployment/istio-ingressgateway (gateway)"),
+        "{text}"
+    );
+    // The gateway started as a gateway: `proxy router`, its own proxy, no istio-init.
+    let gw = Api::<Pod>::namespaced(env.client.clone(), GATEWAY_NS)
+        .list(&ListParams::default().labels("istio=ingressgateway"))
+        .await?;
+    let gw = serde_json::to_value(gw.items.first().context("a gateway pod")?)?;
+    let proxy = &gw["spec"]["containers"][0];
+    assert_eq!(proxy["name"], "istio-proxy", "{gw:#}");
+    assert_eq!(proxy["args"][1], "router", "{gw:#}");
+    assert_ne!(proxy["image"], "auto", "{gw:#}");
+    assert!(gw["spec"]["initContainers"].is_null(), "{gw:#}");
 
     // ---- Guards on deploying a canary ----
     env.refused(
