@@ -3,6 +3,8 @@
 //! - `review/typical`: a whole `/inject` review of a ~5 KB pod CREATE (2 containers, managed
 //!   fields): parse, route, patch, base64, reply.
 //! - `review/env2000`: the same pod with 2000 env vars (Istio's worst case, istio#34799).
+//! - `review/probes`: the same pod with httpGet readiness/liveness probes on both containers
+//!   and `prometheus.io/*` annotations: probe rewrite and Prometheus merge on the hot path.
 //! - `istio_style_diff/*`: the design meshrev avoids, for a ratio measured in the same run:
 //!   parse the pod into a `serde_json::Value`, mutate it, and diff the whole pod into a patch.
 use std::collections::HashMap;
@@ -33,9 +35,21 @@ fn reviews() -> Vec<(&'static str, Vec<u8>)> {
         .map(|i| json!({"name": format!("VARIABLE_NUMBER_{i}"), "value": format!("value-{i}-abcdefghijklmnopqrstuvwxyz")}))
         .collect();
     big["request"]["object"]["spec"]["containers"][0]["env"] = Value::Array(env);
+    let mut probes = typical.clone();
+    let pod = &mut probes["request"]["object"];
+    pod["metadata"]["annotations"]["prometheus.io/scrape"] = json!("true");
+    pod["metadata"]["annotations"]["prometheus.io/port"] = json!("9080");
+    pod["metadata"]["annotations"]["prometheus.io/path"] = json!("/metrics");
+    if let Some(cs) = pod["spec"]["containers"].as_array_mut() {
+        for c in cs {
+            c["readinessProbe"] = json!({"httpGet": {"path": "/ready", "port": 9080}, "periodSeconds": 5});
+            c["livenessProbe"] = json!({"httpGet": {"path": "/live", "port": 9080}, "timeoutSeconds": 2});
+        }
+    }
     vec![
         ("typical", serde_json::to_vec(&typical).expect("serialize")),
         ("env2000", serde_json::to_vec(&big).expect("serialize")),
+        ("probes", serde_json::to_vec(&probes).expect("serialize")),
     ]
 }
 
