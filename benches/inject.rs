@@ -42,8 +42,10 @@ fn reviews() -> Vec<(&'static str, Vec<u8>)> {
     pod["metadata"]["annotations"]["prometheus.io/path"] = json!("/metrics");
     if let Some(cs) = pod["spec"]["containers"].as_array_mut() {
         for c in cs {
-            c["readinessProbe"] = json!({"httpGet": {"path": "/ready", "port": 9080}, "periodSeconds": 5});
-            c["livenessProbe"] = json!({"httpGet": {"path": "/live", "port": 9080}, "timeoutSeconds": 2});
+            c["readinessProbe"] =
+                json!({"httpGet": {"path": "/ready", "port": 9080}, "periodSeconds": 5});
+            c["livenessProbe"] =
+                json!({"httpGet": {"path": "/live", "port": 9080}, "timeoutSeconds": 2});
         }
     }
     vec![

@@ -453,12 +453,7 @@ async fn canary_upgrade_rollback_and_promotion() -> Result<()> {
         1,
         json!({"sidecar.istio.io/inject": "true", "istio": "ingressgateway"}),
     )?;
-    let tmpl = gateway
-        .spec
-        .as_mut()
-        .context("spec")?
-        .template
-        .clone();
+    let tmpl = gateway.spec.as_mut().context("spec")?.template.clone();
     let mut tmpl = serde_json::to_value(tmpl)?;
     tmpl["metadata"]["annotations"] = json!({"inject.istio.io/templates": "gateway"});
     tmpl["spec"]["containers"] = json!([{"name": "istio-proxy", "image": "auto"}]);
