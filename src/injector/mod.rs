@@ -213,10 +213,6 @@ struct PodValues<'p> {
     carried_env: Vec<String>,
 }
 
-const LOG_LEVELS: [&str; 7] = [
-    "trace", "debug", "info", "warning", "error", "critical", "off",
-];
-
 impl<'p> PodValues<'p> {
     fn compute(
         tmpl: &'p RevisionTemplate,
@@ -226,35 +222,14 @@ impl<'p> PodValues<'p> {
         settings: &PodSettings,
     ) -> Result<Self, String> {
         let ann = |k: &str| meta.annotation(k);
+        // Values were checked by `validate::annotations` (Istio's checks, and no control
+        // characters); Istio takes the image annotation only when it names a repository.
         let image = ann("sidecar.istio.io/proxyImage").filter(|i| i.contains('/'));
-        if let Some(img) = image
-            && (img.chars().any(|c| c.is_whitespace() || c.is_control()))
-        {
-            return Err(format!(
-                "annotation sidecar.istio.io/proxyImage: {img:?} is not an image reference"
-            ));
-        }
         let log_level = ann("sidecar.istio.io/logLevel").unwrap_or(&tmpl.log_level);
-        if !LOG_LEVELS.contains(&log_level) {
-            return Err(format!(
-                "annotation sidecar.istio.io/logLevel: {log_level:?} is not one of {}",
-                LOG_LEVELS.join(", ")
-            ));
-        }
         let component_log_level =
             ann("sidecar.istio.io/componentLogLevel").unwrap_or(&tmpl.component_log_level);
         let agent_log_level =
             ann("sidecar.istio.io/agentLogLevel").unwrap_or(&tmpl.agent_log_level);
-        for (k, v) in [
-            ("sidecar.istio.io/componentLogLevel", component_log_level),
-            ("sidecar.istio.io/agentLogLevel", agent_log_level),
-        ] {
-            if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
-                return Err(format!(
-                    "annotation {k}: {v:?} must not contain white space or control characters"
-                ));
-            }
-        }
         let mut resources = None;
         let overrides = [
             ("sidecar.istio.io/proxyCPU", true, "cpu"),
@@ -446,6 +421,11 @@ impl<'p> PodValues<'p> {
                     out.extend_from_slice(e.as_bytes());
                 }
             }
+            Slot::ProxySecurity => out.extend_from_slice(if self.interception == "TPROXY" {
+                tmpl.proxy_security_tproxy_json.as_bytes()
+            } else {
+                tmpl.proxy_security_json.as_bytes()
+            }),
             Slot::Lifecycle => {
                 if let Some(l) = &self.lifecycle {
                     out.extend_from_slice(l.as_bytes());

@@ -31,6 +31,8 @@ pub enum Slot {
     /// What Istio appends after rendering: `ISTIO_PROMETHEUS_ANNOTATIONS`,
     /// `ISTIO_KUBE_APP_PROBERS`.
     EnvTail,
+    /// The `securityContext` of `istio-proxy` (TPROXY interception runs it as root).
+    ProxySecurity,
     /// `,"lifecycle":{…}` or nothing.
     Lifecycle,
     /// `,"restartPolicy":"Always"` (native sidecar) or nothing.
@@ -54,7 +56,12 @@ enum SlotKind {
     Member,
 }
 
-const SLOTS: [(Slot, &str, SlotKind); 11] = [
+const SLOTS: [(Slot, &str, SlotKind); 12] = [
+    (
+        Slot::ProxySecurity,
+        "\"@@SLOT:PROXY_SECURITY@@\"",
+        SlotKind::Value,
+    ),
     (Slot::Image, "\"@@SLOT:IMAGE@@\"", SlotKind::Value),
     (Slot::InitArgs, "\"@@SLOT:INIT_ARGS@@\"", SlotKind::Value),
     (Slot::ProxyArgs, "\"@@SLOT:PROXY_ARGS@@\"", SlotKind::Value),
@@ -229,6 +236,9 @@ pub struct RevisionTemplate {
     pub default_resources: ProxyResourceDefaults,
     pub init_container: Fragment,
     pub proxy_container: Fragment,
+    /// `istio-proxy`'s `securityContext`: as a user, and as root for TPROXY interception.
+    pub proxy_security_json: Box<str>,
+    pub proxy_security_tproxy_json: Box<str>,
     /// `,"readinessProbe":…,"startupProbe":…` for the default status port.
     pub probes_json: Box<str>,
     /// The `PROXY_CONFIG` env value for pods without `proxy.istio.io/config`.
@@ -434,15 +444,7 @@ impl RevisionTemplate {
             "env": env,
             "ports": [{"containerPort": 15090, "name": "http-envoy-prom", "protocol": "TCP"}],
             "resources": "@@SLOT:RESOURCES@@",
-            "securityContext": {
-                "allowPrivilegeEscalation": privileged,
-                "capabilities": {"drop": ["ALL"]},
-                "privileged": privileged,
-                "readOnlyRootFilesystem": true,
-                "runAsGroup": 1337,
-                "runAsNonRoot": true,
-                "runAsUser": 1337
-            },
+            "securityContext": "@@SLOT:PROXY_SECURITY@@",
             "volumeMounts": mounts,
             "~slot:lifecycle": null,
             "~slot:probes": null,
@@ -526,6 +528,28 @@ impl RevisionTemplate {
             init_container: Fragment::from_value(&init),
             proxy_container: Fragment::from_value(&proxy),
             probes_json: render_probes(0, 15, 4).into(),
+            proxy_security_json: json!({
+                "allowPrivilegeEscalation": privileged,
+                "capabilities": {"drop": ["ALL"]},
+                "privileged": privileged,
+                "readOnlyRootFilesystem": true,
+                "runAsGroup": 1337,
+                "runAsNonRoot": true,
+                "runAsUser": 1337
+            })
+            .to_string()
+            .into(),
+            proxy_security_tproxy_json: json!({
+                "allowPrivilegeEscalation": privileged,
+                "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]},
+                "privileged": privileged,
+                "readOnlyRootFilesystem": true,
+                "runAsGroup": 1337,
+                "runAsNonRoot": false,
+                "runAsUser": 0
+            })
+            .to_string()
+            .into(),
             proxy_config_json: json_str(
                 &(json!({"discoveryAddress": discovery}).to_string() + "\n"),
             )
@@ -591,6 +615,7 @@ mod tests {
                 "MountsTail",
                 "Probes",
                 "ProxyArgs",
+                "ProxySecurity",
                 "Resources",
                 "RestartPolicy"
             ]

@@ -288,13 +288,12 @@ fn default_init_args_match_istio() {
 fn invalid_annotations_are_denied_with_the_annotation_named() {
     for (k, v) in [
         ("sidecar.istio.io/proxyCPU", "lots"),
-        ("sidecar.istio.io/logLevel", "loud"),
         ("traffic.sidecar.istio.io/includeInboundPorts", "80,http"),
         (
             "traffic.sidecar.istio.io/excludeOutboundIPRanges",
             "10.0.0.0/99",
         ),
-        ("sidecar.istio.io/proxyImage", "registry.local/a b"),
+        ("sidecar.istio.io/logLevel", "debug\n"),
         ("sidecar.istio.io/proxyImage", "registry.local/a\u{1b}b"),
         ("traffic.sidecar.istio.io/excludeInboundPorts", "*"),
         ("traffic.sidecar.istio.io/excludeOutboundIPRanges", "*"),
@@ -305,6 +304,43 @@ fn invalid_annotations_are_denied_with_the_annotation_named() {
         let (out, _) = run(&table(), "stable-ns", &pod);
         assert!(out.starts_with("denied:") && out.contains(k), "{k}: {out}");
     }
+}
+
+#[test]
+fn values_istio_accepts_are_not_refused() {
+    // Istio validates neither of these; neither does meshrev (beyond control characters).
+    for (k, v) in [
+        ("sidecar.istio.io/logLevel", "loud"),
+        ("sidecar.istio.io/proxyImage", "no-repository"),
+        ("traffic.sidecar.istio.io/includeOutboundPorts", "80,http"),
+        (
+            "sidecar.istio.io/componentLogLevel",
+            "misc:error,rbac:debug",
+        ),
+    ] {
+        let mut pod = fixture();
+        pod["metadata"]["annotations"][k] = json!(v);
+        let (out, _) = run(&table(), "stable-ns", &pod);
+        assert_eq!(out, "1-22-6", "{k}: {out}");
+    }
+}
+
+#[test]
+fn tproxy_interception_runs_the_proxy_as_istio_does() {
+    let mut pod = fixture();
+    pod["metadata"]["annotations"]["sidecar.istio.io/interceptionMode"] = json!("TPROXY");
+    let (_, out) = run(&table(), "stable-ns", &pod);
+    let out = out.unwrap();
+    let p = proxy(&out);
+    assert_eq!(p["securityContext"]["runAsUser"], 0);
+    assert_eq!(p["securityContext"]["runAsGroup"], 1337);
+    assert_eq!(
+        p["securityContext"]["capabilities"]["add"],
+        json!(["NET_ADMIN"])
+    );
+    assert_eq!(env(p, "ISTIO_META_INTERCEPTION_MODE"), "TPROXY");
+    let args = out["spec"]["initContainers"][0]["args"].to_string();
+    assert!(args.contains(r#""-m","TPROXY""#), "{args}");
 }
 
 #[test]
