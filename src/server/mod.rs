@@ -813,7 +813,7 @@ fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
 /// An AdmissionReview error with a non-200 status; HTTP/1 connections are closed after it
 /// (the unread rest of the body makes them unusable anyway).
 fn refusal(status: StatusCode, version: Version, message: &str) -> Response<Full<Bytes>> {
-    let mut r = json(status, Bytes::from(admission::error_reply(message)));
+    let mut r = json(status, Bytes::from(admission::error_reply(b"", message)));
     if version < Version::HTTP_2 {
         r.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -952,6 +952,7 @@ async fn guard(ctx: &Ctx, body: &[u8]) -> Response<Full<Bytes>> {
     let reply = match &ctx.validator {
         Some(client) => admission::validate(client, body).await,
         None => admission::error_reply(
+            body,
             "meshrev runs without a cluster (no --kubeconfig or --in-cluster): the upgrade guards have nothing to check against",
         ),
     };
