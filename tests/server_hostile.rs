@@ -7,15 +7,257 @@ mod tls_client;
 
 use std::time::Duration;
 
-use http::StatusCode;
-use meshrev::server::TableSource;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meshrev::server::{MAX_BODY_BYTES, ServeConfig, TableSource, TlsSource};
 use serde_json::json;
 use tls_client::*;
+use tokio::io::AsyncReadExt;
 
 const UID: &str = "3f0c1a52-7e4b-4c1d-9a55-2b8f6d1e0c11";
+const MIB: usize = 1024 * 1024;
 
 fn table() -> TableSource {
     TableSource::Table(test_table())
+}
+
+type Feed = futures::channel::mpsc::Sender<Result<Frame<Bytes>, std::convert::Infallible>>;
+
+/// A request body fed by the test: the sender, and the body to send.
+fn fed_body() -> (Feed, BoxBody) {
+    let (tx, rx) = futures::channel::mpsc::channel(1);
+    (tx, StreamBody::new(rx).map_err(|e| match e {}).boxed())
+}
+
+async fn feed(tx: &mut Feed, bytes: Vec<u8>) -> bool {
+    use futures::SinkExt;
+    tx.send(Ok(Frame::data(Bytes::from(bytes)))).await.is_ok()
+}
+
+async fn wait_metric(s: &TestServer, series: &str, what: &str, ok: impl Fn(f64) -> bool) {
+    eventually(Duration::from_secs(10), what, || async {
+        ok(s.metric(series).await).then_some(())
+    })
+    .await;
+}
+
+/// The fixture padded with trailing spaces (still valid JSON) to `len` bytes.
+fn padded_fixture(len: usize) -> Vec<u8> {
+    let mut v = FIXTURE.as_bytes().to_vec();
+    v.resize(len, b' ');
+    v
+}
+
+/// Bodies beyond the in-flight budget wait, then get 503 (with the uid when it was read);
+/// the budget is returned when a request ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_bytes_in_flight_are_bounded_by_the_budget() {
+    let s = start(table(), |c| {
+        c.max_inflight_body_bytes = MAX_BODY_BYTES;
+        c.body_budget_wait = Duration::from_millis(300);
+    })
+    .await;
+    assert_eq!(s.metric("meshrev_inflight_body_bytes").await, 0.0);
+
+    // A: 4 MiB announced, the first 64 KiB sent, then it stalls holding its 4 MiB.
+    let a_len = 4 * MIB;
+    let a_body = padded_fixture(a_len);
+    let (mut a_tx, body) = fed_body();
+    let client = s.client.clone();
+    let len = a_len.to_string();
+    let a = tokio::spawn(async move {
+        client
+            .send(
+                Proto::H2,
+                Method::POST,
+                "/inject",
+                &[
+                    ("content-type", "application/json"),
+                    ("content-length", &len),
+                ],
+                body,
+            )
+            .await
+    });
+    assert!(feed(&mut a_tx, a_body[..64 * 1024].to_vec()).await);
+    wait_metric(&s, "meshrev_inflight_body_bytes", "A's reservation", |v| {
+        v == a_len as f64
+    })
+    .await;
+
+    // B: another 4 MiB does not fit: 503 with an AdmissionReview, over both protocols.
+    for proto in BOTH {
+        let r = s
+            .client
+            .post(proto, "/inject", padded_fixture(a_len))
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{proto:?}");
+        assert_eq!(r.headers["retry-after"], "1");
+        let v = r.json();
+        assert_eq!(v["kind"], "AdmissionReview");
+        assert_eq!(v["response"]["allowed"], false);
+        let m = v["response"]["status"]["message"].as_str().unwrap();
+        assert!(m.contains("--max-inflight-body-bytes"), "{m}");
+    }
+
+    // C: streamed without a length, it reserves as it goes and stops where the budget
+    // ends; what it had sent shows the uid.
+    let (mut c_tx, body) = fed_body();
+    let client = s.client.clone();
+    let c = tokio::spawn(async move {
+        client
+            .send(Proto::H2, Method::POST, "/inject", &[], body)
+            .await
+    });
+    let c_body = padded_fixture(4 * MIB);
+    let feeder = tokio::spawn(async move {
+        for chunk in c_body.chunks(256 * 1024) {
+            if !feed(&mut c_tx, chunk.to_vec()).await {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    });
+    let r = tokio::time::timeout(Duration::from_secs(10), c)
+        .await
+        .expect("C is answered")
+        .unwrap()
+        .unwrap();
+    feeder.abort();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["response"]["uid"], UID);
+    assert!(s.metric("meshrev_inflight_body_bytes").await <= MAX_BODY_BYTES as f64);
+
+    // A completes and is answered; its bytes come back.
+    for chunk in a_body[64 * 1024..].chunks(256 * 1024) {
+        assert!(feed(&mut a_tx, chunk.to_vec()).await);
+    }
+    drop(a_tx);
+    let r = a.await.unwrap().unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(r.json()["response"]["patch"].is_string());
+    wait_metric(
+        &s,
+        "meshrev_inflight_body_bytes",
+        "the budget returned",
+        |v| v == 0.0,
+    )
+    .await;
+    let r = s
+        .client
+        .post(Proto::H2, "/inject", padded_fixture(a_len))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_must_hold_one_largest_request() {
+    let mut cfg = ServeConfig::local(
+        TlsSource::SelfSigned {
+            dir: tempfile::tempdir().unwrap().path().join("certs"),
+        },
+        table(),
+    );
+    cfg.max_inflight_body_bytes = MAX_BODY_BYTES - 1;
+    let e = meshrev::server::serve_with(cfg, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("--max-inflight-body-bytes"), "{e}");
+}
+
+/// The server's SETTINGS frame: (identifier, value) pairs.
+async fn h2_settings(s: &TestServer) -> Vec<(u16, u32)> {
+    let mut tls = s.raw(&[b"h2"]).await;
+    write_all(
+        &mut tls,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+    )
+    .await;
+    let mut head = [0u8; 9];
+    tls.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[3], 4, "the server's first frame is SETTINGS");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    tls.read_exact(&mut payload).await.unwrap();
+    payload
+        .chunks(6)
+        .map(|c| {
+            (
+                u16::from_be_bytes([c[0], c[1]]),
+                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_and_windows_are_bounded() {
+    let s = start(table(), |_| {}).await;
+    let settings = h2_settings(&s).await;
+    // SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_INITIAL_WINDOW_SIZE
+    assert!(settings.contains(&(3, 32)), "{settings:?}");
+    assert!(settings.contains(&(4, 256 * 1024)), "{settings:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_closed_at_once() {
+    let s = start(table(), |c| c.max_connections = 2).await;
+    let one = s.raw(&[b"h2"]).await;
+    let two = s.raw(&[b"http/1.1"]).await;
+    wait_metric(&s, "meshrev_connections", "two connections", |v| v == 2.0).await;
+
+    // The third is accepted and closed: the handshake fails, nothing waits.
+    let third = s.client.connect(&[b"http/1.1"]).await;
+    assert!(third.is_err(), "a third connection was served");
+    assert!(s.metric("meshrev_connections_refused_total").await >= 1.0);
+    assert_eq!(s.metric("meshrev_connections").await, 2.0);
+
+    drop(one);
+    wait_metric(&s, "meshrev_connections", "a slot freed", |v| v <= 1.0).await;
+    let r = s.client.get(Proto::H2, "/healthz").await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    drop(two);
+    s.stop().await;
+}
+
+/// An HTTP/2 client that answers (and sends) pings but sends no request is closed after
+/// the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2_connections_are_closed_despite_pings() {
+    let s = start(table(), |c| c.idle_timeout = Duration::from_millis(500)).await;
+    let tls = s.raw(&[b"h2"]).await;
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("https://localhost:{}/healthz", s.addr.port()))
+        .body(full(Bytes::new()))
+        .unwrap();
+    let r = sender.send_request(req).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    drop(r);
+    tokio::time::timeout(Duration::from_secs(20), conn)
+        .await
+        .expect("the idle connection is closed by the server")
+        .unwrap()
+        .ok();
+    wait_metric(&s, "meshrev_connections", "no connection left", |v| {
+        v == 0.0
+    })
+    .await;
+    s.stop().await;
 }
 
 /// Every reply carries the request's uid when the body shows one.
@@ -53,6 +295,23 @@ async fn replies_keep_the_uid_whatever_is_wrong() {
         }
     }
 
+    // A body cut short by the deadline: 504, and the uid from what arrived.
+    let mut tls = s.raw(&[b"http/1.1"]).await;
+    let prefix = &FIXTURE[..FIXTURE.find("\"kind\": {").unwrap()];
+    write_all(
+        &mut tls,
+        format!(
+            "POST /inject HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{prefix}",
+            FIXTURE.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let head = read_head(&mut tls).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    let rest = read_until_closed(&mut tls).await;
+    let v: serde_json::Value = serde_json::from_slice(&rest).unwrap();
+    assert_eq!(v["response"]["uid"], UID);
     s.stop().await;
 }
 
