@@ -5,13 +5,16 @@
 #[path = "support/tls_client.rs"]
 mod tls_client;
 
+use std::io::Write;
 use std::time::Duration;
 
+use base64::Engine;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meshrev::server::certs;
 use meshrev::server::{MAX_BODY_BYTES, ServeConfig, TableSource, TlsSource};
 use serde_json::json;
 use tls_client::*;
@@ -255,6 +258,113 @@ async fn idle_h2_connections_are_closed_despite_pings() {
         .ok();
     wait_metric(&s, "meshrev_connections", "no connection left", |v| {
         v == 0.0
+    })
+    .await;
+    s.stop().await;
+}
+
+const TABLE_A: &str = "apiVersion: meshrev.io/v1alpha1
+kind: MeshRevision
+metadata: {name: 1-22-6}
+spec: {version: 1.22.6}
+---
+apiVersion: meshrev.io/v1alpha1
+kind: RevisionTag
+metadata: {name: stable}
+spec: {revision: 1-22-6}
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: default
+  labels: {istio-injection: enabled}
+";
+
+fn injected_revision(r: &Reply) -> Option<String> {
+    let v = r.json();
+    let patch = v["response"]["patch"].as_str()?;
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(patch)
+        .ok()?;
+    let text = String::from_utf8(patch).ok()?;
+    ["1-22-6", "1-23-6"]
+        .into_iter()
+        .find(|r| text.contains(r))
+        .map(str::to_string)
+}
+
+/// An empty file, a lone `---`, a file without a MeshRevision: each refused and counted;
+/// the last good table stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_files_without_a_revision_are_refused() {
+    let tdir = tempfile::tempdir().unwrap();
+    let path = tdir.path().join("table.yaml");
+    std::fs::write(&path, TABLE_A).unwrap();
+    let s = start(TableSource::File(path.clone()), |_| {}).await;
+    let failures = "meshrev_table_reloads_total{result=\"failure\"}";
+    let namespace_only = &TABLE_A[TABLE_A.rfind("---").unwrap() + 4..];
+    for (i, text) in ["", "---\n", namespace_only].into_iter().enumerate() {
+        certs::write_atomic(&path, text.as_bytes(), false).unwrap();
+        wait_metric(&s, failures, "a counted refusal", |v| v >= (i + 1) as f64).await;
+        let r = s.client.post(Proto::H2, "/inject", FIXTURE).await.unwrap();
+        assert_eq!(injected_revision(&r).as_deref(), Some("1-22-6"), "{text:?}");
+        assert_eq!(s.metric("meshrev_table_generation").await, 1.0);
+    }
+    assert_eq!(
+        s.metric("meshrev_table_reloads_total{result=\"success\"}")
+            .await,
+        0.0
+    );
+    s.stop().await;
+}
+
+/// A file rewritten in place, again and again (truncate, the first documents, the rest):
+/// no half-written table is ever served; once the writes stop, the new table is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_file_rewritten_in_place_is_never_half_published() {
+    let tdir = tempfile::tempdir().unwrap();
+    let path = tdir.path().join("table.yaml");
+    std::fs::write(&path, TABLE_A).unwrap();
+    let s = start(TableSource::File(path.clone()), |c| {
+        c.table_poll_interval = Duration::from_millis(300);
+    })
+    .await;
+    let table_b = TABLE_A
+        .replace("1-22-6", "1-23-6")
+        .replace("1.22.6", "1.23.6");
+    let cut = table_b.rfind("---").unwrap() + 4; // at a document boundary
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (path, stop, table_b) = (path.clone(), stop.clone(), table_b.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut f = std::fs::File::create(&path).unwrap();
+                f.write_all(&table_b.as_bytes()[..cut]).unwrap();
+                f.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(1)); // a writer between two writes
+                f.write_all(&table_b.as_bytes()[cut..]).unwrap();
+                drop(f);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let failures = "meshrev_table_reloads_total{result=\"failure\"}";
+    // Requests while the server polls the changing file at least three times.
+    eventually(Duration::from_secs(30), "three refused reads", || async {
+        let r = s.client.post(Proto::H2, "/inject", FIXTURE).await.unwrap();
+        assert!(
+            injected_revision(&r).is_some(),
+            "a pod admitted without a sidecar: {}",
+            r.text()
+        );
+        (s.metric(failures).await >= 3.0).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    eventually(Duration::from_secs(10), "the new table", || async {
+        let r = s.client.post(Proto::H2, "/inject", FIXTURE).await.unwrap();
+        (injected_revision(&r).as_deref() == Some("1-23-6")).then_some(())
     })
     .await;
     s.stop().await;

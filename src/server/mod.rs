@@ -437,7 +437,7 @@ pub async fn serve_with(
         TableSource::Table(t) => Arc::new(TableStore::new(t)),
         TableSource::File(path) => {
             let mut builder = TableBuilder::new();
-            let (t, content) = table_file::load(&path, &mut builder)?;
+            let (t, content) = table_file::load(&path, &mut builder, cfg.table_poll_interval)?;
             let store = Arc::new(TableStore::new(t));
             background.spawn(table_file::watch(
                 path,
