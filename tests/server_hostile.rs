@@ -14,8 +14,10 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use meshrev::server::certs;
+use meshrev::server::certs::{self, Authority, ServingPair};
 use meshrev::server::{MAX_BODY_BYTES, ServeConfig, TableSource, TlsSource};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 use tls_client::*;
 use tokio::io::AsyncReadExt;
@@ -365,6 +367,79 @@ async fn a_table_file_rewritten_in_place_is_never_half_published() {
     eventually(Duration::from_secs(10), "the new table", || async {
         let r = s.client.post(Proto::H2, "/inject", FIXTURE).await.unwrap();
         (injected_revision(&r).as_deref() == Some("1-23-6")).then_some(())
+    })
+    .await;
+    s.stop().await;
+}
+
+fn der(pair: &ServingPair) -> Vec<u8> {
+    CertificateDer::from_pem_slice(pair.cert_pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// An expired pair, a pair not valid yet, and a pair for another host from another CA:
+/// each refused and counted; the good certificate stays in service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_that_would_break_clients_are_not_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    let ca = Authority::generate("reload test CA").unwrap();
+    let names = certs::default_names();
+    let good = ca.issue(&names).unwrap();
+    good.write_to(&secret).unwrap();
+    let mut cfg = ServeConfig::local(
+        TlsSource::Files {
+            cert: secret.join(certs::CERT_FILE),
+            key: secret.join(certs::KEY_FILE),
+        },
+        table(),
+    );
+    cfg.cert_poll_interval = Duration::from_millis(100);
+    let s = start_with(cfg, ca.cert_pem().to_string(), secret.clone(), dir).await;
+    let want = der(&good);
+    assert_eq!(s.client.served_cert().await.unwrap(), want);
+
+    let now = time::OffsetDateTime::now_utc();
+    let day = time::Duration::days(1);
+    let bad = [
+        (
+            "expired",
+            ca.issue_between(&names, now - 10 * day, now - day),
+        ),
+        (
+            "not yet valid",
+            ca.issue_between(&names, now + day, now + 10 * day),
+        ),
+        (
+            "another host, another CA",
+            Authority::generate("somebody else")
+                .unwrap()
+                .issue(&["evil.example.com".to_string()]),
+        ),
+        ("fewer names", ca.issue(&["localhost".to_string()])),
+    ];
+    let failures = "meshrev_tls_reloads_total{result=\"failure\"}";
+    for (i, (what, pair)) in bad.into_iter().enumerate() {
+        pair.unwrap().write_to(&secret).unwrap();
+        eventually(Duration::from_secs(10), what, || async {
+            (s.metric(failures).await >= (i + 1) as f64).then_some(())
+        })
+        .await;
+        assert_eq!(s.client.served_cert().await.unwrap(), want, "{what}");
+    }
+    assert_eq!(
+        s.metric("meshrev_tls_reloads_total{result=\"success\"}")
+            .await,
+        0.0
+    );
+    // A good pair is still taken.
+    let next = ca.issue(&names).unwrap();
+    next.write_to(&secret).unwrap();
+    let want = der(&next);
+    eventually(Duration::from_secs(10), "the good pair", || async {
+        (s.client.served_cert().await.ok()? == want).then_some(())
     })
     .await;
     s.stop().await;

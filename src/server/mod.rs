@@ -472,6 +472,14 @@ pub async fn serve_with(
     let initial = tls::load_files(&cert, &key)?;
     let key_pair = tls::certified_key(&initial.0, &initial.1, &tls::provider())
         .with_context(|| format!("{} and {}", cert.display(), key.display()))?;
+    if let Err(e) = tls::check_replacement(&key_pair, None, tls::unix_now()) {
+        // Nothing better to serve: start, and say it loudly (reloads will not accept such
+        // a pair).
+        tracing::warn!(
+            "serving certificate {}: {e:#}; serving it anyway until a valid pair is installed",
+            cert.display()
+        );
+    }
     let resolver = Arc::new(CertResolver::new(key_pair));
     let tls_config = Arc::new(tls::server_config(resolver.clone())?);
     background.spawn(tls::watch_files(
