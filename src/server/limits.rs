@@ -18,6 +18,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 /// Smallest reservation a streamed body (no `Content-Length`) makes at a time.
 const STREAM_CHUNK: usize = 64 * 1024;
+/// Requests that may wait for room at once; more are refused at once. A waiting request
+/// holds what its client sent before the server stopped reading (at most an HTTP/2 stream
+/// window, 64 KiB), outside the budget: this caps that at 32 MiB.
+pub const MAX_WAITING: usize = 512;
 
 /// The global budget of request-body bytes held at once.
 #[derive(Debug)]
@@ -26,6 +30,8 @@ pub struct BodyBudget {
     total: usize,
     wait: Duration,
     gauge: IntGauge,
+    waiting: AtomicUsize,
+    waiting_gauge: IntGauge,
 }
 
 /// The request could not get its bytes within the wait.
@@ -44,14 +50,17 @@ pub struct BodyPermit {
 
 impl BodyBudget {
     /// `total` bytes in all, each reservation waiting at most `wait`; `gauge` tracks the
-    /// bytes reserved (`meshrev_inflight_body_bytes`).
-    pub fn new(total: usize, wait: Duration, gauge: IntGauge) -> Self {
+    /// bytes reserved (`meshrev_inflight_body_bytes`), `waiting_gauge` the requests waiting
+    /// for room (`meshrev_inflight_body_waiting`).
+    pub fn new(total: usize, wait: Duration, gauge: IntGauge, waiting_gauge: IntGauge) -> Self {
         let total = total.min(Semaphore::MAX_PERMITS);
         BodyBudget {
             sem: Arc::new(Semaphore::new(total)),
             total,
             wait,
             gauge,
+            waiting: AtomicUsize::new(0),
+            waiting_gauge,
         }
     }
 
@@ -92,8 +101,23 @@ impl BodyBudget {
             Ok(p) => p,
             Err(TryAcquireError::Closed) => return Err(OverBudget { wanted: bytes }),
             Err(TryAcquireError::NoPermits) => {
-                match tokio::time::timeout(self.wait, self.sem.clone().acquire_many_owned(n)).await
-                {
+                // Counted until this future ends or is dropped (a request deadline).
+                struct Waiting<'a>(&'a BodyBudget);
+                impl Drop for Waiting<'_> {
+                    fn drop(&mut self) {
+                        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+                        self.0.waiting_gauge.dec();
+                    }
+                }
+                let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
+                self.waiting_gauge.inc();
+                let _waiting = Waiting(self);
+                if queued >= MAX_WAITING {
+                    return Err(OverBudget { wanted: bytes });
+                }
+                let waited =
+                    tokio::time::timeout(self.wait, self.sem.clone().acquire_many_owned(n)).await;
+                match waited {
                     Ok(Ok(p)) => p,
                     _ => return Err(OverBudget { wanted: bytes }),
                 }
@@ -221,7 +245,7 @@ mod tests {
     #[tokio::test]
     async fn budget_reserves_returns_and_refuses_when_full() {
         let g = gauge();
-        let b = BodyBudget::new(1000, Duration::from_millis(10), g.clone());
+        let b = BodyBudget::new(1000, Duration::from_millis(10), g.clone(), gauge());
         let mut a = b.permit();
         b.reserve(&mut a, 600, false).await.unwrap();
         assert_eq!((a.bytes(), g.get()), (600, 600));
@@ -241,7 +265,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_reservation_gets_freed_bytes() {
-        let b = Arc::new(BodyBudget::new(100, Duration::from_secs(30), gauge()));
+        let b = Arc::new(BodyBudget::new(
+            100,
+            Duration::from_secs(30),
+            gauge(),
+            gauge(),
+        ));
         let mut a = b.permit();
         b.reserve(&mut a, 100, false).await.unwrap();
         let b2 = b.clone();
@@ -252,6 +281,37 @@ mod tests {
         tokio::task::yield_now().await;
         drop(a);
         assert_eq!(waiter.await.unwrap().unwrap(), 50);
+    }
+
+    #[tokio::test]
+    async fn waiting_requests_are_capped() {
+        let waiting = gauge();
+        let b = Arc::new(BodyBudget::new(
+            10,
+            Duration::from_secs(3600),
+            gauge(),
+            waiting.clone(),
+        ));
+        let mut full = b.permit();
+        b.reserve(&mut full, 10, false).await.unwrap();
+        let mut waiters = tokio::task::JoinSet::new();
+        for _ in 0..MAX_WAITING {
+            let b = b.clone();
+            waiters.spawn(async move {
+                let mut p = b.permit();
+                b.reserve(&mut p, 1, false).await.is_ok()
+            });
+        }
+        while waiting.get() < MAX_WAITING as i64 {
+            tokio::task::yield_now().await;
+        }
+        // One more is refused without waiting (the wait is an hour).
+        let mut p = b.permit();
+        assert!(b.reserve(&mut p, 1, false).await.is_err());
+        assert_eq!(waiting.get(), MAX_WAITING as i64);
+        waiters.abort_all();
+        while waiters.join_next().await.is_some() {}
+        assert_eq!(waiting.get(), 0, "aborted waiters are not counted");
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub struct Metrics {
     tls_reloads: IntCounterVec,
     table_reloads: IntCounterVec,
     inflight_body_bytes: IntGauge,
+    inflight_body_waiting: IntGauge,
     connections: IntGauge,
     connections_refused: IntCounter,
 }
@@ -123,6 +124,10 @@ impl Metrics {
             "meshrev_inflight_body_bytes",
             "Request-body bytes reserved from the --max-inflight-body-bytes budget right now.",
         )?;
+        let inflight_body_waiting = IntGauge::new(
+            "meshrev_inflight_body_waiting",
+            "Requests waiting for room in the --max-inflight-body-bytes budget right now.",
+        )?;
         let connections = IntGauge::new(
             "meshrev_connections",
             "Open connections on the TLS listener (at most --max-connections).",
@@ -132,6 +137,7 @@ impl Metrics {
             "Connections closed at once because --max-connections were open.",
         )?;
         registry.register(Box::new(inflight_body_bytes.clone()))?;
+        registry.register(Box::new(inflight_body_waiting.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -164,6 +170,7 @@ impl Metrics {
             tls_reloads,
             table_reloads,
             inflight_body_bytes,
+            inflight_body_waiting,
             connections,
             connections_refused,
         })
@@ -205,6 +212,11 @@ impl Metrics {
     /// `meshrev_inflight_body_bytes`, kept by the body budget.
     pub fn inflight_body_bytes(&self) -> IntGauge {
         self.inflight_body_bytes.clone()
+    }
+
+    /// `meshrev_inflight_body_waiting`, kept by the body budget.
+    pub fn inflight_body_waiting(&self) -> IntGauge {
+        self.inflight_body_waiting.clone()
     }
 
     /// `meshrev_connections`, kept by the connection slots.

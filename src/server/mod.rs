@@ -29,14 +29,18 @@
 //!   is read, or frame by frame without one; gauge `meshrev_inflight_body_bytes`.
 //! - `--max-connections` (1024): beyond it a new connection is accepted and closed at once
 //!   (`meshrev_connections`, `meshrev_connections_refused_total`).
-//! - `--max-concurrent-streams` (32) per HTTP/2 connection; HTTP/2 flow-control windows of
-//!   256 KiB per stream and 512 KiB per connection bound what a connection buffers unread.
+//! - `--max-concurrent-streams` (32) per HTTP/2 connection. HTTP/2 flow-control windows:
+//!   64 KiB per stream, and per connection room for all its streams' windows (2 MiB), so
+//!   streams waiting for the budget never stall one that is being read.
+//! - At most [`limits::MAX_WAITING`] (512) requests wait for the budget at once; more get
+//!   503 at once.
 //! - `--idle-timeout` (90 s): a connection without a request for that long is closed
 //!   gracefully (HTTP/2 pings are not requests); a new connection must start a request
 //!   within `--header-read-timeout`.
 //!
-//! Worst case held for request bodies: the budget, plus per connection its unread window
-//! (512 KiB for HTTP/2, hyper's read buffer for HTTP/1).
+//! Held for request bodies: the budget, plus what waiting requests' clients sent before the
+//! server stopped reading (an HTTP/2 stream window, 64 KiB, each: 32 MiB for 512 waiting;
+//! for HTTP/1, hyper's read buffer).
 //!
 //! # Embedding (tests, benches)
 //! [`serve_with`] starts the same server in process: bind port 0 in [`ServeConfig`], pass
@@ -98,10 +102,16 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 32;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a request waits for room in the body budget before it is refused with 503.
 pub const DEFAULT_BODY_BUDGET_WAIT: Duration = Duration::from_secs(2);
-/// HTTP/2 flow-control windows: what a client may send on a connection (and on one stream)
-/// before the server reads it; bounds what a connection holds outside the body budget.
-const H2_CONNECTION_WINDOW: u32 = 512 * 1024;
-const H2_STREAM_WINDOW: u32 = 256 * 1024;
+/// HTTP/2 flow-control window of a stream: what a client may send on a stream before the
+/// server reads it. A stream waiting for room in the body budget holds at most this much.
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+/// The connection's window is room for every stream's window, so streams waiting for the
+/// budget can never use up the window of a stream that has its bytes and is being read.
+fn h2_connection_window(max_streams: u32) -> u32 {
+    max_streams
+        .saturating_mul(H2_STREAM_WINDOW)
+        .clamp(H2_STREAM_WINDOW, i32::MAX as u32)
+}
 /// How long an idle connection being closed may take to finish closing.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -519,6 +529,7 @@ pub async fn serve_with(
             cfg.max_inflight_body_bytes,
             cfg.body_budget_wait,
             metrics.inflight_body_bytes(),
+            metrics.inflight_body_waiting(),
         ),
         budget_wait: cfg.body_budget_wait,
     });
@@ -714,7 +725,7 @@ impl Http {
             .keep_alive_interval(Some(Duration::from_secs(20)))
             .keep_alive_timeout(Duration::from_secs(20))
             .max_concurrent_streams(opts.max_concurrent_streams)
-            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .initial_connection_window_size(h2_connection_window(opts.max_concurrent_streams))
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .max_header_list_size(64 * 1024);
         Http {
