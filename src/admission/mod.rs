@@ -186,23 +186,26 @@ pub fn review<'t>(table: &'t Table, body: &[u8], patch: &mut Vec<u8>) -> Reply<'
         .map(Str::as_str)
         .unwrap_or("default");
 
-    match injector::inject(table, namespace, pod, patch) {
-        Outcome::Injected { .. } if pod.spec.as_ref().is_none_or(|s| s.containers.is_empty()) => {
-            // A pod without `spec.containers` (or without `spec`) is not a valid Pod, and
-            // a patch that appends to `/spec/containers/-` would not apply to it: admit it
-            // untouched and say why; the API server's validation then refuses it.
-            patch.clear();
-            let warning = "meshrev: no sidecar injected: the pod has no spec.containers";
-            let mut body = Vec::with_capacity(256);
-            write_reply(&mut body, version, uid, true, None, None, &[warning]);
-            Reply {
-                body,
-                result: ReviewResult::Skipped,
-                skip: None,
-                injected: None,
-                message: Some(warning.to_string()),
-            }
-        }
+    let outcome = injector::inject(table, namespace, pod, patch);
+    if matches!(outcome, Outcome::Injected { .. })
+        && let Some(missing) = unpatchable(pod, body)
+    {
+        // The patch appends to `/spec/containers/-` and adds under `/metadata`: on a pod
+        // without them (not a valid Pod anyway) it would not apply. Admit it untouched and
+        // say why; the API server's validation then refuses it.
+        patch.clear();
+        let warning = format!("meshrev: no sidecar injected: the pod has no {missing}");
+        let mut body = Vec::with_capacity(256);
+        write_reply(&mut body, version, uid, true, None, None, &[&warning]);
+        return Reply {
+            body,
+            result: ReviewResult::Skipped,
+            skip: None,
+            injected: None,
+            message: Some(warning),
+        };
+    }
+    match outcome {
         Outcome::Injected {
             revision,
             via,
@@ -250,6 +253,40 @@ pub fn review<'t>(table: &'t Table, body: &[u8], patch: &mut Vec<u8>) -> Reply<'
                 message: Some(message),
             }
         }
+    }
+}
+
+/// What an injected pod lacks for the patch to apply: `spec.containers` (or `spec`), or
+/// `metadata`. Free for a normal pod; only a pod whose metadata reads as empty costs a
+/// second, field-selective parse of `body`.
+fn unpatchable(pod: &Pod<'_>, body: &[u8]) -> Option<&'static str> {
+    if pod.spec.as_ref().is_none_or(|s| s.containers.is_empty()) {
+        return Some("spec.containers");
+    }
+    let m = &pod.metadata;
+    if m.name.is_some()
+        || m.generate_name.is_some()
+        || m.labels.is_some()
+        || m.annotations.is_some()
+    {
+        return None;
+    }
+    #[derive(Deserialize)]
+    struct R {
+        request: Q,
+    }
+    #[derive(Deserialize)]
+    struct Q {
+        object: O,
+    }
+    #[derive(Deserialize)]
+    struct O {
+        #[serde(default)]
+        metadata: Option<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_slice::<R>(body) {
+        Ok(r) if r.request.object.metadata.is_none() => Some("metadata"),
+        _ => None,
     }
 }
 

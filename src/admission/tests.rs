@@ -224,10 +224,16 @@ fn pods_without_containers_are_admitted_without_a_patch() {
         .remove("containers");
     let mut empty = fixture();
     empty["request"]["object"]["spec"]["containers"] = json!([]);
-    for (name, review) in [
-        ("no spec", no_spec),
-        ("no containers", no_containers),
-        ("empty containers", empty),
+    let mut no_metadata = fixture();
+    no_metadata["request"]["object"]
+        .as_object_mut()
+        .unwrap()
+        .remove("metadata");
+    for (name, review, missing) in [
+        ("no spec", no_spec, "spec.containers"),
+        ("no containers", no_containers, "spec.containers"),
+        ("empty containers", empty, "spec.containers"),
+        ("no metadata", no_metadata, "metadata"),
     ] {
         let (v, result) = answer(&t, review.to_string().as_bytes());
         assert_eq!(result, ReviewResult::Skipped, "{name}");
@@ -238,7 +244,7 @@ fn pods_without_containers_are_admitted_without_a_patch() {
             v["response"]["warnings"][0]
                 .as_str()
                 .unwrap()
-                .contains("spec.containers"),
+                .contains(missing),
             "{name}"
         );
     }
@@ -251,6 +257,14 @@ fn patches_apply_to_sparse_pods() {
     let mut shapes = Vec::new();
     let base = fixture();
     for drop in [
+        vec![
+            "/metadata/name",
+            "/metadata/namespace",
+            "/metadata/labels",
+            "/metadata/annotations",
+            "/metadata/ownerReferences",
+            "/metadata/generateName",
+        ],
         vec!["/metadata/labels"],
         vec!["/metadata/annotations"],
         vec!["/metadata/labels", "/metadata/annotations"],
