@@ -93,21 +93,35 @@ async fn body_bytes_in_flight_are_bounded_by_the_budget() {
     })
     .await;
 
-    // B: another 4 MiB does not fit: 503 with an AdmissionReview, over both protocols.
-    for proto in BOTH {
-        let r = s
-            .client
-            .post(proto, "/inject", padded_fixture(a_len))
-            .await
-            .unwrap();
-        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{proto:?}");
-        assert_eq!(r.headers["retry-after"], "1");
-        let v = r.json();
-        assert_eq!(v["kind"], "AdmissionReview");
-        assert_eq!(v["response"]["allowed"], false);
-        let m = v["response"]["status"]["message"].as_str().unwrap();
-        assert!(m.contains("--max-inflight-body-bytes"), "{m}");
-    }
+    // B: another 4 MiB does not fit: 503 with an AdmissionReview, over HTTP/2 ...
+    let r = s
+        .client
+        .post(Proto::H2, "/inject", padded_fixture(a_len))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers["retry-after"], "1");
+    let v = r.json();
+    assert_eq!(v["kind"], "AdmissionReview");
+    assert_eq!(v["response"]["allowed"], false);
+    let m = v["response"]["status"]["message"].as_str().unwrap();
+    assert!(m.contains("--max-inflight-body-bytes"), "{m}");
+    // ... and HTTP/1.1 (a raw stream: the server answers without reading the body, and
+    // closes the connection after the answer).
+    let mut tls = s.raw(&[b"http/1.1"]).await;
+    write_all(
+        &mut tls,
+        format!("POST /inject HTTP/1.1\r\nHost: localhost\r\nContent-Length: {a_len}\r\n\r\n{{")
+            .as_bytes(),
+    )
+    .await;
+    let head = read_head(&mut tls).await.unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let rest = read_until_closed(&mut tls).await;
+    let v: serde_json::Value = serde_json::from_slice(&rest).unwrap();
+    assert_eq!(v["response"]["allowed"], false);
 
     // C: streamed without a length, it reserves as it goes and stops where the budget
     // ends; what it had sent shows the uid.
