@@ -206,6 +206,23 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// File descriptors kept free of connections: listeners, files, the API server client.
+const FD_RESERVE: u64 = 64;
+
+/// The soft limit on open files (Linux: `/proc/self/limits`), if known and finite.
+fn open_file_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_file_limit(&text)
+}
+
+fn parse_open_file_limit(limits: &str) -> Option<u64> {
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|soft| soft.parse().ok())
+}
+
 /// Parses `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds (`1.5`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -437,6 +454,14 @@ pub async fn serve_with(
     }
     if cfg.max_connections == 0 || cfg.max_concurrent_streams == 0 {
         anyhow::bail!("--max-connections and --max-concurrent-streams must be at least 1");
+    }
+    if let Some(limit) = open_file_limit()
+        && cfg.max_connections as u64 + FD_RESERVE > limit
+    {
+        tracing::warn!(
+            "--max-connections {} leaves fewer than {FD_RESERVE} of the open-file limit ({limit}) for everything else: at the limit new connections fail to be accepted; lower --max-connections or raise the limit (ulimit -n)",
+            cfg.max_connections
+        );
     }
     let metrics = Arc::new(Metrics::new()?);
     let readiness = Arc::new(Readiness::new());
@@ -1273,6 +1298,18 @@ mod tests {
         assert!(parse_bytes("64 furlongs").is_err());
         assert!(parse_bytes("").is_err());
         assert!(parse_bytes("99999999999Gi").is_err());
+    }
+
+    #[test]
+    fn open_file_limit_parses() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \nMax processes             unlimited            unlimited            processes \nMax open files            1024                 524288               files     \n";
+        assert_eq!(parse_open_file_limit(text), Some(1024));
+        assert_eq!(
+            parse_open_file_limit(
+                "Max open files            unlimited            unlimited            files"
+            ),
+            None
+        );
     }
 
     #[test]
