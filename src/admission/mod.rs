@@ -4,6 +4,7 @@
 //! field-selective parse, the router and injector, and one reply written into a buffer.
 //! It never panics on input and always produces a well-formed AdmissionReview.
 
+pub mod envelope;
 pub mod validate;
 pub use validate::validate;
 
@@ -87,20 +88,6 @@ struct Gvk<'a> {
     kind: Str<'a>,
 }
 
-/// Only the uid, to answer a review whose object does not parse.
-#[derive(Deserialize)]
-struct UidOnly<'a> {
-    #[serde(rename = "apiVersion", borrow, default)]
-    api_version: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    request: Option<UidReq<'a>>,
-}
-#[derive(Deserialize)]
-struct UidReq<'a> {
-    #[serde(borrow, default)]
-    uid: Option<Str<'a>>,
-}
-
 const V1: &str = "admission.k8s.io/v1";
 const V1BETA1: &str = "admission.k8s.io/v1beta1";
 
@@ -115,50 +102,51 @@ pub fn review<'t>(table: &'t Table, body: &[u8], patch: &mut Vec<u8>) -> Reply<'
     let rev: Review = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
-            let (ver, uid) = match serde_json::from_slice::<UidOnly>(body) {
-                Ok(u) => (
-                    u.api_version.map(|v| v.0.into_owned()),
-                    u.request.and_then(|r| r.uid).map(|u| u.0.into_owned()),
-                ),
-                Err(_) => (None, None),
-            };
+            // NaN, a byte-order mark, a field of the wrong type…: the reply still carries
+            // the uid when the envelope shows one.
+            let found = envelope::scan(body);
             let what = if body.iter().all(u8::is_ascii_whitespace) {
                 "empty request body: expected an AdmissionReview".to_string()
-            } else if uid.is_some() {
-                format!("request.object is not a valid Pod: {e}")
+            } else if found.uid.is_some() {
+                format!("request.object is not a valid Pod, or the review is not valid JSON: {e}")
             } else {
                 format!("body is not a valid AdmissionReview JSON document: {e}")
             };
             return error(
-                reply_version(ver.as_deref()),
-                uid.as_deref().unwrap_or(""),
+                reply_version(found.api_version.as_deref()),
+                found.uid.as_deref().unwrap_or(""),
                 what,
             );
         }
     };
     let ver = rev.api_version.as_ref().map(Str::as_str);
     let version = reply_version(ver);
+    let uid = rev
+        .request
+        .as_ref()
+        .and_then(|r| r.uid.as_ref())
+        .map(Str::as_str)
+        .unwrap_or("");
     if ver != Some(V1) && ver != Some(V1BETA1) {
         return error(
             version,
-            "",
+            uid,
             format!("apiVersion is {:?}; expected {V1:?}", ver.unwrap_or("")),
         );
     }
     if rev.kind.as_ref().map(Str::as_str) != Some("AdmissionReview") {
         return error(
             version,
-            "",
+            uid,
             format!(
                 "kind is {:?}; expected \"AdmissionReview\"",
                 rev.kind.as_ref().map(Str::as_str).unwrap_or("")
             ),
         );
     }
-    let Some(req) = rev.request else {
+    let Some(req) = &rev.request else {
         return error(version, "", "missing field `request`".into());
     };
-    let uid = req.uid.as_ref().map(Str::as_str).unwrap_or("");
     if uid.is_empty() {
         return error(version, "", "missing field `request.uid`".into());
     }
@@ -202,7 +190,26 @@ pub fn review<'t>(table: &'t Table, body: &[u8], patch: &mut Vec<u8>) -> Reply<'
         let mut review: serde_json::Value = serde_json::from_slice(body).ok()?;
         Some(review.get_mut("request")?.get_mut("object")?.take())
     };
-    match injector::inject(table, namespace, pod, patch, whole_pod) {
+    let outcome = injector::inject(table, namespace, pod, patch, whole_pod);
+    if matches!(outcome, Outcome::Injected { .. })
+        && let Some(missing) = unpatchable(pod, body)
+    {
+        // The patch appends to `/spec/containers/-` and adds under `/metadata`: on a pod
+        // without them (not a valid Pod anyway) it would not apply. Admit it untouched and
+        // say why; the API server's validation then refuses it.
+        patch.clear();
+        let warning = format!("meshrev: no sidecar injected: the pod has no {missing}");
+        let mut body = Vec::with_capacity(256);
+        write_reply(&mut body, version, uid, true, None, None, &[&warning]);
+        return Reply {
+            body,
+            result: ReviewResult::Skipped,
+            skip: None,
+            injected: None,
+            message: Some(warning),
+        };
+    }
+    match outcome {
         Outcome::Injected {
             revision,
             via,
@@ -253,6 +260,40 @@ pub fn review<'t>(table: &'t Table, body: &[u8], patch: &mut Vec<u8>) -> Reply<'
     }
 }
 
+/// What an injected pod lacks for the patch to apply: `spec.containers` (or `spec`), or
+/// `metadata`. Free for a normal pod; only a pod whose metadata reads as empty costs a
+/// second, field-selective parse of `body`.
+fn unpatchable(pod: &Pod<'_>, body: &[u8]) -> Option<&'static str> {
+    if pod.spec.as_ref().is_none_or(|s| s.containers.is_empty()) {
+        return Some("spec.containers");
+    }
+    let m = &pod.metadata;
+    if m.name.is_some()
+        || m.generate_name.is_some()
+        || m.labels.is_some()
+        || m.annotations.is_some()
+    {
+        return None;
+    }
+    #[derive(Deserialize)]
+    struct R {
+        request: Q,
+    }
+    #[derive(Deserialize)]
+    struct Q {
+        object: O,
+    }
+    #[derive(Deserialize)]
+    struct O {
+        #[serde(default)]
+        metadata: Option<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_slice::<R>(body) {
+        Ok(r) if r.request.object.metadata.is_none() => Some("metadata"),
+        _ => None,
+    }
+}
+
 fn error(version: &str, uid: &str, message: String) -> Reply<'static> {
     let mut body = Vec::with_capacity(256 + message.len());
     write_reply(
@@ -273,12 +314,23 @@ fn error(version: &str, uid: &str, message: String) -> Reply<'static> {
     }
 }
 
-/// An AdmissionReview for a request that never got as far as a uid (used by the server for
-/// oversize or unreadable bodies).
-pub fn error_reply(message: &str) -> Vec<u8> {
-    let mut body = Vec::with_capacity(256 + message.len());
-    write_reply(&mut body, V1, "", false, None, Some((400, message)), &[]);
-    body
+/// An AdmissionReview error for a request that was not reviewed (an oversize, unreadable,
+/// late or over-budget body, or `/validate` without a cluster). `body` is what was read of
+/// the request, possibly nothing or a prefix: the reply carries its uid and apiVersion
+/// when they can be found in it ([`envelope::scan`]).
+pub fn error_reply(body: &[u8], message: &str) -> Vec<u8> {
+    let found = envelope::scan(body);
+    let mut out = Vec::with_capacity(256 + message.len());
+    write_reply(
+        &mut out,
+        reply_version(found.api_version.as_deref()),
+        found.uid.as_deref().unwrap_or(""),
+        false,
+        None,
+        Some((400, message)),
+        &[],
+    );
+    out
 }
 
 fn push_json_str(out: &mut Vec<u8>, s: &str) {

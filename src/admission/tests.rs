@@ -107,7 +107,7 @@ fn malformed_inputs_get_well_formed_refusals() {
         (
             "not a review",
             not_review.to_string().into_bytes(),
-            "",
+            "3f0c1a52-7e4b-4c1d-9a55-2b8f6d1e0c11",
             "AdmissionReview",
         ),
         (
@@ -143,4 +143,156 @@ fn v1beta1_is_answered_in_kind() {
     r["apiVersion"] = json!("admission.k8s.io/v1beta1");
     let (v, _) = answer(&table(), r.to_string().as_bytes());
     assert_eq!(v["apiVersion"], "admission.k8s.io/v1beta1");
+}
+
+const UID: &str = "3f0c1a52-7e4b-4c1d-9a55-2b8f6d1e0c11";
+
+/// Refusals carry the uid whenever the body shows one (issue 10: 62 reply kinds lost it).
+#[test]
+fn refusals_keep_the_uid() {
+    let t = table();
+    let text = fixture().to_string();
+    let mut wrong_version = fixture();
+    wrong_version["apiVersion"] = json!("admission.k8s.io/v2");
+    let mut no_version = fixture();
+    no_version.as_object_mut().unwrap().remove("apiVersion");
+    let mut wrong_kind = fixture();
+    wrong_kind["kind"] = json!("Pod");
+    let mut bad_type = fixture();
+    bad_type["request"]["namespace"] = json!(7);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("wrong apiVersion", wrong_version.to_string().into_bytes()),
+        ("no apiVersion", no_version.to_string().into_bytes()),
+        ("wrong kind", wrong_kind.to_string().into_bytes()),
+        (
+            "a field of the wrong type",
+            bad_type.to_string().into_bytes(),
+        ),
+        (
+            "NaN",
+            text.replacen("\"spec\":{", "\"spec\":{\"x\":NaN,", 1)
+                .into_bytes(),
+        ),
+        (
+            "Infinity",
+            text.replacen("{", "{\"n\":Infinity,", 1).into_bytes(),
+        ),
+        ("byte-order mark", format!("\u{feff}{text}").into_bytes()),
+        ("trailing garbage", format!("{text}}}").into_bytes()),
+        ("bad UTF-8", {
+            let mut b = text.clone().into_bytes();
+            b.extend_from_slice(b"\xff");
+            b
+        }),
+    ];
+    for (name, body) in cases {
+        let (v, result) = answer(&t, &body);
+        assert_eq!(result, ReviewResult::Error, "{name}");
+        assert_eq!(v["response"]["allowed"], false, "{name}");
+        assert_eq!(v["response"]["uid"], UID, "{name}: {v}");
+    }
+    // And /validate's parser (its replies are written from the same triple).
+    let mut wrong_kind = fixture();
+    wrong_kind["kind"] = json!("Pod");
+    for body in [
+        wrong_kind.to_string(),
+        text.replacen("{", "{\"n\":NaN,", 1),
+        format!("\u{feff}{text}"),
+    ] {
+        let (_, uid, _) = validate::parse(body.as_bytes()).unwrap_err();
+        assert_eq!(uid, UID, "{body:.60}");
+    }
+    let v: Value = serde_json::from_slice(&error_reply(text.as_bytes(), "busy")).unwrap();
+    assert_eq!(v["response"]["uid"], UID);
+    let v: Value = serde_json::from_slice(&error_reply(b"", "busy")).unwrap();
+    assert_eq!(v["response"]["uid"], "");
+}
+
+/// A pod the sidecar patch could not apply to is admitted untouched, with a warning.
+#[test]
+fn pods_without_containers_are_admitted_without_a_patch() {
+    let t = table();
+    let mut no_spec = fixture();
+    no_spec["request"]["object"]
+        .as_object_mut()
+        .unwrap()
+        .remove("spec");
+    let mut no_containers = fixture();
+    no_containers["request"]["object"]["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("containers");
+    let mut empty = fixture();
+    empty["request"]["object"]["spec"]["containers"] = json!([]);
+    let mut no_metadata = fixture();
+    no_metadata["request"]["object"]
+        .as_object_mut()
+        .unwrap()
+        .remove("metadata");
+    for (name, review, missing) in [
+        ("no spec", no_spec, "spec.containers"),
+        ("no containers", no_containers, "spec.containers"),
+        ("empty containers", empty, "spec.containers"),
+        ("no metadata", no_metadata, "metadata"),
+    ] {
+        let (v, result) = answer(&t, review.to_string().as_bytes());
+        assert_eq!(result, ReviewResult::Skipped, "{name}");
+        assert_eq!(v["response"]["uid"], UID, "{name}");
+        assert_eq!(v["response"]["allowed"], true, "{name}");
+        assert!(v["response"].get("patch").is_none(), "{name}: {v}");
+        assert!(
+            v["response"]["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains(missing),
+            "{name}"
+        );
+    }
+}
+
+/// Every patch applies to the pod it was computed for, whatever optional parts it lacks.
+#[test]
+fn patches_apply_to_sparse_pods() {
+    let t = table();
+    let mut shapes = Vec::new();
+    let base = fixture();
+    for drop in [
+        vec![
+            "/metadata/name",
+            "/metadata/namespace",
+            "/metadata/labels",
+            "/metadata/annotations",
+            "/metadata/ownerReferences",
+            "/metadata/generateName",
+        ],
+        vec!["/metadata/labels"],
+        vec!["/metadata/annotations"],
+        vec!["/metadata/labels", "/metadata/annotations"],
+        vec!["/spec/volumes"],
+        vec!["/spec/initContainers"],
+    ] {
+        let mut r = base.clone();
+        for p in drop {
+            let (parent, key) = p.rsplit_once('/').unwrap();
+            if let Some(o) = r["request"]["object"]
+                .pointer_mut(parent)
+                .and_then(Value::as_object_mut)
+            {
+                o.remove(key);
+            }
+        }
+        shapes.push(r);
+    }
+    for review in shapes {
+        let (v, _) = answer(&t, review.to_string().as_bytes());
+        let Some(patch) = v["response"]["patch"].as_str() else {
+            continue;
+        };
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(patch)
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+        let mut pod = review["request"]["object"].clone();
+        json_patch::patch(&mut pod, &patch).unwrap();
+    }
 }

@@ -133,12 +133,22 @@ pub type ParseError = (&'static str, String, String);
 /// Parses an AdmissionReview of a meshrev.io object into the change it asks for.
 pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
     let review: Review = serde_json::from_slice(body).map_err(|e| {
+        let found = super::envelope::scan(body);
         (
-            V1,
-            String::new(),
+            if found.api_version.as_deref() == Some(V1BETA1) {
+                V1BETA1
+            } else {
+                V1
+            },
+            found.uid.unwrap_or_default(),
             format!("body is not a valid AdmissionReview JSON document: {e}"),
         )
     })?;
+    let uid = review
+        .request
+        .as_ref()
+        .map(|r| r.uid.clone())
+        .unwrap_or_default();
     let version = if review.api_version.as_deref() == Some(V1BETA1) {
         V1BETA1
     } else {
@@ -147,7 +157,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
     if review.api_version.as_deref() != Some(V1) && version != V1BETA1 {
         return Err((
             version,
-            String::new(),
+            uid,
             format!(
                 "apiVersion is {:?}; expected {V1:?}",
                 review.api_version.unwrap_or_default()
@@ -155,19 +165,14 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
         ));
     }
     if review.kind.as_deref() != Some("AdmissionReview") {
-        return Err((
-            version,
-            String::new(),
-            "kind must be AdmissionReview".into(),
-        ));
+        return Err((version, uid, "kind must be AdmissionReview".into()));
     }
     let Some(req) = review.request else {
         return Err((version, String::new(), "missing field `request`".into()));
     };
-    if req.uid.is_empty() {
+    if uid.is_empty() {
         return Err((version, String::new(), "missing field `request.uid`".into()));
     }
-    let uid = req.uid.clone();
     let fail = |m: String| (version, uid.clone(), m);
     let kind = match &req.kind {
         Some(k) if k.group == GROUP => k.kind.clone(),

@@ -203,6 +203,18 @@ impl Authority {
 
     /// [`Authority::issue`] with another validity.
     pub fn issue_for(&self, names: &[String], valid_for: Duration) -> anyhow::Result<ServingPair> {
+        let now = time::OffsetDateTime::now_utc();
+        self.issue_between(names, now - time::Duration::hours(1), now + valid_for)
+    }
+
+    /// [`Authority::issue`] valid from `not_before` to `not_after` (e.g. already expired, for
+    /// tests).
+    pub fn issue_between(
+        &self,
+        names: &[String],
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> anyhow::Result<ServingPair> {
         let key = KeyPair::generate().context("generating the serving key")?;
         let mut params = CertificateParams::new(names.to_vec())
             .with_context(|| format!("invalid certificate names {names:?}"))?;
@@ -222,7 +234,8 @@ impl Authority {
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, valid_for);
+        params.not_before = not_before;
+        params.not_after = not_after;
         let cert = params
             .signed_by(&key, &self.issuer)
             .context("signing the serving certificate")?;

@@ -41,6 +41,10 @@ pub struct Metrics {
     table_revisions: IntGauge,
     tls_reloads: IntCounterVec,
     table_reloads: IntCounterVec,
+    inflight_body_bytes: IntGauge,
+    inflight_body_waiting: IntGauge,
+    connections: IntGauge,
+    connections_refused: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,6 +120,26 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let inflight_body_bytes = IntGauge::new(
+            "meshrev_inflight_body_bytes",
+            "Request-body bytes reserved from the --max-inflight-body-bytes budget right now.",
+        )?;
+        let inflight_body_waiting = IntGauge::new(
+            "meshrev_inflight_body_waiting",
+            "Requests waiting for room in the --max-inflight-body-bytes budget right now.",
+        )?;
+        let connections = IntGauge::new(
+            "meshrev_connections",
+            "Open connections on the TLS listener (at most --max-connections).",
+        )?;
+        let connections_refused = IntCounter::new(
+            "meshrev_connections_refused_total",
+            "Connections closed at once because --max-connections were open.",
+        )?;
+        registry.register(Box::new(inflight_body_bytes.clone()))?;
+        registry.register(Box::new(inflight_body_waiting.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(skips.clone()))?;
         registry.register(Box::new(injections.clone()))?;
@@ -145,6 +169,10 @@ impl Metrics {
             table_revisions,
             tls_reloads,
             table_reloads,
+            inflight_body_bytes,
+            inflight_body_waiting,
+            connections,
+            connections_refused,
         })
     }
 
@@ -179,6 +207,26 @@ impl Metrics {
             .set(i64::try_from(table.generation).unwrap_or(i64::MAX));
         self.table_revisions
             .set(i64::try_from(table.revision_count()).unwrap_or(i64::MAX));
+    }
+
+    /// `meshrev_inflight_body_bytes`, kept by the body budget.
+    pub fn inflight_body_bytes(&self) -> IntGauge {
+        self.inflight_body_bytes.clone()
+    }
+
+    /// `meshrev_inflight_body_waiting`, kept by the body budget.
+    pub fn inflight_body_waiting(&self) -> IntGauge {
+        self.inflight_body_waiting.clone()
+    }
+
+    /// `meshrev_connections`, kept by the connection slots.
+    pub fn connections(&self) -> IntGauge {
+        self.connections.clone()
+    }
+
+    /// Counts a connection closed at once because every slot was taken.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     /// Counts one certificate reload attempt.

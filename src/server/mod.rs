@@ -14,10 +14,33 @@
 //! # Reply contract of `/inject`
 //! Every request whose body was read gets HTTP 200 with the AdmissionReview that
 //! [`crate::admission::review`] wrote, also for malformed input (it then carries
-//! `allowed: false` and the reason). Before that: a body over [`MAX_BODY_BYTES`] gets 413
-//! (refused on its `Content-Length` before reading any of it, and the streamed read is
-//! capped too), a body that fails to arrive gets 400, and a request not complete within
-//! `--request-timeout` gets 504 — each with an AdmissionReview error body.
+//! `allowed: false`, the reason, and the request's uid whenever the body shows one). Before
+//! that: a body over [`MAX_BODY_BYTES`] gets 413 (refused on its `Content-Length` before
+//! reading any of it, and the streamed read is capped too), a body that fails to arrive
+//! gets 400, a body that does not fit in the in-flight budget within 2 s gets 503 (with
+//! `Retry-After: 1`), and a request not complete within `--request-timeout` gets 504 —
+//! each with an AdmissionReview error body (`allowed: false`; the uid when the part of the
+//! body that was read shows it). The API server treats a non-200 as a failed call and
+//! applies the webhook's `failurePolicy`, like any other internal error.
+//!
+//! # Resource bounds
+//! - `--max-inflight-body-bytes` (64 MiB): request-body bytes held at once across all
+//!   connections ([`limits::BodyBudget`]); reserved from `Content-Length` before the body
+//!   is read, or frame by frame without one; gauge `meshrev_inflight_body_bytes`.
+//! - `--max-connections` (1024): beyond it a new connection is accepted and closed at once
+//!   (`meshrev_connections`, `meshrev_connections_refused_total`).
+//! - `--max-concurrent-streams` (32) per HTTP/2 connection. HTTP/2 flow-control windows:
+//!   64 KiB per stream, and per connection room for all its streams' windows (2 MiB), so
+//!   streams waiting for the budget never stall one that is being read.
+//! - At most [`limits::MAX_WAITING`] (512) requests wait for the budget at once; more get
+//!   503 at once.
+//! - `--idle-timeout` (90 s): a connection without a request for that long is closed
+//!   gracefully (HTTP/2 pings are not requests); a new connection must start a request
+//!   within `--header-read-timeout`.
+//!
+//! Held for request bodies: the budget, plus what waiting requests' clients sent before the
+//! server stopped reading (an HTTP/2 stream window, 64 KiB, each: 32 MiB for 512 waiting;
+//! for HTTP/1, hyper's read buffer).
 //!
 //! # Embedding (tests, benches)
 //! [`serve_with`] starts the same server in process: bind port 0 in [`ServeConfig`], pass
@@ -28,6 +51,7 @@
 
 pub mod certs;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 mod table_file;
 pub mod tls;
@@ -38,12 +62,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -51,6 +74,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use limits::{Activity, BodyBudget, BodyPermit, ConnSlot, ConnSlots, OverBudget};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -66,6 +90,30 @@ pub use tls::CertResolver;
 /// The largest `/inject` body accepted: a Pod may be up to 3 MiB (etcd's object limit),
 /// an UPDATE review carries it twice (object and oldObject), plus room for the envelope.
 pub const MAX_BODY_BYTES: usize = 2 * 3 * 1024 * 1024 + 64 * 1024;
+
+/// Default of `--max-inflight-body-bytes`: ten of the largest requests at once.
+pub const DEFAULT_MAX_INFLIGHT_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default of `--max-concurrent-streams` (HTTP/2 streams per connection). The API server's
+/// Go client opens another connection when a connection's streams are taken.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 32;
+/// Default of `--idle-timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a request waits for room in the body budget before it is refused with 503.
+pub const DEFAULT_BODY_BUDGET_WAIT: Duration = Duration::from_secs(2);
+/// HTTP/2 flow-control window of a stream: what a client may send on a stream before the
+/// server reads it. A stream waiting for room in the body budget holds at most this much.
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+/// The connection's window is room for every stream's window, so streams waiting for the
+/// budget can never use up the window of a stream that has its bytes and is being read.
+fn h2_connection_window(max_streams: u32) -> u32 {
+    max_streams
+        .saturating_mul(H2_STREAM_WINDOW)
+        .clamp(H2_STREAM_WINDOW, i32::MAX as u32)
+}
+/// How long an idle connection being closed may take to finish closing.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// `meshrev serve`.
 #[derive(clap::Args, Debug, Clone)]
@@ -118,6 +166,61 @@ pub struct ServeArgs {
     /// Longest wait for in-flight requests when draining.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Request-body bytes held at once across all connections (e.g. 64Mi; at least one
+    /// largest request, 6Mi + 64Ki). A request waits up to 2s for room, then gets 503.
+    #[arg(long, value_name = "BYTES", default_value = "64Mi", value_parser = parse_bytes)]
+    pub max_inflight_body_bytes: usize,
+    /// Open connections on the webhook listener; beyond it new connections are accepted
+    /// and closed at once. Keep it below the file-descriptor limit (ulimit -n).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams (requests) per connection.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS)]
+    pub max_concurrent_streams: u32,
+    /// Close a connection after this long without a request (HTTP/2 pings do not count).
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+/// Parses a byte count: `67108864`, `64Mi`, `64MiB`, `512Ki`, `1Gi` (also `k`, `M`, `G`
+/// as powers of 1000).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 67108864, 512Ki or 64Mi"))?;
+    let mult: u64 = match unit.trim().trim_end_matches('B') {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "k" | "K" => 1000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        u => return Err(format!("unknown unit {u:?} in {s:?} (use Ki, Mi or Gi)")),
+    };
+    n.checked_mul(mult)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// File descriptors kept free of connections: listeners, files, the API server client.
+const FD_RESERVE: u64 = 64;
+
+/// The soft limit on open files (Linux: `/proc/self/limits`), if known and finite.
+fn open_file_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_file_limit(&text)
+}
+
+fn parse_open_file_limit(limits: &str) -> Option<u64> {
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|soft| soft.parse().ok())
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds (`1.5`).
@@ -184,6 +287,16 @@ pub struct ServeConfig {
     /// Bench only: answer `/inject` with these bytes (after reading the body) instead of
     /// reviewing it — the floor of TLS + HTTP + body read.
     pub fixed_inject_body: Option<Bytes>,
+    /// Request-body bytes held at once (at least [`MAX_BODY_BYTES`]).
+    pub max_inflight_body_bytes: usize,
+    /// How long a request waits for room in the body budget before a 503.
+    pub body_budget_wait: Duration,
+    /// Open connections on the TLS listener.
+    pub max_connections: usize,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// A connection without a request for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -204,6 +317,11 @@ impl Default for ServeConfig {
             drain_timeout: Duration::from_secs(30),
             fixed_inject_body: None,
             validator: None,
+            max_inflight_body_bytes: DEFAULT_MAX_INFLIGHT_BODY_BYTES,
+            body_budget_wait: DEFAULT_BODY_BUDGET_WAIT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -266,6 +384,11 @@ impl ServeArgs {
             drain_timeout: self.drain_timeout,
             fixed_inject_body: None,
             validator: None,
+            max_inflight_body_bytes: self.max_inflight_body_bytes,
+            body_budget_wait: DEFAULT_BODY_BUDGET_WAIT,
+            max_connections: self.max_connections,
+            max_concurrent_streams: self.max_concurrent_streams,
+            idle_timeout: self.idle_timeout,
         }
     }
 }
@@ -323,6 +446,23 @@ pub async fn serve_with(
     cfg: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<ServerHandle> {
+    if cfg.max_inflight_body_bytes < MAX_BODY_BYTES {
+        anyhow::bail!(
+            "--max-inflight-body-bytes {} is below one largest request ({MAX_BODY_BYTES} bytes); use at least 7Mi",
+            cfg.max_inflight_body_bytes
+        );
+    }
+    if cfg.max_connections == 0 || cfg.max_concurrent_streams == 0 {
+        anyhow::bail!("--max-connections and --max-concurrent-streams must be at least 1");
+    }
+    if let Some(limit) = open_file_limit()
+        && cfg.max_connections as u64 + FD_RESERVE > limit
+    {
+        tracing::warn!(
+            "--max-connections {} leaves fewer than {FD_RESERVE} of the open-file limit ({limit}) for everything else: at the limit new connections fail to be accepted; lower --max-connections or raise the limit (ulimit -n)",
+            cfg.max_connections
+        );
+    }
     let metrics = Arc::new(Metrics::new()?);
     let readiness = Arc::new(Readiness::new());
     let mut background = JoinSet::new();
@@ -332,7 +472,7 @@ pub async fn serve_with(
         TableSource::Table(t) => Arc::new(TableStore::new(t)),
         TableSource::File(path) => {
             let mut builder = TableBuilder::new();
-            let (t, content) = table_file::load(&path, &mut builder)?;
+            let (t, content) = table_file::load(&path, &mut builder, cfg.table_poll_interval)?;
             let store = Arc::new(TableStore::new(t));
             background.spawn(table_file::watch(
                 path,
@@ -367,6 +507,14 @@ pub async fn serve_with(
     let initial = tls::load_files(&cert, &key)?;
     let key_pair = tls::certified_key(&initial.0, &initial.1, &tls::provider())
         .with_context(|| format!("{} and {}", cert.display(), key.display()))?;
+    if let Err(e) = tls::check_replacement(&key_pair, None, tls::unix_now()) {
+        // Nothing better to serve: start, and say it loudly (reloads will not accept such
+        // a pair).
+        tracing::warn!(
+            "serving certificate {}: {e:#}; serving it anyway until a valid pair is installed",
+            cert.display()
+        );
+    }
     let resolver = Arc::new(CertResolver::new(key_pair));
     let tls_config = Arc::new(tls::server_config(resolver.clone())?);
     background.spawn(tls::watch_files(
@@ -402,12 +550,22 @@ pub async fn serve_with(
         readiness: readiness.clone(),
         request_timeout: cfg.request_timeout,
         fixed_body: cfg.fixed_inject_body,
+        budget: BodyBudget::new(
+            cfg.max_inflight_body_bytes,
+            cfg.body_budget_wait,
+            metrics.inflight_body_bytes(),
+            metrics.inflight_body_waiting(),
+        ),
+        budget_wait: cfg.body_budget_wait,
     });
     let opts = ConnOpts {
         header_read_timeout: cfg.header_read_timeout,
         tls_handshake_timeout: cfg.tls_handshake_timeout,
         shutdown_delay: cfg.shutdown_delay,
         drain_timeout: cfg.drain_timeout,
+        idle_timeout: cfg.idle_timeout,
+        max_connections: cfg.max_connections,
+        max_concurrent_streams: cfg.max_concurrent_streams,
     };
     if let Some(l) = metrics_listener {
         background.spawn(serve_metrics(l, ctx.clone(), opts.header_read_timeout));
@@ -557,6 +715,9 @@ struct Ctx {
     readiness: Arc<Readiness>,
     request_timeout: Duration,
     fixed_body: Option<Bytes>,
+    /// Request-body bytes in flight, across connections.
+    budget: BodyBudget,
+    budget_wait: Duration,
 }
 
 #[derive(Clone, Copy)]
@@ -565,6 +726,9 @@ struct ConnOpts {
     tls_handshake_timeout: Duration,
     shutdown_delay: Duration,
     drain_timeout: Duration,
+    idle_timeout: Duration,
+    max_connections: usize,
+    max_concurrent_streams: u32,
 }
 
 /// The HTTP connection builders: ALPN decides which one serves a connection (`h2` → HTTP/2,
@@ -585,7 +749,9 @@ impl Http {
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(20)))
             .keep_alive_timeout(Duration::from_secs(20))
-            .max_concurrent_streams(256)
+            .max_concurrent_streams(opts.max_concurrent_streams)
+            .initial_connection_window_size(h2_connection_window(opts.max_concurrent_streams))
+            .initial_stream_window_size(H2_STREAM_WINDOW)
             .max_header_list_size(64 * 1024);
         Http {
             h1: b.clone().http1_only(),
@@ -606,6 +772,7 @@ async fn serve_tls(
     let graceful = GracefulShutdown::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
+    let slots = ConnSlots::new(opts.max_connections, ctx.metrics.connections());
     let readiness = ctx.readiness.clone();
     let stopping = async move {
         shutdown.await;
@@ -623,9 +790,18 @@ async fn serve_tls(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    // Over the cap: close at once, so the client fails fast instead of
+                    // waiting in the backlog, and file descriptors stay available.
+                    let Some(slot) = slots.try_take() else {
+                        ctx.metrics.connection_refused();
+                        tracing::debug!(%peer, "{} connections open; closing a new one", opts.max_connections);
+                        drop(tcp);
+                        continue;
+                    };
                     conns.spawn(connection(
                         tcp,
                         peer,
+                        slot,
                         acceptor.clone(),
                         http.clone(),
                         ctx.clone(),
@@ -661,10 +837,12 @@ async fn serve_tls(
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
+    _slot: ConnSlot,
     acceptor: TlsAcceptor,
     http: Arc<Http>,
     ctx: Arc<Ctx>,
-    watcher: Watcher,
+    // Held until the connection ends: the drain waits for every watcher to be dropped.
+    _drain: Watcher,
     mut stop: watch::Receiver<bool>,
     opts: ConnOpts,
 ) {
@@ -686,27 +864,60 @@ async fn connection(
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
     let builder = if h2 { &http.h2 } else { &http.h1 };
-    let seen_request = Arc::new(AtomicBool::new(false));
+    let activity = Activity::new();
     let service = {
-        let seen = seen_request.clone();
+        let activity = activity.clone();
         service_fn(move |req: Request<Incoming>| {
-            seen.store(true, Ordering::Relaxed);
+            let busy = activity.begin();
             let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+            async move {
+                let response = handle(&ctx, req).await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
         })
     };
-    let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     // A connection must start a request within the header timeout (HTTP/1 enforces it per
-    // request too; this also covers an HTTP/2 client that never sends one).
-    let result = tokio::select! {
-        r = &mut conn => r,
-        () = tokio::time::sleep(opts.header_read_timeout) => {
-            if !seen_request.load(Ordering::Relaxed) {
-                tracing::debug!(%peer, "no request within {:?}; closing", opts.header_read_timeout);
-                return;
+    // request too; this also covers an HTTP/2 client that never sends one), and is closed
+    // gracefully once it has had no request for the idle timeout: HTTP/2 keep-alive pings
+    // keep a connection alive for the transport, not here.
+    let mut closing = false;
+    let mut idle_closed = false;
+    let result = loop {
+        let timeout = if activity.seen() {
+            opts.idle_timeout
+        } else {
+            opts.header_read_timeout
+        };
+        // While a request runs there is no deadline: look again a little later.
+        let deadline = activity.idle_deadline(timeout);
+        let wake = deadline.unwrap_or_else(|| Instant::now() + timeout.min(Duration::from_secs(1)));
+        tokio::select! {
+            r = &mut conn => break r,
+            stopped = stop.wait_for(|s| *s), if !closing => {
+                drop(stopped);
+                closing = true;
+                conn.as_mut().graceful_shutdown();
             }
-            conn.await
+            () = tokio::time::sleep_until(wake.into()), if !closing => {
+                // Looked at again: a request may have come and gone while this slept.
+                let timeout = if activity.seen() { opts.idle_timeout } else { opts.header_read_timeout };
+                if activity.idle_deadline(timeout).is_none_or(|d| d > Instant::now()) {
+                    continue;
+                }
+                if !activity.seen() {
+                    tracing::debug!(%peer, "no request within {timeout:?}; closing");
+                    return;
+                }
+                tracing::debug!(%peer, "no request for {timeout:?}; closing");
+                closing = true;
+                idle_closed = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            // An idle connection whose client does not let it close (no request runs).
+            () = tokio::time::sleep(IDLE_CLOSE_GRACE), if idle_closed => return,
         }
     };
     if let Err(e) = result {
@@ -811,9 +1022,15 @@ fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
 }
 
 /// An AdmissionReview error with a non-200 status; HTTP/1 connections are closed after it
-/// (the unread rest of the body makes them unusable anyway).
-fn refusal(status: StatusCode, version: Version, message: &str) -> Response<Full<Bytes>> {
-    let mut r = json(status, Bytes::from(admission::error_reply(message)));
+/// (the unread rest of the body makes them unusable anyway). `read` is what was read of
+/// the body: the reply carries the request's uid when it shows one.
+fn refusal(
+    status: StatusCode,
+    version: Version,
+    read: &[u8],
+    message: &str,
+) -> Response<Full<Bytes>> {
+    let mut r = json(status, Bytes::from(admission::error_reply(read, message)));
     if version < Version::HTTP_2 {
         r.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -824,13 +1041,42 @@ fn refusal(status: StatusCode, version: Version, message: &str) -> Response<Full
 enum ReadError {
     TooLarge,
     Body(hyper::Error),
+    OverBudget(OverBudget),
 }
 
-/// Reads the body, at most [`MAX_BODY_BYTES`] of it. A body that arrives in one frame is
-/// not copied.
-async fn read_body(mut body: Incoming, declared: Option<u64>) -> Result<Bytes, ReadError> {
-    let mut first: Option<Bytes> = None;
-    let mut buf: Vec<u8> = Vec::new();
+/// The body as it is read. A body that arrives in one frame is not copied.
+#[derive(Default)]
+struct BodyBuf {
+    first: Option<Bytes>,
+    buf: Vec<u8>,
+}
+
+impl BodyBuf {
+    /// What was read so far.
+    fn read(&self) -> &[u8] {
+        match &self.first {
+            Some(f) => f,
+            None => &self.buf,
+        }
+    }
+    fn take(&mut self) -> Bytes {
+        match self.first.take() {
+            Some(f) => f,
+            None => Bytes::from(std::mem::take(&mut self.buf)),
+        }
+    }
+}
+
+/// Reads the body into `out`, at most [`MAX_BODY_BYTES`] of it, holding every byte it
+/// keeps in `permit` first: a body with a `Content-Length` was reserved whole before this
+/// is called; a streamed one reserves as its frames arrive.
+async fn read_body(
+    mut body: Incoming,
+    declared: Option<u64>,
+    out: &mut BodyBuf,
+    budget: &BodyBudget,
+    permit: &mut BodyPermit,
+) -> Result<(), ReadError> {
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(ReadError::Body)?;
@@ -841,21 +1087,24 @@ async fn read_body(mut body: Incoming, declared: Option<u64>) -> Result<Bytes, R
         if total > MAX_BODY_BYTES {
             return Err(ReadError::TooLarge);
         }
-        match first.take() {
-            None if buf.is_empty() => first = Some(data),
-            None => buf.extend_from_slice(&data),
+        if total > permit.bytes() {
+            budget
+                .reserve(permit, total, true)
+                .await
+                .map_err(ReadError::OverBudget)?;
+        }
+        match out.first.take() {
+            None if out.buf.is_empty() => out.first = Some(data),
+            None => out.buf.extend_from_slice(&data),
             Some(f) => {
                 let cap = declared.map_or(0, |n| n as usize).max(total);
-                buf.reserve(cap);
-                buf.extend_from_slice(&f);
-                buf.extend_from_slice(&data);
+                out.buf.reserve(cap);
+                out.buf.extend_from_slice(&f);
+                out.buf.extend_from_slice(&data);
             }
         }
     }
-    Ok(match first {
-        Some(f) => f,
-        None => Bytes::from(buf),
-    })
+    Ok(())
 }
 
 fn content_length(req: &Request<Incoming>) -> Option<u64> {
@@ -892,22 +1141,41 @@ async fn inject(ctx: &Ctx, req: Request<Incoming>, endpoint: Endpoint) -> Respon
         return refusal(
             StatusCode::PAYLOAD_TOO_LARGE,
             version,
+            b"",
             &format!("request body of {n} bytes is over the limit of {MAX_BODY_BYTES} bytes"),
         );
     }
+    // Bytes held for this request until its reply is built (dropped last).
+    let mut permit = ctx.budget.permit();
+    let mut read = BodyBuf::default();
     let work = async {
-        let body = read_body(req.into_body(), declared).await?;
+        if let Some(n) = declared {
+            ctx.budget
+                .reserve(&mut permit, n as usize, false)
+                .await
+                .map_err(ReadError::OverBudget)?;
+        }
+        read_body(
+            req.into_body(),
+            declared,
+            &mut read,
+            &ctx.budget,
+            &mut permit,
+        )
+        .await?;
+        let body = read.take();
         Ok::<_, ReadError>(match endpoint {
             Endpoint::Inject => answer(ctx, &body, start),
             Endpoint::Validate => guard(ctx, &body).await,
         })
     };
+    let outcome = tokio::time::timeout(ctx.request_timeout, work).await;
     let refused = |status, message: &str| {
         ctx.metrics.observe_refused(start.elapsed());
         tracing::debug!("refused an /inject request: {message}");
-        refusal(status, version, message)
+        refusal(status, version, read.read(), message)
     };
-    match tokio::time::timeout(ctx.request_timeout, work).await {
+    match outcome {
         Ok(Ok(response)) => response,
         Ok(Err(ReadError::TooLarge)) => refused(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -917,6 +1185,20 @@ async fn inject(ctx: &Ctx, req: Request<Incoming>, endpoint: Endpoint) -> Respon
             StatusCode::BAD_REQUEST,
             &format!("reading the request body: {e}"),
         ),
+        Ok(Err(ReadError::OverBudget(o))) => {
+            let mut r = refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "meshrev is busy: {} request-body bytes would not fit in --max-inflight-body-bytes ({}) within {:?}; retry",
+                    o.wanted,
+                    ctx.budget.total(),
+                    ctx.budget_wait,
+                ),
+            );
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
         Err(_) => refused(
             StatusCode::GATEWAY_TIMEOUT,
             &format!(
@@ -952,6 +1234,7 @@ async fn guard(ctx: &Ctx, body: &[u8]) -> Response<Full<Bytes>> {
     let reply = match &ctx.validator {
         Some(client) => admission::validate(client, body).await,
         None => admission::error_reply(
+            body,
             "meshrev runs without a cluster (no --kubeconfig or --in-cluster): the upgrade guards have nothing to check against",
         ),
     };
@@ -1003,6 +1286,30 @@ mod tests {
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("64Mi"), Ok(64 << 20));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("512Ki"), Ok(512 << 10));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("2M"), Ok(2_000_000));
+        assert!(parse_bytes("64 furlongs").is_err());
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("99999999999Gi").is_err());
+    }
+
+    #[test]
+    fn open_file_limit_parses() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \nMax processes             unlimited            unlimited            processes \nMax open files            1024                 524288               files     \n";
+        assert_eq!(parse_open_file_limit(text), Some(1024));
+        assert_eq!(
+            parse_open_file_limit(
+                "Max open files            unlimited            unlimited            files"
+            ),
+            None
+        );
     }
 
     #[test]

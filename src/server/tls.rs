@@ -7,10 +7,17 @@
 //! per connection. Kubernetes Secret volumes change by a symlink swap of the whole
 //! directory, which file-level inotify misses, so the poller reads the files' content every
 //! interval and acts when it differs from what it last saw.
+//!
+//! A new pair replaces the one in service only when it is one the API server will accept
+//! as well as the old one ([`check_replacement`]): the key matches the certificate, the
+//! certificate is valid now (notBefore ≤ now ≤ notAfter), and it covers every DNS name and
+//! IP address the certificate in service covers. Anything else (an expired pair, a pair for
+//! another host) is logged and counted as a failure, and the old pair stays.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
@@ -46,6 +53,125 @@ pub fn certified_key(
     let key = PrivateKeyDer::from_pem_slice(key_pem).context("key file: no usable private key")?;
     CertifiedKey::from_der(chain, key, provider)
         .context("the certificate and the private key do not form a usable pair")
+}
+
+/// What a leaf certificate says about where and when it is valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeafInfo {
+    /// Seconds since the Unix epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// Subject alternative names: DNS names (lowercase) and IP addresses.
+    pub dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
+}
+
+impl LeafInfo {
+    /// Parses a DER certificate.
+    pub fn parse(der: &[u8]) -> anyhow::Result<Self> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| anyhow::anyhow!("the certificate does not parse as X.509: {e}"))?;
+        let validity = cert.validity();
+        let mut info = LeafInfo {
+            not_before: validity.not_before.timestamp(),
+            not_after: validity.not_after.timestamp(),
+            dns: Vec::new(),
+            ips: Vec::new(),
+        };
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|e| anyhow::anyhow!("the subjectAltName extension does not parse: {e}"))?;
+        for name in san.iter().flat_map(|s| s.value.general_names.iter()) {
+            match name {
+                GeneralName::DNSName(d) => info.dns.push(d.to_ascii_lowercase()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => info.ips.push(IpAddr::from(<[u8; 4]>::try_from(*b)?)),
+                    16 => info.ips.push(IpAddr::from(<[u8; 16]>::try_from(*b)?)),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        Ok(info)
+    }
+
+    /// Whether the certificate is valid for the DNS name `name` (wildcards cover one
+    /// label) or the IP address it spells.
+    pub fn covers(&self, name: &str) -> bool {
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return self.ips.contains(&ip);
+        }
+        let name = name.to_ascii_lowercase();
+        self.dns.iter().any(|d| {
+            *d == name
+                || d.strip_prefix("*.").is_some_and(|suffix| {
+                    name.split_once('.')
+                        .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix)
+                })
+        })
+    }
+
+    /// Every name this certificate covers, as written in it.
+    pub fn names(&self) -> Vec<String> {
+        let mut v = self.dns.clone();
+        v.extend(self.ips.iter().map(IpAddr::to_string));
+        v
+    }
+}
+
+/// Now, in seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Checks that `new` may replace the pair in service, whose leaf is `current` (DER): the
+/// new leaf is valid at `now` (Unix seconds) and covers every name the current one covers.
+/// (That the key belongs to the certificate is checked by [`certified_key`].)
+pub fn check_replacement(
+    new: &CertifiedKey,
+    current: Option<&[u8]>,
+    now: i64,
+) -> anyhow::Result<()> {
+    let leaf = new
+        .cert
+        .first()
+        .context("the certificate file holds no certificate")?;
+    let info = LeafInfo::parse(leaf)?;
+    if now < info.not_before {
+        bail!(
+            "the certificate is not valid yet (notBefore is {} s in the future); install it once it is, or check the clock",
+            info.not_before - now
+        );
+    }
+    if now > info.not_after {
+        bail!(
+            "the certificate expired {} s ago (notAfter); issue a new one",
+            now - info.not_after
+        );
+    }
+    if let Some(current) = current {
+        let old = LeafInfo::parse(current).context("the certificate in service")?;
+        let missing: Vec<String> = old
+            .names()
+            .into_iter()
+            .filter(|n| !info.covers(n))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "the certificate does not cover {} which the certificate in service covers (it covers {}); issue it for every name the webhook is called by",
+                missing.join(", "),
+                if info.names().is_empty() {
+                    "no subjectAltName".to_string()
+                } else {
+                    info.names().join(", ")
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The server's certificate, replaceable while connections are being accepted.
@@ -103,7 +229,7 @@ enum Seen {
 }
 
 /// Polls `cert` and `key` every `interval`; when their content changes, loads the new pair
-/// and swaps it into `resolver`, counting `meshrev_tls_reloads_total{result}`. A pair that
+/// and, if [`check_replacement`] accepts it, swaps it into `resolver`, counting `meshrev_tls_reloads_total{result}`. A pair that
 /// does not load (or files that cannot be read) is counted once as a failure and the
 /// previous certificate stays in service. `initial` is the content being served already.
 pub async fn watch_files(
@@ -138,7 +264,10 @@ pub async fn watch_files(
             continue;
         }
         if let Seen::Content(c, k) = &now {
-            match certified_key(c, k, &provider) {
+            let current = resolver.current_leaf();
+            let checked = certified_key(c, k, &provider)
+                .and_then(|ck| check_replacement(&ck, current.as_deref(), unix_now()).map(|()| ck));
+            match checked {
                 Ok(ck) => {
                     resolver.set(ck);
                     metrics.tls_reload(true);
@@ -147,11 +276,70 @@ pub async fn watch_files(
                 Err(e) => {
                     metrics.tls_reload(false);
                     tracing::warn!(
-                        "serving certificate not reloaded, keeping the previous one: {e:#}"
+                        "serving certificate {} not reloaded, keeping the previous one: {e:#}",
+                        cert.display()
                     );
                 }
             }
         }
         seen = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::certs::{Authority, default_names};
+
+    fn pair(p: &crate::server::certs::ServingPair) -> CertifiedKey {
+        certified_key(p.cert_pem.as_bytes(), p.key_pem.as_bytes(), &provider()).unwrap()
+    }
+
+    #[test]
+    fn replacement_must_be_valid_now_and_cover_the_names_in_service() {
+        let ca = Authority::generate("t").unwrap();
+        let names = default_names();
+        let current = pair(&ca.issue(&names).unwrap());
+        let leaf = current.cert[0].to_vec();
+        let info = LeafInfo::parse(&leaf).unwrap();
+        assert!(info.covers("localhost") && info.covers("127.0.0.1") && info.covers("::1"));
+        assert!(info.covers("meshrev.meshrev-system.svc"));
+        assert!(!info.covers("other.meshrev-system.svc"));
+        let now = unix_now();
+
+        let good = pair(&ca.issue(&names).unwrap());
+        check_replacement(&good, Some(&leaf), now).unwrap();
+        // Expired, or not valid yet: judged at another time.
+        let e = check_replacement(&good, Some(&leaf), now + 2 * 365 * 86400).unwrap_err();
+        assert!(e.to_string().contains("expired"), "{e}");
+        let e = check_replacement(&good, Some(&leaf), now - 2 * 86400).unwrap_err();
+        assert!(e.to_string().contains("not valid yet"), "{e}");
+        // Another host.
+        let other = pair(
+            &Authority::generate("x")
+                .unwrap()
+                .issue(&["evil.example".into()])
+                .unwrap(),
+        );
+        let e = check_replacement(&other, Some(&leaf), now).unwrap_err();
+        assert!(e.to_string().contains("localhost"), "{e}");
+        // A wildcard covers one label.
+        let wild = pair(
+            &ca.issue(&[
+                "localhost".into(),
+                "127.0.0.1".into(),
+                "::1".into(),
+                "*.meshrev-system.svc".into(),
+                "meshrev.meshrev-system.svc.cluster.local".into(),
+                "*.meshrev-system".into(),
+            ])
+            .unwrap(),
+        );
+        check_replacement(&wild, Some(&leaf), now).unwrap();
+        assert!(
+            !LeafInfo::parse(&wild.cert[0])
+                .unwrap()
+                .covers("a.b.meshrev-system.svc")
+        );
     }
 }
