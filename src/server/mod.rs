@@ -685,7 +685,25 @@ async fn kube_client(args: &ServeArgs) -> anyhow::Result<kube::Client> {
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
+/// SIGTERM or SIGINT; and, when `MESHREV_EXIT_ON_STDIN_EOF` is set (test harnesses that
+/// must leave no process behind, even when they are killed), the end of standard input.
 async fn shutdown_signal() {
+    if std::env::var_os("MESHREV_EXIT_ON_STDIN_EOF").is_some() {
+        let eof = tokio::task::spawn_blocking(|| {
+            let mut sink = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
+        });
+        tokio::select! {
+            _ = eof => tracing::info!("standard input closed"),
+            () = os_signal() => {}
+        }
+        return;
+    }
+    os_signal().await;
+}
+
+async fn os_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -57,7 +57,10 @@ impl Meshrev {
             .arg(&cert_dir)
             .env("MESHREV_LOG", "info,meshrev=debug")
             .env("POD_NAMESPACE", "default")
-            .stdin(Stdio::null())
+            // meshrev exits when this pipe closes: when this test process ends, however it
+            // ends, no `meshrev serve` is left behind.
+            .env("MESHREV_EXIT_ON_STDIN_EOF", "1")
+            .stdin(Stdio::piped())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::create(
                 dir.join(format!("meshrev-{port}.err")),
