@@ -597,17 +597,19 @@ struct PrometheusMerge<'m> {
     env: Option<String>,
 }
 
-fn sanitize_label_name(k: &str) -> String {
-    k.chars()
-        .enumerate()
-        .map(|(i, c)| {
-            if c.is_ascii_alphabetic() || c == '_' || (i > 0 && c.is_ascii_digit()) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+/// Whether `key`, sanitized as Prometheus sanitizes label names (every character outside
+/// `[a-zA-Z0-9_]`, and a leading digit, becomes `_`), equals `target` (which is already
+/// sanitized). No allocation: this runs for every annotation of every injected pod.
+fn sanitizes_to(key: &str, target: &str) -> bool {
+    key.len() == target.len()
+        && key
+            .bytes()
+            .zip(target.bytes())
+            .enumerate()
+            .all(|(i, (k, t))| {
+                let keep = k.is_ascii_alphabetic() || k == b'_' || (i > 0 && k.is_ascii_digit());
+                (if keep { k } else { b'_' }) == t
+            })
 }
 
 fn parse_go_bool(v: &str) -> Option<bool> {
@@ -633,15 +635,22 @@ fn prometheus_merge<'m>(meta: &'m Meta<'_>) -> Option<PrometheusMerge<'m>> {
     let mut remove = Vec::new();
     for (k, v) in anns {
         let (k, v) = (k.as_str(), v.as_str());
-        match sanitize_label_name(k).as_str() {
-            "prometheus_io_scrape" => {
+        let which = [
+            "prometheus_io_scrape",
+            "prometheus_io_path",
+            "prometheus_io_port",
+        ]
+        .into_iter()
+        .find(|t| sanitizes_to(k, t));
+        match which {
+            Some("prometheus_io_scrape") => {
                 if parse_go_bool(v) == Some(false) {
                     return None;
                 }
                 scrape = Some(v);
             }
-            "prometheus_io_path" => path = Some(v),
-            "prometheus_io_port" => port = Some(v),
+            Some("prometheus_io_path") => path = Some(v),
+            Some("prometheus_io_port") => port = Some(v),
             _ => continue,
         }
         remove.push(k);

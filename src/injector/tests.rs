@@ -394,3 +394,14 @@ fn quantities() {
         assert!(!is_quantity(bad), "{bad}");
     }
 }
+
+#[test]
+fn prometheus_keys_match_as_prometheus_sanitizes_them() {
+    assert!(sanitizes_to("prometheus.io/scrape", "prometheus_io_scrape"));
+    assert!(sanitizes_to("prometheus-io.scrape", "prometheus_io_scrape"));
+    assert!(!sanitizes_to(
+        "prometheus.io/scrapes",
+        "prometheus_io_scrape"
+    ));
+    assert!(!sanitizes_to("prometheus.io/port", "prometheus_io_scrape"));
+}
