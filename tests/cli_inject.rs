@@ -23,9 +23,8 @@ fn meshrev(args: &[&str], stdin: &str) -> Output {
 
 fn proxy_images(yaml: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let v: serde_json::Value =
-            serde::Deserialize::deserialize(doc).expect("output must be YAML");
+    for doc in meshrev::yaml::documents(yaml) {
+        let v = doc.expect("output must be YAML");
         if let Some(cs) = v["spec"]["template"]["spec"]["containers"].as_array() {
             for c in cs.iter().filter(|c| c["name"] == "istio-proxy") {
                 out.push(c["image"].as_str().unwrap_or_default().to_string());
@@ -79,8 +78,8 @@ fn disabled_namespace_output_equals_input_semantically() {
     );
     assert!(out.status.success());
     let parse = |s: &str| -> Vec<serde_json::Value> {
-        serde_yaml::Deserializer::from_str(s)
-            .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+        meshrev::yaml::documents(s)
+            .map(|d| d.expect("yaml"))
             .collect()
     };
     assert_eq!(parse(&String::from_utf8_lossy(&out.stdout)), parse(DEPLOY));

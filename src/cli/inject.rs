@@ -5,8 +5,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::injector::{self, Outcome, pod::Pod};
 use crate::table::{self, NamespaceLabels, Table};
@@ -118,9 +117,8 @@ pub fn inject_documents(
     let mut docs = Vec::new();
     let mut notes = Vec::new();
     let mut tables: HashMap<String, Table> = HashMap::new();
-    for (index, de) in serde_yaml::Deserializer::from_str(input).enumerate() {
-        let mut doc = Value::deserialize(de)
-            .with_context(|| format!("document {index}: not valid YAML or JSON"))?;
+    for (index, doc) in crate::yaml::documents(input).enumerate() {
+        let mut doc = doc.with_context(|| format!("document {index}: not valid YAML or JSON"))?;
         if doc.is_null() {
             continue;
         }
@@ -211,7 +209,7 @@ pub fn inject_documents(
     let mut out = String::new();
     for d in &docs {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(d).context("writing YAML")?);
+        crate::yaml::write_document(&mut out, d);
     }
     Ok((out, notes))
 }
