@@ -1,6 +1,8 @@
 //! The `meshrev` command line. Thin: each subcommand parses its flags and calls the library.
 
-mod inject;
+pub mod inject;
+
+pub use inject::{inject_documents, inject_stream};
 
 use std::process::ExitCode;
 
