@@ -467,6 +467,83 @@ fn output_file_is_replaced_whole() {
     assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
 }
 
+fn istio_fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/istio")
+            .join(name),
+    )
+    .expect("fixture")
+}
+
+fn count_proxies(v: &serde_json::Value) -> usize {
+    let mut n = 0;
+    if let Some(cs) = v["spec"]["template"]["spec"]["containers"].as_array() {
+        n += cs.iter().filter(|c| c["name"] == "istio-proxy").count();
+    }
+    if let Some(items) = v["items"].as_array() {
+        n += items.iter().map(count_proxies).sum::<usize>();
+    }
+    n
+}
+
+#[test]
+fn istio_list_and_deploymentconfig_are_injected() {
+    // (fixture, workloads injected, kinds that must pass through unchanged)
+    for (name, want, passthrough) in [
+        ("list.yaml", 2, 0),
+        ("list-frontend.yaml", 1, 1),
+        ("deploymentconfig.yaml", 1, 0),
+        ("deploymentconfig-multi.yaml", 1, 1),
+    ] {
+        let input = istio_fixture(name);
+        let out = meshrev(
+            &[
+                "inject",
+                "-f",
+                "-",
+                "--namespace-labels",
+                "istio-injection=enabled",
+            ],
+            &input,
+        );
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let docs: Vec<serde_json::Value> = meshrev::yaml::documents(&text)
+            .map(|d| d.expect("yaml"))
+            .collect();
+        let inputs: Vec<serde_json::Value> = meshrev::yaml::documents(&input)
+            .map(|d| d.expect("yaml"))
+            .filter(|d| !d.is_null())
+            .collect();
+        assert_eq!(
+            docs.iter().map(count_proxies).sum::<usize>(),
+            want,
+            "{name}:\n{text}"
+        );
+        assert_eq!(
+            stderr(&out).matches("injected revision").count(),
+            want,
+            "{name}: {}",
+            stderr(&out)
+        );
+        // Items that are no workload come out as they went in, in place.
+        let items = |d: &[serde_json::Value]| -> Vec<serde_json::Value> {
+            d.iter()
+                .flat_map(|d| {
+                    d["items"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_else(|| vec![d.clone()])
+                })
+                .filter(|i| i["kind"] == "Service")
+                .collect()
+        };
+        assert_eq!(items(&docs).len(), passthrough, "{name}");
+        assert_eq!(items(&docs), items(&inputs), "{name}");
+    }
+}
+
 /// Figures for the report: time and peak memory of `meshrev inject` on N Deployments and
 /// on deeply nested input. `cargo test --release --test cli_inject -- --ignored --nocapture`.
 #[test]

@@ -220,7 +220,7 @@ fn parse_labels(s: &str) -> anyhow::Result<HashMap<String, String>> {
 }
 
 /// Where the pod template of a workload kind lives, or `None` for kinds passed through.
-fn template_path(kind: &str) -> Option<&'static [&'static str]> {
+fn template_path(kind: &str, api_version: &str) -> Option<&'static [&'static str]> {
     Some(match kind {
         "Pod" => &[],
         "Deployment"
@@ -230,6 +230,10 @@ fn template_path(kind: &str) -> Option<&'static [&'static str]> {
         | "Job"
         | "ReplicationController" => &["spec", "template"],
         "CronJob" => &["spec", "jobTemplate", "spec", "template"],
+        // OpenShift; `v1` is its pre-3.6 legacy group.
+        "DeploymentConfig" if matches!(api_version, "apps.openshift.io/v1" | "v1") => {
+            &["spec", "template"]
+        }
         _ => return None,
     })
 }
@@ -365,7 +369,19 @@ impl Walker<'_, '_> {
         } else {
             format!("{at} ({kind} {name:?})")
         };
-        let Some(path) = template_path(&kind) else {
+        if kind == "List" {
+            return match doc.get_mut("items") {
+                None | Some(Value::Null) => Ok(()),
+                Some(Value::Array(items)) => {
+                    for (i, item) in items.iter_mut().enumerate() {
+                        self.object(item, &format!("{what} item {i}"))?;
+                    }
+                    Ok(())
+                }
+                Some(v) => bail!("{what}: field `items` must be a list, found {}", a(v)),
+            };
+        }
+        let Some(path) = template_path(&kind, &api) else {
             return Ok(()); // not a workload: passed through
         };
         let namespace = self

@@ -29,6 +29,37 @@ fn deployment_is_injected_and_other_kinds_pass_through() {
 }
 
 #[test]
+fn list_items_are_injected_like_documents() {
+    let input = format!(
+        "apiVersion: v1\nkind: List\nitems:\n- {{apiVersion: v1, kind: Service, metadata: {{name: s}}}}\n- {}\n- apiVersion: v1\n  kind: List\n  items: [{}]\n",
+        serde_json::to_string(&yaml::from_str(DEPLOY).expect("yaml")).expect("json"),
+        serde_json::to_string(
+            &yaml::from_str(&DEPLOY.replace(
+                "apps/v1\nkind: Deployment",
+                "apps.openshift.io/v1\nkind: DeploymentConfig"
+            ))
+            .expect("yaml")
+        )
+        .expect("json"),
+    );
+    let (out, notes) = inject(&input).expect("inject");
+    let list = yaml::from_str(&out).expect("yaml");
+    assert_eq!(list["items"][0]["kind"], "Service");
+    assert_eq!(proxies(&list["items"][1]["spec"]["template"]), 1, "{out}");
+    assert_eq!(
+        proxies(&list["items"][2]["items"][0]["spec"]["template"]),
+        1,
+        "{out}"
+    );
+    assert!(
+        notes.iter().any(
+            |n| n.contains("document 0 (List) item 2 (List) item 0 (DeploymentConfig \"web\")")
+        ),
+        "{notes:?}"
+    );
+}
+
+#[test]
 fn template_metadata_that_is_no_mapping_is_an_error_not_a_panic() {
     for meta in ["x", "[1]", "7"] {
         let input = DEPLOY.replace(
@@ -97,6 +128,14 @@ fn malformed_shapes_name_document_object_and_field() {
         (
             "kind: CronJob\nmetadata: {name: c}\nspec: {jobTemplate: x}\n",
             "field `spec.jobTemplate` must be a mapping",
+        ),
+        (
+            "kind: List\nitems: {a: 1}\n",
+            "document 0 (List): field `items` must be a list",
+        ),
+        (
+            "kind: List\nitems: [{kind: Pod, metadata: {name: p}, spec: 1}]\n",
+            "document 0 (List) item 0 (Pod \"p\"): field `spec`",
         ),
         ("kind: A\n---\nkind: [\n", "document 1: not valid YAML"),
     ];
