@@ -514,15 +514,18 @@ fn check_template(tmpl: &Value, what: &str, prefix: &str, is_pod: bool) -> anyho
     match t.get("metadata") {
         None | Some(Value::Null) => {
             if is_pod {
-                bail!("{what}: missing field `metadata.name`");
+                bail!("{what}: missing field `metadata.name` (or `metadata.generateName`)");
             }
         }
         Some(Value::Object(m)) => {
             for f in ["name", "generateName", "namespace"] {
                 opt_str(m, f, what, &format!("{prefix}metadata.{f}"))?;
             }
-            if is_pod && opt_str(m, "name", what, "metadata.name")?.is_none() {
-                bail!("{what}: missing field `metadata.name`");
+            if is_pod
+                && opt_str(m, "name", what, "metadata.name")?.is_none()
+                && opt_str(m, "generateName", what, "metadata.generateName")?.is_none()
+            {
+                bail!("{what}: missing field `metadata.name` (or `metadata.generateName`)");
             }
             for f in ["labels", "annotations"] {
                 match m.get(f) {

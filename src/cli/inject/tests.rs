@@ -118,6 +118,10 @@ fn malformed_shapes_name_document_object_and_field() {
             "missing field `metadata.name`",
         ),
         (
+            "kind: Pod\nmetadata: {}\nspec: {containers: []}\n",
+            "missing field `metadata.name` (or `metadata.generateName`)",
+        ),
+        (
             "kind: Deployment\nmetadata: {name: d}\nspec: {template: []}\n",
             "field `spec.template` must be a mapping",
         ),
@@ -143,6 +147,14 @@ fn malformed_shapes_name_document_object_and_field() {
         let e = format!("{:#}", inject(input).expect_err(input));
         assert!(e.contains(want), "{input:?}: {e}");
     }
+}
+
+#[test]
+fn pod_with_generate_name_only_is_injected() {
+    let pod = include_str!("../../../tests/fixtures/pod.json");
+    let (out, notes) = inject(pod).expect("a pod with generateName is a valid pod");
+    let v = yaml::from_str(&out).expect("yaml");
+    assert_eq!(proxies(&v), 1, "{notes:?}");
 }
 
 #[test]
