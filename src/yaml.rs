@@ -413,7 +413,7 @@ pub fn write_document(out: &mut String, value: &Value) {
         Value::Object(m) if !m.is_empty() => write_map(out, m, 0, false),
         Value::Array(a) if !a.is_empty() => write_seq(out, a, 0, false),
         scalar => {
-            write_scalar(out, scalar, 0);
+            write_scalar(out, scalar, 2);
             out.push('\n');
         }
     }

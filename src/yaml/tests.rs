@@ -235,6 +235,14 @@ fn block_layout() {
 }
 
 #[test]
+fn top_level_scalars_round_trip() {
+    for s in ["x", "on", "a\n---\n...\nb\n", "", "1"] {
+        let v = json!(s);
+        assert_eq!(from_str(&to_string(&v)).expect("yaml"), v, "{s:?}");
+    }
+}
+
+#[test]
 fn long_keys_use_explicit_key_syntax() {
     let k = "k".repeat(2000);
     let doc = json!({ k.clone(): [1], "x": {k: "v"} });
