@@ -13,6 +13,7 @@
 //! - [`server`]: the TLS webhook server, certificates, metrics and health endpoints.
 //! - [`controller`]: the kube-rs watches that rebuild the table from the cluster.
 //! - [`cli`]: the `meshrev` command line.
+//! - [`yaml`]: YAML in (depth-limited, one document at a time) and out (YAML 1.1-safe).
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -24,3 +25,4 @@ pub mod router;
 pub mod server;
 pub mod table;
 pub mod upgrade;
+pub mod yaml;

@@ -69,8 +69,8 @@ fn cases(tag: &str) -> Vec<Case> {
 }
 
 fn yaml_docs(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|d| serde::Deserialize::deserialize(d).expect("corpus YAML must parse"))
+    meshrev::yaml::documents(text)
+        .map(|d| d.expect("corpus YAML must parse"))
         .filter(|v: &Value| !v.is_null())
         .collect()
 }

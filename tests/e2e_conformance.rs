@@ -53,8 +53,8 @@ spec: {revision: 1-30-3}
 
 fn docs(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).expect("corpus file");
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).expect("corpus YAML"))
+    meshrev::yaml::documents(&text)
+        .map(|d| d.expect("corpus YAML"))
         .filter(|v: &Value| !v.is_null())
         .collect()
 }

@@ -182,18 +182,14 @@ async fn the_manifests_are_accepted_by_the_api_server() -> Result<()> {
     let client = cluster::shared().client().await?;
     meshrev_proc::install_crds(&client).await?;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
-    let kustomization: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml"))?)?;
+    let kustomization =
+        meshrev::yaml::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml"))?)?;
     let discovery = Discovery::new(client.clone()).run().await?;
     let mut checked = Vec::new();
-    for file in kustomization["resources"]
-        .as_sequence()
-        .into_iter()
-        .flatten()
-    {
+    for file in kustomization["resources"].as_array().into_iter().flatten() {
         let file = file.as_str().unwrap_or_default();
-        for doc in serde_yaml::Deserializer::from_str(&std::fs::read_to_string(dir.join(file))?) {
-            let obj: DynamicObject = serde::Deserialize::deserialize(doc)?;
+        for doc in meshrev::yaml::documents(&std::fs::read_to_string(dir.join(file))?) {
+            let obj: DynamicObject = serde_json::from_value(doc?)?;
             let types = obj
                 .types
                 .clone()

@@ -801,7 +801,7 @@ async fn canary_upgrade_rollback_and_promotion() -> Result<()> {
         env.ok(&["unpublish"]).await?.trim(),
         "Nothing to unpublish: no revision older than stable (1-23-6) is left."
     );
-    let yaml: serde_yaml::Value = serde_yaml::from_str(&env.ok(&["status", "-o", "yaml"]).await?)?;
+    let yaml = meshrev::yaml::from_str(&env.ok(&["status", "-o", "yaml"]).await?)?;
     assert_eq!(yaml["phase"].as_str(), Some("stable-only"));
     drop(m);
     Ok(())

@@ -17,21 +17,18 @@ fn committed_crds_match_the_rust_types() {
 
 #[test]
 fn kustomization_lists_files_that_parse() {
-    let k: serde_yaml::Value = serde_yaml::from_str(
+    let k = meshrev::yaml::from_str(
         &std::fs::read_to_string(manifests().join("kustomization.yaml")).expect("read"),
     )
     .expect("kustomization must parse");
-    let resources = k["resources"]
-        .as_sequence()
-        .expect("resources must be a list");
+    let resources = k["resources"].as_array().expect("resources must be a list");
     assert!(!resources.is_empty());
     for r in resources {
         let name = r.as_str().expect("resource must be a path");
         let text = std::fs::read_to_string(manifests().join(name))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v: serde_yaml::Value =
-                serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for doc in meshrev::yaml::documents(&text) {
+            let v = doc.unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(
                 v["kind"].is_string() && v["apiVersion"].is_string(),
                 "{name}: every document needs kind and apiVersion"

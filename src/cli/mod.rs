@@ -2,6 +2,8 @@
 
 pub mod inject;
 
+pub use inject::{inject_documents, inject_stream};
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

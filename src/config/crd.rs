@@ -201,7 +201,7 @@ pub fn crd_yaml() -> String {
     let mut out = String::new();
     for crd in [MeshRevision::crd(), RevisionTag::crd()] {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd).expect("a CRD must serialize to YAML"));
+        out.push_str(&crate::yaml::to_string_of(&crd).expect("a CRD must serialize to YAML"));
     }
     out
 }

@@ -53,11 +53,12 @@ struct HeadMeta {
 }
 
 /// Parses a multi-document YAML (or JSON) table file. `List` documents are flattened.
+/// Nesting deeper than [`crate::yaml::MAX_DEPTH`] is refused while parsing (linear time).
 /// Unknown kinds are errors: a table file holds configuration only.
 pub fn parse_objects(text: &str) -> Result<ConfigObjects, ParseError> {
     let mut out = ConfigObjects::default();
-    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc).map_err(|e| ParseError {
+    for (index, doc) in crate::yaml::documents(text).enumerate() {
+        let value = doc.map_err(|e| ParseError {
             index,
             what: String::new(),
             message: e.to_string(),
@@ -73,14 +74,14 @@ pub fn parse_objects(text: &str) -> Result<ConfigObjects, ParseError> {
 fn add_value(
     out: &mut ConfigObjects,
     index: usize,
-    value: serde_yaml::Value,
+    value: serde_json::Value,
 ) -> Result<(), ParseError> {
     let err = |what: String, message: String| ParseError {
         index,
         what,
         message,
     };
-    let head: Head = serde_yaml::from_value(value.clone())
+    let head: Head = serde_json::from_value(value.clone())
         .map_err(|e| err(String::new(), format!("not a Kubernetes object: {e}")))?;
     let kind = head
         .kind
@@ -104,13 +105,13 @@ fn add_value(
         }
         "MeshRevision" => {
             let rev: MeshRevision =
-                serde_yaml::from_value(value).map_err(|e| err(what, e.to_string()))?;
+                serde_json::from_value(value).map_err(|e| err(what, e.to_string()))?;
             out.revisions.push(rev);
             Ok(())
         }
         "RevisionTag" => {
             let tag: RevisionTag =
-                serde_yaml::from_value(value).map_err(|e| err(what, e.to_string()))?;
+                serde_json::from_value(value).map_err(|e| err(what, e.to_string()))?;
             out.tags.push(tag);
             Ok(())
         }
@@ -124,7 +125,7 @@ fn add_value(
         "List" => {
             let items = value
                 .get("items")
-                .and_then(|i| i.as_sequence())
+                .and_then(|i| i.as_array())
                 .cloned()
                 .unwrap_or_default();
             for item in items {
@@ -160,6 +161,26 @@ mod tests {
         let s = e.to_string();
         assert!(s.contains("MeshRevision \"b\""), "{s}");
         assert!(s.contains("version"), "{s}");
+    }
+
+    #[test]
+    fn deep_documents_are_refused_while_parsing() {
+        for deep in [
+            format!("labels: {}", "[".repeat(100_000)),
+            format!("labels: {}", "{a: ".repeat(100_000)),
+            format!("labels:\n  {}x", "- ".repeat(100_000)),
+        ] {
+            let text = format!(
+                "{EMBEDDED_DEFAULT}---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  {deep}\n"
+            );
+            let e = parse_objects(&text).expect_err("too deep");
+            let s = e.to_string();
+            assert!(s.starts_with("document 4: line "), "{s}");
+            assert!(
+                s.contains("nested deeper than 128") || s.contains("recursion limit"),
+                "{s}"
+            );
+        }
     }
 
     #[test]

@@ -558,7 +558,7 @@ impl PodSettings {
         let mut proxy_config = None;
         if let Some(pc) = ann("proxy.istio.io/config") {
             let parsed: serde_json::Value = serde_json::from_str(pc)
-                .or_else(|_| serde_yaml::from_str(pc))
+                .or_else(|_| crate::yaml::from_str(pc).map_err(|e| e.to_string()))
                 .map_err(|e| format!("annotation proxy.istio.io/config: not a ProxyConfig: {e}"))?;
             let serde_json::Value::Object(mut m) = parsed else {
                 return Err(

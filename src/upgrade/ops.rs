@@ -29,7 +29,7 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Table => print!("{}", report.render_table()),
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Output::Yaml => print!("{}", serde_yaml::to_string(&report)?),
+        Output::Yaml => print!("{}", crate::yaml::to_string_of(&report)?),
     }
     Ok(())
 }

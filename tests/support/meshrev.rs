@@ -200,8 +200,8 @@ pub fn http_get(port: u16, path: &str) -> Result<String> {
 pub async fn install_crds(client: &kube::Client) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let pp = PatchParams::apply("meshrev-e2e").force();
-    for doc in serde_yaml::Deserializer::from_str(&meshrev::config::crd_yaml()) {
-        let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc)?;
+    for doc in meshrev::yaml::documents(&meshrev::config::crd_yaml()) {
+        let crd: CustomResourceDefinition = serde_json::from_value(doc?)?;
         let name = crd.metadata.name.clone().context("CRD name")?;
         api.patch(&name, &pp, &Patch::Apply(&crd)).await?;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -227,7 +227,7 @@ fn manifest(name: &str) -> Result<Value> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("manifests")
         .join(name);
-    Ok(serde_yaml::from_str(&std::fs::read_to_string(&path)?)?)
+    Ok(meshrev::yaml::from_str(&std::fs::read_to_string(&path)?)?)
 }
 
 /// Registers the committed webhook configuration `file` (from manifests/) pointing at

@@ -27,14 +27,30 @@ pub const INSTALL_ENV: [&str; 6] = [
 
 /// Normalises a Kubernetes object (any kind) in place.
 pub fn normalize(v: &mut Value) {
-    // Go writes the zero value of a workload's typed status (`replicas: 0`, …).
+    zero_workload_fields(v);
+    walk(v, None);
+}
+
+/// Go writes (or omits) the zero values of a workload's own typed fields as its struct tags
+/// say: `status: {replicas: 0}`, `spec.test: false`, `spec.paused: false`,
+/// `spec.minReadySeconds: 0`. These are dropped from the object's own `spec` and `status`
+/// (and those of a List's items), except a Pod's, whose spec keeps every value, as do pod
+/// templates.
+fn zero_workload_fields(v: &mut Value) {
+    let zero = |x: &Value| x == &Value::from(0) || x == &Value::Bool(false) || is_empty(x);
     if let Some(Value::Object(st)) = v.get("status")
-        && st.values().all(|x| x == &Value::from(0) || is_empty(x))
+        && st.values().all(zero)
         && let Some(m) = v.as_object_mut()
     {
         m.remove("status");
     }
-    walk(v, None);
+    let is_pod = v.get("kind").and_then(Value::as_str) == Some("Pod");
+    if !is_pod && let Some(Value::Object(spec)) = v.get_mut("spec") {
+        spec.retain(|_, x| !(x == &Value::from(0) || x == &Value::Bool(false)));
+    }
+    if let Some(Value::Array(items)) = v.get_mut("items") {
+        items.iter_mut().for_each(zero_workload_fields);
+    }
 }
 
 fn walk(v: &mut Value, key: Option<&str>) {
