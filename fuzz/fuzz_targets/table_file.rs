@@ -1,12 +1,7 @@
 //! Table files (`--config`): parse and build; errors are fine, panics and hangs are not.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks.rs"]
+mod checks;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let _ = meshrev::config::parse_objects(text);
-    let _ = meshrev::table::from_text(text);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::table_file(data));
