@@ -30,8 +30,8 @@ pub fn admission_review(body: &[u8]) {
             serde_json::from_slice(&bytes).expect("the patch must be a JSON Patch");
         // serde_json skips unread string fields without checking their UTF-8, so a body
         // that is not strict JSON can be admitted: read it as the API server would send it.
-        let req: serde_json::Value = serde_json::from_str(&String::from_utf8_lossy(body))
-            .expect("an admitted body is JSON");
+        let req: serde_json::Value =
+            serde_json::from_str(&String::from_utf8_lossy(body)).expect("an admitted body is JSON");
         let mut pod = req["request"]["object"].clone();
         json_patch::patch(&mut pod, &patch).expect("the patch must apply to the pod");
     }

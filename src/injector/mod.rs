@@ -128,15 +128,44 @@ fn full_pod_patch(
     Ok(())
 }
 
+/// What `sidecar.istio.io/status` says was injected (only its volumes are read).
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
 struct Status {
     #[serde(default)]
-    init_containers: Option<Vec<String>>,
-    #[serde(default)]
-    containers: Option<Vec<String>>,
-    #[serde(default)]
     volumes: Option<Vec<String>>,
+}
+
+fn st_volumes(st: &Option<Status>) -> Option<&Vec<String>> {
+    st.as_ref().and_then(|s| s.volumes.as_ref())
+}
+
+/// Containers an injection adds (any revision, any template meshrev reproduces).
+const INJECTED_CONTAINERS: [&str; 4] = [
+    INIT_CONTAINER,
+    PROXY_CONTAINER,
+    "istio-validation",
+    "enable-core-dump",
+];
+
+/// Volumes an injection adds besides a revision's own: Istio's optional ones and the
+/// templates'.
+const INJECTED_VOLUMES: [&str; 8] = [
+    "istio-ca-crl",
+    "istio-xds",
+    "grpc-io-proxyless-bootstrap",
+    "istio-certs",
+    "lightstep-certs",
+    "custom-bootstrap-volume",
+    "gke-workload-certificate",
+    "kube-ca-cert",
+];
+
+/// The names of the volumes `sidecar.istio.io/userVolume` adds.
+fn user_volumes_names(meta: &Meta<'_>) -> Vec<String> {
+    meta.annotation("sidecar.istio.io/userVolume")
+        .and_then(|v| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(v).ok())
+        .map(|m| m.into_iter().map(|(k, _)| k).collect())
+        .unwrap_or_default()
 }
 
 /// Appends JSON Patch operations to a buffer.
@@ -249,6 +278,17 @@ impl<'p> PodValues<'p> {
                         &mut r.limits
                     };
                     map.insert(res.to_string(), q.to_string());
+                }
+            }
+            for res in ["cpu", "memory"] {
+                if let (Some(req), Some(lim)) = (r.requests.get(res), r.limits.get(res))
+                    && let (Some(a), Some(b)) = (quantity_value(req), quantity_value(lim))
+                    && a > b
+                {
+                    return Err(format!(
+                        "annotations sidecar.istio.io/proxy{0} ({req}) and sidecar.istio.io/proxy{0}Limit ({lim}): the request is above the limit, which the API server refuses",
+                        if res == "cpu" { "CPU" } else { "Memory" }
+                    ));
                 }
             }
             resources = Some(r.to_json());
@@ -758,33 +798,37 @@ fn write_patch(
         });
     }
 
-    // Remove what an earlier injection (of another revision) left, so nothing is doubled.
-    let listed = |l: &Option<Vec<String>>, name: &str| {
-        l.as_ref().is_some_and(|v| v.iter().any(|n| n == name))
+    // Remove what an earlier injection left, so nothing is doubled. Only what an injection
+    // adds is removed: `sidecar.istio.io/status` is the pod's own text, so a name it lists is
+    // trusted only for a container or volume that is a sidecar's (a forged status must not
+    // take the app's own containers or volumes away).
+    let user_volume_names = user_volumes_names(meta);
+    let old_volume = |n: &str| {
+        tmpl.volume_names.contains(&n)
+            || INJECTED_VOLUMES.contains(&n)
+            || (user_volume_names.iter().any(|u| u == n)
+                && st_volumes(&status).is_some_and(|v| v.iter().any(|x| x == n)))
     };
-    let st = status.unwrap_or_default();
-    let sidecar_name = |n: &str| n == INIT_CONTAINER || n == PROXY_CONTAINER;
-    let mut inits_left = 0;
     if let Some(inits) = &spec.init_containers {
-        inits_left = remove_named(
+        remove_named(
             &mut ops,
             "/spec/initContainers/",
             inits.iter().map(|c| c.name.as_str()),
-            |n| sidecar_name(n) || listed(&st.init_containers, n) || listed(&st.containers, n),
+            |n| INJECTED_CONTAINERS.contains(&n),
         );
     }
     remove_named(
         &mut ops,
         "/spec/containers/",
         spec.containers.iter().map(|c| c.name.as_str()),
-        |n| sidecar_name(n) || listed(&st.containers, n) || listed(&st.init_containers, n),
+        |n| INJECTED_CONTAINERS.contains(&n),
     );
     if let Some(vols) = &spec.volumes {
         remove_named(
             &mut ops,
             "/spec/volumes/",
             vols.iter().map(|v| v.name.as_str()),
-            |n| tmpl.volume_names.contains(&n) || listed(&st.volumes, n),
+            old_volume,
         );
     }
 
@@ -830,7 +874,6 @@ fn write_patch(
         };
         ops.add(&[at], proxy);
     }
-    let _ = inits_left;
     let all_volumes = tmpl
         .volumes
         .iter()
@@ -1130,6 +1173,34 @@ pub(crate) fn render_init_args(
     let log = format!("--log_output_level={agent_log_level}");
     args.push(&log);
     serde_json::to_string(&args).expect("strings must serialize")
+}
+
+/// A quantity's value in its base unit (cores, bytes), for comparing two of them.
+fn quantity_value(q: &str) -> Option<f64> {
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(n * mult)
 }
 
 /// Whether `q` is a Kubernetes resource quantity (`100m`, `1.5`, `128Mi`, `1e3`).

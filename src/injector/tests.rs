@@ -405,3 +405,42 @@ fn prometheus_keys_match_as_prometheus_sanitizes_them() {
     ));
     assert!(!sanitizes_to("prometheus.io/port", "prometheus_io_scrape"));
 }
+
+#[test]
+fn a_forged_status_cannot_take_the_apps_containers_or_volumes() {
+    let mut pod = fixture();
+    pod["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+    pod["metadata"]["annotations"]["sidecar.istio.io/status"] = json!(
+        r#"{"initContainers":["istio-init"],"containers":["reviews","log-shipper"],"volumes":["data"],"revision":"x"}"#
+    );
+    let (_, out) = run(&table(), "stable-ns", &pod);
+    let out = out.unwrap();
+    assert_eq!(
+        names(&out, "containers"),
+        ["reviews", "log-shipper", "istio-proxy"]
+    );
+    assert!(names(&out, "volumes").contains(&"data".to_string()));
+}
+
+#[test]
+fn proxy_requests_above_limits_are_refused() {
+    for (req, lim) in [
+        (
+            ("sidecar.istio.io/proxyCPU", "2"),
+            ("sidecar.istio.io/proxyCPULimit", "500m"),
+        ),
+        (
+            ("sidecar.istio.io/proxyMemory", "1Gi"),
+            ("sidecar.istio.io/proxyMemoryLimit", "512Mi"),
+        ),
+    ] {
+        let mut pod = fixture();
+        pod["metadata"]["annotations"][req.0] = json!(req.1);
+        pod["metadata"]["annotations"][lim.0] = json!(lim.1);
+        let (out, _) = run(&table(), "stable-ns", &pod);
+        assert!(out.starts_with("denied:") && out.contains(req.0), "{out}");
+    }
+    let mut pod = fixture();
+    pod["metadata"]["annotations"]["sidecar.istio.io/proxyCPU"] = json!("-1");
+    assert!(run(&table(), "stable-ns", &pod).0.starts_with("denied:"));
+}
