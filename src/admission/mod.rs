@@ -8,7 +8,6 @@ pub mod envelope;
 pub mod validate;
 pub use validate::validate;
 
-use base64::Engine;
 use serde::Deserialize;
 
 use crate::injector::pod::{Pod, Str};
@@ -358,16 +357,8 @@ pub fn write_reply(
     });
     if let Some(p) = patch {
         out.extend_from_slice(b",\"patchType\":\"JSONPatch\",\"patch\":\"");
-        let start = out.len();
-        let engine = &base64::engine::general_purpose::STANDARD;
-        out.resize(
-            start + base64::encoded_len(p.len(), true).expect("patch length must fit"),
-            0,
-        );
-        let n = engine
-            .encode_slice(p, &mut out[start..])
-            .expect("the buffer was sized for the encoding");
-        out.truncate(start + n);
+        // SIMD base64 (a tenth of a review's time with the scalar engine).
+        base64_simd::STANDARD.encode_append(p, out);
         out.push(b'"');
     }
     if let Some((code, message)) = status {
