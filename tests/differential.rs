@@ -87,8 +87,9 @@ const KNOWN: &[Known] = &[
     Known {
         id: "template-gateway",
         reason: "meshrev's fault: with the 1.30.3 gateway template Istio ignores the readiness and \
-                 interceptionMode annotations, does not truncate canonical-name, keeps probe rewrite \
-                 (ISTIO_KUBE_APP_PROBERS) and no Prometheus merge; meshrev does the opposite",
+                 interceptionMode annotations and does not truncate canonical-name; meshrev applies \
+                 them and truncates, and it rewrites app probes to /app-health without writing \
+                 ISTIO_KUBE_APP_PROBERS (a probe the agent cannot answer)",
         applies: |pod| templates(pod) == Some("gateway"),
     },
     Known {
@@ -113,8 +114,8 @@ const KNOWN: &[Known] = &[
     },
     Known {
         id: "tproxy-user-proxy-run-as-user",
-        reason: "TPROXY with the pod's own istio-proxy runAsUser: Istio runs istio-proxy as 0 (its \
-                 template wins), meshrev keeps the pod's runAsUser",
+        reason: "meshrev's fault: with TPROXY, Istio's adjustInitContainerUser resets the pod's own \
+                 istio-proxy runAsUser to 0 (it must run as root); meshrev keeps the pod's runAsUser",
         applies: |pod| {
             annotation(pod, "sidecar.istio.io/interceptionMode") == Some("TPROXY")
                 && pod["spec"]["containers"].as_array().is_some_and(|cs| {
@@ -380,7 +381,7 @@ fn compare(istio: &Answer, meshrev: &Answer) -> Option<(String, String)> {
                 .map(|d| {
                     let s = |v: &Option<Value>| {
                         let t = v.as_ref().map(Value::to_string).unwrap_or("-".into());
-                        if t.len() > 300 {
+                        if t.len() > 300 && !d.path.ends_with("[names]") {
                             format!("{}…", &t[..300])
                         } else {
                             t
@@ -992,4 +993,19 @@ fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
     })
+}
+
+/// A debugging aid: `DIFFERENTIAL_SHOW=pod.json cargo test --test differential show -- --nocapture`
+/// prints how the two injectors differ on that pod (nothing to do without the variable).
+#[test]
+fn show() {
+    let Some(path) = std::env::var_os("DIFFERENTIAL_SHOW") else {
+        return;
+    };
+    let h = Harness::new();
+    let pod = read_pod(Path::new(&path));
+    match h.check(&pod) {
+        None => eprintln!("agree"),
+        Some((class, detail)) => eprintln!("{class}\n{detail}"),
+    }
 }
