@@ -103,7 +103,12 @@ const KNOWN: &[Known] = &[
         id: "template-grpc-simple",
         reason: "meshrev's fault (order): Istio puts grpc-bootstrap-init before the pod's own init \
                  containers, meshrev after them",
-        applies: |pod| templates(pod) == Some("grpc-simple"),
+        applies: |pod| {
+            templates(pod) == Some("grpc-simple")
+                && pod["spec"]["initContainers"]
+                    .as_array()
+                    .is_some_and(|v| !v.is_empty())
+        },
     },
     Known {
         id: "template-sidecar-and-grpc-agent",
