@@ -490,12 +490,47 @@ fn pick(values: &'static [&'static str]) -> BoxedStrategy<String> {
         .boxed()
 }
 
+/// Values of the generated annotations that some injector may refuse. They are drawn a quarter
+/// as often as the others, so that most pods get injected and compared in full.
+const SUSPECT: &[&str] = &[
+    "",
+    "abc",
+    "lots",
+    "x",
+    "-",
+    "bad",
+    "bad/cidr",
+    "10.0.0.0/33",
+    "70000",
+    "99999",
+    "0",
+    "-1",
+    "bogus",
+    "{",
+    "nope",
+];
+
 /// An annotation that is present with probability 1/10, with one of `values`.
 fn maybe(
     key: &'static str,
     values: &'static [&'static str],
 ) -> BoxedStrategy<Option<(String, String)>> {
-    prop::option::weighted(0.1, pick(values).prop_map(move |v| (key.to_string(), v))).boxed()
+    let (bad, good): (Vec<&'static str>, Vec<&'static str>) =
+        values.iter().partition(|v| SUSPECT.contains(v));
+    let value = match (good.is_empty(), bad.is_empty()) {
+        (false, false) => prop_oneof![
+            4 => prop::sample::select(good),
+            1 => prop::sample::select(bad),
+        ]
+        .boxed(),
+        (false, true) => prop::sample::select(good).boxed(),
+        _ => prop::sample::select(bad).boxed(),
+    };
+    prop::option::weighted(
+        0.1,
+        value.prop_map(move |v| (key.to_string(), v.to_string())),
+    )
+    .boxed()
 }
 
 fn annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
