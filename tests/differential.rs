@@ -71,8 +71,9 @@ const KNOWN: &[Known] = &[
     },
     Known {
         id: "resource-quantity-dash",
-        reason: "meshrev's fault: it refuses sidecar.istio.io/proxy{CPU,Memory}[Limit]: \"-\", which \
-                 Kubernetes' ParseQuantity (Istio's check) accepts as 0, and Istio injects a 0 limit",
+        reason: "meshrev's fault: it refuses sidecar.istio.io/proxy{CPU,Memory}[Limit] values \
+                 \"-\" and \"-1\", which Kubernetes' ParseQuantity (Istio's check) accepts (\"-\" as 0): \
+                 Istio injects them (the API server then refuses a negative quantity)",
         applies: |pod| {
             [
                 "proxyCPU",
@@ -81,7 +82,10 @@ const KNOWN: &[Known] = &[
                 "proxyMemoryLimit",
             ]
             .iter()
-            .any(|k| annotation(pod, &format!("sidecar.istio.io/{k}")) == Some("-"))
+            .any(|k| {
+                annotation(pod, &format!("sidecar.istio.io/{k}"))
+                    .is_some_and(|v| v.starts_with('-'))
+            })
         },
     },
     Known {
@@ -101,13 +105,19 @@ const KNOWN: &[Known] = &[
     },
     Known {
         id: "template-grpc-simple",
-        reason: "meshrev's fault (order): Istio puts grpc-bootstrap-init before the pod's own init \
-                 containers, meshrev after them",
+        reason: "meshrev's fault: Istio puts grpc-bootstrap-init before the pod's own init \
+                 containers (meshrev after them), and, with the pod's own istio-proxy, records the \
+                 app containers too in proxy.istio.io/overrides (the template lists them), meshrev \
+                 istio-proxy only",
         applies: |pod| {
-            templates(pod) == Some("grpc-simple")
-                && pod["spec"]["initContainers"]
+            let has = |list: &str, f: &dyn Fn(&Value) -> bool| {
+                pod["spec"][list]
                     .as_array()
-                    .is_some_and(|v| !v.is_empty())
+                    .is_some_and(|v| v.iter().any(f))
+            };
+            templates(pod) == Some("grpc-simple")
+                && (has("initContainers", &|_| true)
+                    || has("containers", &|c| c["name"] == "istio-proxy"))
         },
     },
     Known {
@@ -537,7 +547,7 @@ fn annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
     let all: Vec<BoxedStrategy<Option<(String, String)>>> = vec![
         maybe(
             "sidecar.istio.io/proxyCPU",
-            &["100m", "2", "0.5", "abc", ""],
+            &["100m", "2", "0.5", "abc", "", "-1"],
         ),
         maybe("sidecar.istio.io/proxyMemory", &["128Mi", "1Gi", "lots"]),
         maybe("sidecar.istio.io/proxyCPULimit", &["1", "500m", "x"]),
