@@ -643,6 +643,28 @@ fn annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
         maybe("sidecar.istio.io/nativeSidecar", &["true", "false"]),
         maybe("sidecar.istio.io/logLevel", &["debug", "warning"]),
         maybe("sidecar.istio.io/agentLogLevel", &["debug", "default:info"]),
+        maybe(
+            "sidecar.istio.io/componentLogLevel",
+            &["misc:error,upstream:debug"],
+        ),
+        maybe(
+            "sidecar.istio.io/proxyImage",
+            &["example/proxyv2:custom", "proxyv2"],
+        ),
+        maybe("sidecar.istio.io/enableCoreDump", &["true", "false"]),
+        maybe("prometheus.istio.io/merge-metrics", &["false", "true"]),
+        maybe(
+            "istio.io/reroute-virtual-interfaces",
+            &["net1", "net1,net2"],
+        ),
+        maybe(
+            "sidecar.istio.io/userVolume",
+            &[r#"{"extra":{"emptyDir":{}}}"#, "{"],
+        ),
+        maybe(
+            "sidecar.istio.io/userVolumeMount",
+            &[r#"{"extra":{"mountPath":"/extra"}}"#],
+        ),
     ];
     all.prop_map(|v| v.into_iter().flatten().collect())
 }
