@@ -24,12 +24,12 @@
 #[path = "support/normalize.rs"]
 mod normalize;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -211,15 +211,10 @@ impl Oracle {
     fn start() -> Oracle {
         let charts = charts();
         let bin = oracle_binary();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
         let mut child = Command::new(&bin)
             .arg("--charts")
             .arg(&charts)
-            .arg("--port")
-            .arg(port.to_string())
+            .args(["--port", "0"])
             .env("MESHREV_WATCH_STDIN", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -230,31 +225,37 @@ impl Oracle {
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
         // Istio logs every request at info: keep only the tail, for startup errors.
-        let (log_tx, log_rx) = mpsc::channel::<String>();
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let log = Arc::clone(&tail);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if log_tx.send(line).is_err() {
-                    break;
+                let mut t = log.lock().unwrap_or_else(|e| e.into_inner());
+                if t.len() == 20 {
+                    t.pop_front();
                 }
+                t.push_back(line);
             }
         });
+        // "ready 127.0.0.1:PORT" once it serves.
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            let ready = lines.any(|l| l.is_ok_and(|l| l.trim() == "ready"));
-            let _ = tx.send(ready);
+            let port = lines.by_ref().map_while(Result::ok).find_map(|l| {
+                let addr = l.trim().strip_prefix("ready ")?.to_string();
+                addr.rsplit(':').next()?.parse::<u16>().ok()
+            });
+            let _ = tx.send(port);
             for _ in lines {}
         });
-        let mut oracle = Oracle { child, stdin, port };
         match rx.recv_timeout(READY_DEADLINE) {
-            Ok(true) => oracle,
+            Ok(Some(port)) => Oracle { child, stdin, port },
             _ => {
-                let _ = oracle.child.kill();
-                let tail: Vec<String> = log_rx.try_iter().collect();
-                let tail = &tail[tail.len().saturating_sub(20)..];
+                let _ = child.kill();
+                let _ = child.wait();
+                let tail = tail.lock().unwrap_or_else(|e| e.into_inner());
                 panic!(
-                    "the Istio oracle did not become ready within {READY_DEADLINE:?}:\n{}",
-                    tail.join("\n")
+                    "the Istio oracle exited or did not print ready within {READY_DEADLINE:?}; its last log lines:\n{}",
+                    tail.iter().cloned().collect::<Vec<_>>().join("\n")
                 );
             }
         }

@@ -12,7 +12,7 @@
 //	POST /roundtrip  a Pod in, the same Pod as Go (and so the API server)
 //	                 serializes it out: Istio's patch is computed against that
 //
-// Prints "ready" on stdout once it serves. With MESHREV_WATCH_STDIN=1 it exits
+// Prints "ready 127.0.0.1:PORT" on stdout once it serves (--port 0 picks a free port). With MESHREV_WATCH_STDIN=1 it exits
 // when its stdin reaches EOF (its parent is gone), as tests/k8s does.
 // Built by tests/istio-oracle/build.sh into target/istio-oracle/oracle.
 package main
@@ -41,7 +41,7 @@ import (
 
 func main() {
 	charts := flag.String("charts", "", "an Istio release's manifests/ directory (charts/, profiles/)")
-	port := flag.Int("port", 0, "port to listen on (127.0.0.1)")
+	port := flag.Int("port", 0, "port to listen on (127.0.0.1); 0 picks a free one")
 	hub := flag.String("hub", "docker.io/istio", "proxy image hub")
 	tag := flag.String("tag", "1.30.3", "proxy image tag")
 	flag.Parse()
@@ -92,7 +92,8 @@ func main() {
 
 	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", *port))
 	check(err)
-	fmt.Println("ready")
+	// With --port 0 the kernel picks a free port: say which (no race with other processes).
+	fmt.Println("ready", ln.Addr().String())
 	log.Fatal(http.Serve(ln, mux))
 }
 
