@@ -90,11 +90,11 @@ const KNOWN: &[Known] = &[
     },
     Known {
         id: "template-gateway",
-        reason: "meshrev's fault: with the 1.30.3 gateway template Istio ignores the readiness and \
-                 interceptionMode annotations and does not truncate canonical-name; meshrev applies \
-                 them and truncates, and it rewrites app probes to /app-health without writing \
-                 ISTIO_KUBE_APP_PROBERS (a probe the agent cannot answer)",
-        applies: |pod| templates(pod) == Some("gateway"),
+        reason: "meshrev's fault: with the 1.30.3 gateway template Istio ignores the readiness, \
+                 interceptionMode and userVolume[Mount] annotations and does not truncate \
+                 canonical-name; meshrev applies them and truncates, and it rewrites app probes to \
+                 /app-health without writing ISTIO_KUBE_APP_PROBERS (a probe the agent cannot answer)",
+        applies: |pod| templates(pod) == Some("gateway") && gateway_differs(pod),
     },
     Known {
         id: "template-grpc-agent",
@@ -108,7 +108,8 @@ const KNOWN: &[Known] = &[
         reason: "meshrev's fault: Istio puts grpc-bootstrap-init before the pod's own init \
                  containers (meshrev after them), and, with the pod's own istio-proxy, records the \
                  app containers too in proxy.istio.io/overrides (the template lists them), meshrev \
-                 istio-proxy only",
+                 istio-proxy only; meshrev refuses a userVolume[Mount] that is not JSON, which \
+                 this template never reads",
         applies: |pod| {
             let has = |list: &str, f: &dyn Fn(&Value) -> bool| {
                 pod["spec"][list]
@@ -117,7 +118,10 @@ const KNOWN: &[Known] = &[
             };
             templates(pod) == Some("grpc-simple")
                 && (has("initContainers", &|_| true)
-                    || has("containers", &|c| c["name"] == "istio-proxy"))
+                    || has("containers", &|c| c["name"] == "istio-proxy")
+                    || ["userVolume", "userVolumeMount"]
+                        .iter()
+                        .any(|k| annotation(pod, &format!("sidecar.istio.io/{k}")) == Some("{")))
         },
     },
     Known {
@@ -141,6 +145,37 @@ const KNOWN: &[Known] = &[
         },
     },
 ];
+
+/// Whether a gateway pod has one of the features on which meshrev's gateway injection is
+/// known to differ: readiness, interceptionMode or userVolume[Mount] annotations, a canonical
+/// name over 63
+/// characters, or an app probe or hook that Istio rewrites.
+fn gateway_differs(pod: &Value) -> bool {
+    let ann = pod["metadata"]["annotations"].as_object();
+    let keyed = ann.is_some_and(|a| {
+        a.keys().any(|k| {
+            k.starts_with("readiness.status.sidecar.istio.io/")
+                || k == "sidecar.istio.io/interceptionMode"
+                || k.starts_with("sidecar.istio.io/userVolume")
+        })
+    });
+    let long = |v: &Value| v.as_str().is_some_and(|s| s.len() > 63);
+    let long_name = long(&pod["metadata"]["name"]) || long(&pod["metadata"]["labels"]["app"]);
+    let rewritten = pod["spec"]["containers"].as_array().is_some_and(|cs| {
+        cs.iter().any(|c| {
+            let probes = ["readinessProbe", "livenessProbe", "startupProbe"]
+                .iter()
+                .map(|p| &c[*p]);
+            let hooks = ["postStart", "preStop"].iter().map(|h| &c["lifecycle"][*h]);
+            probes.chain(hooks).any(|h| {
+                h.get("httpGet").is_some()
+                    || h.get("tcpSocket").is_some()
+                    || h.get("grpc").is_some()
+            })
+        })
+    });
+    keyed || long_name || rewritten
+}
 
 fn templates(pod: &Value) -> Option<&str> {
     annotation(pod, "inject.istio.io/templates")
