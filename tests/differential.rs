@@ -101,7 +101,21 @@ const KNOWN: &[Known] = &[
         reason: "meshrev's fault: the 1.30.3 grpc-agent template applies the readiness annotations, \
                  does not truncate canonical-name, and Istio records every container in \
                  proxy.istio.io/overrides; meshrev uses the defaults, truncates, records istio-proxy only",
-        applies: |pod| templates(pod) == Some("grpc-agent"),
+        applies: |pod| {
+            let readiness = pod["metadata"]["annotations"].as_object().is_some_and(|a| {
+                a.keys()
+                    .any(|k| k.starts_with("readiness.status.sidecar.istio.io/"))
+            });
+            let long = |v: &Value| v.as_str().is_some_and(|s| s.len() > 63);
+            let proxy = pod["spec"]["containers"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["name"] == "istio-proxy"));
+            templates(pod) == Some("grpc-agent")
+                && (readiness
+                    || proxy
+                    || long(&pod["metadata"]["name"])
+                    || long(&pod["metadata"]["labels"]["app"]))
+        },
     },
     Known {
         id: "template-grpc-simple",
