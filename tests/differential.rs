@@ -91,31 +91,20 @@ const KNOWN: &[Known] = &[
     Known {
         id: "template-gateway",
         reason: "meshrev's fault: with the 1.30.3 gateway template Istio ignores the readiness, \
-                 interceptionMode and userVolume[Mount] annotations and does not truncate \
-                 canonical-name; meshrev applies them and truncates, and it rewrites app probes to \
-                 /app-health without writing ISTIO_KUBE_APP_PROBERS (a probe the agent cannot answer)",
+                 interceptionMode, userVolume[Mount] and status-port annotations, puts istio-proxy \
+                 first under holdApplicationUntilProxyStarts and does not truncate canonical-name; \
+                 meshrev differs on each, and rewrites app probes to /app-health without writing \
+                 ISTIO_KUBE_APP_PROBERS (a probe the agent cannot answer)",
         applies: |pod| templates(pod) == Some("gateway") && gateway_differs(pod),
     },
     Known {
         id: "template-grpc-agent",
-        reason: "meshrev's fault: the 1.30.3 grpc-agent template applies the readiness annotations, \
-                 does not truncate canonical-name, and Istio records every container in \
-                 proxy.istio.io/overrides; meshrev uses the defaults, truncates, records istio-proxy only",
-        applies: |pod| {
-            let readiness = pod["metadata"]["annotations"].as_object().is_some_and(|a| {
-                a.keys()
-                    .any(|k| k.starts_with("readiness.status.sidecar.istio.io/"))
-            });
-            let long = |v: &Value| v.as_str().is_some_and(|s| s.len() > 63);
-            let proxy = pod["spec"]["containers"]
-                .as_array()
-                .is_some_and(|cs| cs.iter().any(|c| c["name"] == "istio-proxy"));
-            templates(pod) == Some("grpc-agent")
-                && (readiness
-                    || proxy
-                    || long(&pod["metadata"]["name"])
-                    || long(&pod["metadata"]["labels"]["app"]))
-        },
+        reason: "meshrev's fault: the 1.30.3 grpc-agent template applies the readiness and \
+                 userVolume annotations, keeps the proxy's probe, resources and mounts with \
+                 status port 0, puts istio-proxy first under holdApplicationUntilProxyStarts, and \
+                 does not truncate canonical-name; Istio records every container in \
+                 proxy.istio.io/overrides. meshrev does none of these",
+        applies: |pod| templates(pod) == Some("grpc-agent"),
     },
     Known {
         id: "template-grpc-simple",
@@ -161,8 +150,8 @@ const KNOWN: &[Known] = &[
 ];
 
 /// Whether a gateway pod has one of the features on which meshrev's gateway injection is
-/// known to differ: readiness, interceptionMode or userVolume[Mount] annotations, a canonical
-/// name over 63
+/// known to differ: readiness, interceptionMode, userVolume[Mount] or status-port annotations,
+/// holdApplicationUntilProxyStarts, a canonical name over 63
 /// characters, or an app probe or hook that Istio rewrites.
 fn gateway_differs(pod: &Value) -> bool {
     let ann = pod["metadata"]["annotations"].as_object();
@@ -171,8 +160,11 @@ fn gateway_differs(pod: &Value) -> bool {
             k.starts_with("readiness.status.sidecar.istio.io/")
                 || k == "sidecar.istio.io/interceptionMode"
                 || k.starts_with("sidecar.istio.io/userVolume")
+                || k == "status.sidecar.istio.io/port"
         })
     });
+    let hold = annotation(pod, "proxy.istio.io/config")
+        .is_some_and(|c| c.contains("holdApplicationUntilProxyStarts: true"));
     let long = |v: &Value| v.as_str().is_some_and(|s| s.len() > 63);
     let long_name = long(&pod["metadata"]["name"]) || long(&pod["metadata"]["labels"]["app"]);
     let rewritten = pod["spec"]["containers"].as_array().is_some_and(|cs| {
@@ -188,7 +180,7 @@ fn gateway_differs(pod: &Value) -> bool {
             })
         })
     });
-    keyed || long_name || rewritten
+    keyed || hold || long_name || rewritten
 }
 
 fn templates(pod: &Value) -> Option<&str> {
