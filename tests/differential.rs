@@ -71,9 +71,10 @@ const KNOWN: &[Known] = &[
     },
     Known {
         id: "resource-quantity-dash",
-        reason: "meshrev's fault: it refuses sidecar.istio.io/proxy{CPU,Memory}[Limit] values \
-                 \"-\" and \"-1\", which Kubernetes' ParseQuantity (Istio's check) accepts (\"-\" as 0): \
-                 Istio injects them (the API server then refuses a negative quantity)",
+        reason: "deliberate (the hostile-input issue): meshrev refuses negative \
+                 sidecar.istio.io/proxy{CPU,Memory}[Limit] values (\"-\", \"-1\"), naming the \
+                 annotation; Istio's check (ParseQuantity) accepts a sign and injects, and the API \
+                 server then refuses the pod with a less direct message",
         applies: |pod| {
             [
                 "proxyCPU",
@@ -89,12 +90,26 @@ const KNOWN: &[Known] = &[
         },
     },
     Known {
+        id: "resource-request-above-limit",
+        reason: "deliberate (the hostile-input issue): meshrev refuses a proxy request above its \
+                 limit (sidecar.istio.io/proxyCPU > proxyCPULimit, or memory), naming both \
+                 annotations; Istio injects and the API server then refuses the pod",
+        applies: |pod| {
+            ["CPU", "Memory"].iter().any(|r| {
+                let q = |k: String| annotation(pod, &k).and_then(quantity);
+                matches!(
+                    (q(format!("sidecar.istio.io/proxy{r}")), q(format!("sidecar.istio.io/proxy{r}Limit"))),
+                    (Some(a), Some(b)) if a > b
+                )
+            })
+        },
+    },
+    Known {
         id: "template-gateway",
         reason: "meshrev's fault: with the 1.30.3 gateway template Istio ignores the readiness, \
                  interceptionMode, userVolume[Mount] and status-port annotations, puts istio-proxy \
                  first under holdApplicationUntilProxyStarts and does not truncate canonical-name; \
-                 meshrev differs on each, and rewrites app probes to /app-health without writing \
-                 ISTIO_KUBE_APP_PROBERS (a probe the agent cannot answer)",
+                 meshrev differs on each",
         applies: |pod| templates(pod) == Some("gateway") && gateway_differs(pod),
     },
     Known {
@@ -134,19 +149,6 @@ const KNOWN: &[Known] = &[
                  drops them",
         applies: |pod| templates(pod).is_some_and(|t| t.contains(',')),
     },
-    Known {
-        id: "tproxy-user-proxy-run-as-user",
-        reason: "meshrev's fault: with TPROXY, Istio's adjustInitContainerUser resets the pod's own \
-                 istio-proxy runAsUser to 0 (it must run as root); meshrev keeps the pod's runAsUser",
-        applies: |pod| {
-            annotation(pod, "sidecar.istio.io/interceptionMode") == Some("TPROXY")
-                && pod["spec"]["containers"].as_array().is_some_and(|cs| {
-                    cs.iter().any(|c| {
-                        c["name"] == "istio-proxy" && c["securityContext"]["runAsUser"].is_i64()
-                    })
-                })
-        },
-    },
 ];
 
 /// Whether a gateway pod has one of the features on which meshrev's gateway injection is
@@ -185,6 +187,28 @@ fn gateway_differs(pod: &Value) -> bool {
 
 fn templates(pod: &Value) -> Option<&str> {
     annotation(pod, "inject.istio.io/templates")
+}
+
+/// A Kubernetes quantity in its base unit, for comparing a request with a limit.
+fn quantity(q: &str) -> Option<f64> {
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        _ => return None,
+    };
+    Some(n * mult)
 }
 
 fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {

@@ -102,9 +102,6 @@ fn gateway(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
         if let Some(mounts) = p.get_mut("volumeMounts").and_then(Value::as_array_mut) {
             mounts.retain(|m| m["name"] != "istio-ca-crl");
         }
-        if let Some(env) = p.get_mut("env").and_then(Value::as_array_mut) {
-            env.retain(|e| e["name"] != "ISTIO_KUBE_APP_PROBERS");
-        }
     }
     match pod["spec"]["containers"].as_array_mut() {
         Some(cs) => cs.push(proxy),
