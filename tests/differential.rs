@@ -96,7 +96,7 @@ const KNOWN: &[Known] = &[
                  annotations; Istio injects and the API server then refuses the pod",
         applies: |pod| {
             ["CPU", "Memory"].iter().any(|r| {
-                let q = |k: String| annotation(pod, &k).and_then(quantity);
+                let q = |k: String| annotation(pod, &k).and_then(meshrev::injector::quantity_value);
                 matches!(
                     (q(format!("sidecar.istio.io/proxy{r}")), q(format!("sidecar.istio.io/proxy{r}Limit"))),
                     (Some(a), Some(b)) if a > b
@@ -187,28 +187,6 @@ fn gateway_differs(pod: &Value) -> bool {
 
 fn templates(pod: &Value) -> Option<&str> {
     annotation(pod, "inject.istio.io/templates")
-}
-
-/// A Kubernetes quantity in its base unit, for comparing a request with a limit.
-fn quantity(q: &str) -> Option<f64> {
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        _ => return None,
-    };
-    Some(n * mult)
 }
 
 fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {

@@ -1175,8 +1175,9 @@ pub(crate) fn render_init_args(
     serde_json::to_string(&args).expect("strings must serialize")
 }
 
-/// A quantity's value in its base unit (cores, bytes), for comparing two of them.
-fn quantity_value(q: &str) -> Option<f64> {
+/// A Kubernetes quantity's value in its base unit (cores, bytes): `500m` → 0.5,
+/// `1Gi` → 1073741824. `None` when it is not a quantity.
+pub fn quantity_value(q: &str) -> Option<f64> {
     let split = q
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
         .unwrap_or(q.len());

@@ -158,33 +158,10 @@ fn proxy_image(img: &str) -> Option<&'static str> {
     (repo == "proxyv2").then_some("proxyv2")
 }
 
-/// A quantity as an exact number of milli-units, written in decimal: `2000m`, `2` → `2000`.
+/// A quantity as a number of milli-units, written in decimal: `2000m`, `2` → `2000`.
 fn canonical_quantity(q: &str) -> Option<String> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult: f64 = match suffix {
-        "" => 1.0,
-        "m" => 0.001,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
-        _ => return None,
-    };
-    Some(format!("{}", (n * mult * 1000.0).round() as i128))
+    let v = meshrev::injector::quantity_value(q.trim())?;
+    Some(format!("{}", (v * 1000.0).round() as i128))
 }
 
 /// One difference between two normalised values: the JSON path and both sides.
