@@ -1006,7 +1006,6 @@ fn write_patch(
         }
     };
     anns.push((Cow::Borrowed("sidecar.istio.io~1status"), status_json));
-    let anns: Vec<(&str, Cow<str>)> = anns.iter().map(|(k, v)| (&**k, v.clone())).collect();
     write_map(
         &mut ops,
         "/metadata/annotations",
@@ -1025,28 +1024,29 @@ fn remove_named<'n>(
     prefix: &str,
     names: impl Iterator<Item = &'n str>,
     hit: impl Fn(&str) -> bool,
-) -> usize {
-    let mut total = 0;
+) {
     let idx: Vec<usize> = names
         .enumerate()
-        .inspect(|_| total += 1)
         .filter(|(_, n)| hit(n))
         .map(|(i, _)| i)
         .collect();
-    let left = total - idx.len();
     for i in idx.into_iter().rev() {
         let i = i.to_string();
         ops.remove(&[prefix, &i]);
     }
-    left
 }
 
 /// Sets keys of a labels/annotations map: one `add` per key when the map exists, else one
 /// `add` of the whole map. Values are JSON text.
-fn write_map(ops: &mut Ops<'_>, path: &str, exists: bool, entries: &[(&str, Cow<str>)]) {
+fn write_map<K: AsRef<str>>(
+    ops: &mut Ops<'_>,
+    path: &str,
+    exists: bool,
+    entries: &[(K, Cow<str>)],
+) {
     if exists {
         for (k, v) in entries {
-            ops.raw(&[path, "/", k], v);
+            ops.raw(&[path, "/", k.as_ref()], v);
         }
     } else {
         ops.add(&[path], |o| {
@@ -1056,7 +1056,7 @@ fn write_map(ops: &mut Ops<'_>, path: &str, exists: bool, entries: &[(&str, Cow<
                     o.push(b',');
                 }
                 // Keys were pointer-escaped for paths; undo that for an object key.
-                push_str_json(o, &k.replace("~1", "/").replace("~0", "~"));
+                push_str_json(o, &k.as_ref().replace("~1", "/").replace("~0", "~"));
                 o.push(b':');
                 o.extend_from_slice(v.as_bytes());
             }

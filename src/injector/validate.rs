@@ -6,7 +6,7 @@ use super::pod::Meta;
 
 type Check = fn(&str) -> Result<(), String>;
 
-const CHECKS: [(&str, Check); 18] = [
+const CHECKS: [(&str, Check); 19] = [
     (
         super::templates::ANNOTATION_TEMPLATES,
         super::templates::validate,
@@ -40,11 +40,11 @@ const CHECKS: [(&str, Check); 18] = [
     ("sidecar.istio.io/proxyCPU", quantity),
     ("sidecar.istio.io/proxyMemory", quantity),
     ("sidecar.istio.io/proxyCPULimit", quantity),
+    ("sidecar.istio.io/proxyMemoryLimit", quantity),
 ];
 
 /// Annotations that are written into the sidecar as they are.
-const VERBATIM: [&str; 6] = [
-    "sidecar.istio.io/proxyMemoryLimit",
+const VERBATIM: [&str; 5] = [
     "traffic.sidecar.istio.io/includeOutboundPorts",
     "sidecar.istio.io/proxyImage",
     "sidecar.istio.io/logLevel",
@@ -64,17 +64,10 @@ pub fn annotations(meta: &Meta<'_>) -> Result<(), String> {
         }
     }
     for key in VERBATIM {
-        if let Some(v) = meta.annotation(key) {
-            let r = no_control(v).and_then(|()| {
-                if key == "sidecar.istio.io/proxyMemoryLimit" {
-                    quantity(v)
-                } else {
-                    Ok(())
-                }
-            });
-            if let Err(e) = r {
-                errors.push(format!("annotation {key}: {v:?}: {e}"));
-            }
+        if let Some(v) = meta.annotation(key)
+            && let Err(e) = no_control(v)
+        {
+            errors.push(format!("annotation {key}: {v:?}: {e}"));
         }
     }
     if errors.is_empty() {
