@@ -14,7 +14,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so that tests with a paused clock pass deadlines without waiting.
+use tokio::time::Instant;
 
 use kube::Client;
 
