@@ -465,24 +465,29 @@ async fn rollout(client: &Client, options: ops::RolloutOptions) -> anyhow::Resul
     Ok(())
 }
 
-/// Prints one event as the line the user sees.
+/// Prints one event as the lines the user sees.
 fn print_event(event: ops::Event) {
+    println!("{}", render_event(&event));
+}
+
+/// The lines the user sees for one event (without the final newline).
+fn render_event(event: &ops::Event) -> String {
     use ops::Event as E;
     match event {
         E::RevisionCreated {
             name,
             version,
             proxy_image,
-        } => println!("MeshRevision {name} created (version {version}, proxy image {proxy_image})"),
-        E::RevisionExists { name } => println!("MeshRevision {name} exists already"),
-        E::TagCreated { tag, revision } => println!("RevisionTag {tag} → {revision} created"),
-        E::TagExists { tag, revision } => println!("RevisionTag {tag} → {revision} exists already"),
+        } => format!("MeshRevision {name} created (version {version}, proxy image {proxy_image})"),
+        E::RevisionExists { name } => format!("MeshRevision {name} exists already"),
+        E::TagCreated { tag, revision } => format!("RevisionTag {tag} → {revision} created"),
+        E::TagExists { tag, revision } => format!("RevisionTag {tag} → {revision} exists already"),
         E::Relabelled {
             namespace,
             before,
             after,
             revision,
-        } => println!(
+        } => format!(
             "namespace {namespace}: {} → {} (new pods get revision {revision})",
             before.describe(),
             after.describe()
@@ -491,63 +496,63 @@ fn print_event(event: ops::Event) {
             namespace,
             labels,
             revision,
-        } => println!(
+        } => format!(
             "namespace {namespace} has {} already (revision {revision})",
             labels.describe()
         ),
         E::Redeploy { namespace, targets } => {
             if targets.is_empty() {
-                println!("No workload in {namespace} needs a redeploy.");
-                return;
+                return format!("No workload in {namespace} needs a redeploy.");
             }
-            println!(
+            let mut out = format!(
                 "{} workload(s) in {namespace} must be redeployed for their pods to get the new sidecar:",
                 targets.len()
             );
-            for w in &targets {
-                println!(
-                    "  {}/{}: {} → {}",
+            for w in targets {
+                out.push_str(&format!(
+                    "\n  {}/{}: {} → {}",
                     w.kind.to_ascii_lowercase(),
                     w.name,
                     ops::describe_revisions(w),
                     w.target.revision().unwrap_or("-")
-                );
+                ));
             }
+            out
         }
         E::StableMoved { revision, previous } => {
-            println!("[1/3] tag stable → {revision} (was {previous})")
+            format!("[1/3] tag stable → {revision} (was {previous})")
         }
         E::StableAlreadyMoved { revision } => {
-            println!("[1/3] tag stable → {revision}: done already")
+            format!("[1/3] tag stable → {revision}: done already")
         }
-        E::NoCanaryNamespaces => println!("[2/3] no namespace is labelled {LABEL_REV}=canary"),
+        E::NoCanaryNamespaces => format!("[2/3] no namespace is labelled {LABEL_REV}=canary"),
         E::NamespacePromoted { namespace } => {
-            println!("[2/3] namespace {namespace}: {LABEL_REV}=canary → {LABEL_REV}=stable")
+            format!("[2/3] namespace {namespace}: {LABEL_REV}=canary → {LABEL_REV}=stable")
         }
-        E::TagDeleted { tag, existed: true } => println!("[3/3] tag {tag} deleted"),
+        E::TagDeleted { tag, existed: true } => format!("[3/3] tag {tag} deleted"),
         E::TagDeleted {
             tag,
             existed: false,
-        } => println!("[3/3] tag {tag}: deleted already"),
+        } => format!("[3/3] tag {tag}: deleted already"),
         E::RevisionDeleted {
             name,
             existed: true,
-        } => println!("MeshRevision {name} deleted"),
+        } => format!("MeshRevision {name} deleted"),
         E::RevisionDeleted {
             name,
             existed: false,
-        } => println!("MeshRevision {name}: deleted already"),
-        E::Batch { index, count } => println!("batch {index}/{count}:"),
+        } => format!("MeshRevision {name}: deleted already"),
+        E::Batch { index, count } => format!("batch {index}/{count}:"),
         E::Skipped {
             workload,
             why: ops::SkipWhy::Paused,
-        } => println!(
+        } => format!(
             "  skipped {workload}: the Deployment is paused (kubectl rollout resume, then rerun)"
         ),
         E::Skipped {
             workload,
             why: ops::SkipWhy::OnDelete,
-        } => println!(
+        } => format!(
             "  skipped {workload}: updateStrategy OnDelete; delete its pods by hand to upgrade them"
         ),
         E::Restarted {
@@ -556,11 +561,11 @@ fn print_event(event: ops::Event) {
             workload,
             from,
             to,
-        } => println!("  [{index}/{total}] restarted {workload}: {from} → {to}"),
+        } => format!("  [{index}/{total}] restarted {workload}: {from} → {to}"),
         E::RolledOut { workload, after } => {
-            println!("      {workload}: rolled out ({:.1}s)", after.as_secs_f64())
+            format!("      {workload}: rolled out ({:.1}s)", after.as_secs_f64())
         }
-        E::Waiting { workload, why } => println!("      {workload}: {why}"),
+        E::Waiting { workload, why } => format!("      {workload}: {why}"),
     }
 }
 
@@ -638,5 +643,129 @@ mod tests {
         ));
         assert!(T::try_parse_from(["x", "status", "-o", "yaml"]).is_ok());
         assert!(T::try_parse_from(["x", "status", "-o", "xml"]).is_err());
+    }
+
+    #[test]
+    fn flags_become_plain_options_before_any_call() {
+        let parse = |args: &[&str]| {
+            let t = T::try_parse_from(args).expect("clap accepts it");
+            Command::parse(t.args.command)
+        };
+        let Ok(Command::Rollout(o)) = parse(&[
+            "x",
+            "rollout",
+            "-n",
+            "default",
+            "--workload",
+            "statefulset/db",
+            "--timeout",
+            "1h30m",
+            "--max-in-flight",
+            "3",
+        ]) else {
+            panic!("rollout options")
+        };
+        assert_eq!(o.namespace.as_deref(), Some("default"));
+        assert_eq!(
+            o.workload,
+            Some((WorkloadKind::StatefulSet, "db".to_string()))
+        );
+        assert_eq!(o.restart.timeout, std::time::Duration::from_secs(5400));
+        assert_eq!(o.restart.max_in_flight, 3);
+        let err = |args: &[&str]| match parse(args) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{args:?} must be refused"),
+        };
+        assert!(
+            err(&["x", "rollout", "--workload", "job/x"])
+                .contains("deployment, statefulset or daemonset")
+        );
+        assert!(err(&["x", "rollout", "--workload", "x"]).contains("KIND/NAME"));
+        assert!(err(&["x", "rollout", "--timeout", "10x"]).contains("duration"));
+        assert!(
+            err(&[
+                "x",
+                "canary",
+                "--revision",
+                "r",
+                "--version",
+                "1.23.6",
+                "--proxy-image",
+                "a b"
+            ])
+            .contains("--proxy-image")
+        );
+    }
+
+    /// The lines the end-to-end test looks for, from the events that produce them.
+    #[test]
+    fn events_render_as_before() {
+        use crate::upgrade::view::NamespaceLabels;
+        use ops::Event as E;
+        let cases = [
+            (
+                E::TagCreated {
+                    tag: "canary".into(),
+                    revision: "1-23-6".into(),
+                },
+                "RevisionTag canary → 1-23-6 created",
+            ),
+            (
+                E::Relabelled {
+                    namespace: "default".into(),
+                    before: NamespaceLabels::injection_enabled(),
+                    after: NamespaceLabels::rev("canary"),
+                    revision: "1-23-6".into(),
+                },
+                "namespace default: istio-injection=enabled → istio.io/rev=canary (new pods get revision 1-23-6)",
+            ),
+            (
+                E::Redeploy {
+                    namespace: "legacy".into(),
+                    targets: Vec::new(),
+                },
+                "No workload in legacy needs a redeploy.",
+            ),
+            (
+                E::StableMoved {
+                    revision: "1-23-6".into(),
+                    previous: "1-22-6".into(),
+                },
+                "[1/3] tag stable → 1-23-6 (was 1-22-6)",
+            ),
+            (
+                E::NamespacePromoted {
+                    namespace: "default".into(),
+                },
+                "[2/3] namespace default: istio.io/rev=canary → istio.io/rev=stable",
+            ),
+            (
+                E::TagDeleted {
+                    tag: "canary".into(),
+                    existed: true,
+                },
+                "[3/3] tag canary deleted",
+            ),
+            (
+                E::RevisionDeleted {
+                    name: "1-22-6".into(),
+                    existed: true,
+                },
+                "MeshRevision 1-22-6 deleted",
+            ),
+            (
+                E::Restarted {
+                    index: 1,
+                    total: 6,
+                    workload: "deployment default/reviews-v2".into(),
+                    from: "1-23-6".into(),
+                    to: "1-22-6".into(),
+                },
+                "  [1/6] restarted deployment default/reviews-v2: 1-23-6 → 1-22-6",
+            ),
+        ];
+        for (event, line) in cases {
+            assert_eq!(render_event(&event), line);
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! why ([`PlannedCall`]), plus what the report needs. `execute_*` makes those calls,
 //! reporting each one as an [`Event`] to a sink as it happens (a rollout takes minutes),
 //! and returns an outcome: what changed. Read-only steps (`status`, `verify`) return a
-//! report. Nothing here prints, parses flags or knows clap: the CLI ([`super::cli`]) builds
+//! report. Nothing here prints, parses flags or knows clap: the CLI (`upgrade::cli`) builds
 //! the options, renders events and outcomes, and asks for confirmation.
 //!
 //! State: none is kept between calls. The cluster owns every object; a plan is a snapshot
@@ -377,12 +377,19 @@ pub async fn plan_canary(client: &Client, options: CanaryOptions) -> Result<Cana
     })
 }
 
+/// What `canary` created (`false`: it existed already).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CanaryOutcome {
+    pub revision_created: bool,
+    pub tag_created: bool,
+}
+
 /// Creates the canary's revision and tag (each only if the plan says so).
 pub async fn execute_canary(
     client: &Client,
     plan: &CanaryPlan,
     sink: Sink<'_>,
-) -> Result<(), OpError> {
+) -> Result<CanaryOutcome, OpError> {
     let o = &plan.options;
     if plan.create_revision {
         let spec = MeshRevisionSpec {
@@ -415,7 +422,10 @@ pub async fn execute_canary(
             revision: o.revision.clone(),
         });
     }
-    Ok(())
+    Ok(CanaryOutcome {
+        revision_created: plan.create_revision,
+        tag_created: plan.create_tag,
+    })
 }
 
 // ---- switch and rollback ----
@@ -793,12 +803,13 @@ impl RolloutPlan {
     pub fn scoped(&self) -> bool {
         self.options.namespace.is_some() || self.options.workload.is_some()
     }
+}
 
-    fn needs(&self) -> Needs {
-        match &self.options.namespace {
-            Some(ns) => Needs::namespace(ns),
-            None => Needs::all(),
-        }
+/// What `rollout` lists: one namespace, or the whole cluster.
+fn rollout_needs(namespace: Option<&str>) -> Needs {
+    match namespace {
+        Some(ns) => Needs::namespace(ns),
+        None => Needs::all(),
     }
 }
 
@@ -808,11 +819,7 @@ pub async fn plan_rollout(
     client: &Client,
     options: RolloutOptions,
 ) -> Result<RolloutPlan, OpError> {
-    let needs = match &options.namespace {
-        Some(ns) => Needs::namespace(ns),
-        None => Needs::all(),
-    };
-    let view = cluster::load_view(client, &needs).await?;
+    let view = cluster::load_view(client, &rollout_needs(options.namespace.as_deref())).await?;
     if let Some(ns) = &options.namespace
         && !view.namespaces.contains_key(ns)
     {
@@ -897,7 +904,8 @@ pub async fn execute_rollout(
         });
     }
     // Every rollout completed: check the new pods run the revision that was expected.
-    let after = cluster::load_view(client, &plan.needs()).await?;
+    let after =
+        cluster::load_view(client, &rollout_needs(plan.options.namespace.as_deref())).await?;
     let mut wrong = Vec::new();
     for (id, expected) in &restarted {
         for p in after
@@ -1135,20 +1143,25 @@ pub async fn plan_unpublish(
     })
 }
 
-/// Deletes the plan's revisions.
+/// Deletes the plan's revisions; returns those this run deleted (the others were gone
+/// already).
 pub async fn execute_unpublish(
     client: &Client,
     plan: &UnpublishPlan,
     sink: Sink<'_>,
-) -> Result<(), OpError> {
+) -> Result<Vec<String>, OpError> {
+    let mut deleted = Vec::new();
     for (r, forced) in &plan.revisions {
         let existed = cluster::delete_revision(client, r, *forced).await?;
+        if existed {
+            deleted.push(r.clone());
+        }
         sink(Event::RevisionDeleted {
             name: r.clone(),
             existed,
         });
     }
-    Ok(())
+    Ok(deleted)
 }
 
 // ---- revoke ----
@@ -1193,25 +1206,36 @@ pub async fn plan_revoke(client: &Client) -> Result<Option<RevokePlan>, OpError>
     }))
 }
 
+/// What `revoke` deleted (`false`: gone already, or not planned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevokeOutcome {
+    pub tag_deleted: bool,
+    pub revision_deleted: bool,
+}
+
 /// Deletes tag canary and the canary's revision.
 pub async fn execute_revoke(
     client: &Client,
     plan: &RevokePlan,
     sink: Sink<'_>,
-) -> Result<(), OpError> {
+) -> Result<RevokeOutcome, OpError> {
+    let mut tag_deleted = false;
     if plan.steps.delete_tag {
-        let existed = cluster::delete_tag(client, TAG_CANARY).await?;
+        tag_deleted = cluster::delete_tag(client, TAG_CANARY).await?;
         sink(Event::TagDeleted {
             tag: TAG_CANARY.into(),
-            existed,
+            existed: tag_deleted,
         });
     }
-    let existed = cluster::delete_revision(client, &plan.steps.revision, false).await?;
+    let revision_deleted = cluster::delete_revision(client, &plan.steps.revision, false).await?;
     sink(Event::RevisionDeleted {
         name: plan.steps.revision.clone(),
-        existed,
+        existed: revision_deleted,
     });
-    Ok(())
+    Ok(RevokeOutcome {
+        tag_deleted,
+        revision_deleted,
+    })
 }
 
 #[cfg(test)]

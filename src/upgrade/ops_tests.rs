@@ -501,7 +501,13 @@ async fn canary_creates_the_revision_then_the_tag() {
     assert!(writes(&c).is_empty(), "planning writes nothing");
 
     let (r, events) = with_events!(events, |s| execute_canary(&client, &plan, s));
-    r.expect("execute");
+    assert_eq!(
+        r.expect("execute"),
+        CanaryOutcome {
+            revision_created: true,
+            tag_created: true
+        }
+    );
     let c = calls(&fake);
     assert_eq!(
         writes(&c),
@@ -618,7 +624,6 @@ async fn switch_relabels_the_namespace_and_restarts_what_runs_another_revision()
         c[0].body.as_ref().expect("a body"),
         &json!({"metadata": {"labels": {"istio-injection": null, "istio.io/rev": "canary"}}})
     );
-    assert_eq!(c[0].query.get("fieldManager"), None);
     let probe = c[2].body.as_ref().expect("a body");
     assert_eq!(probe["metadata"]["generateName"], "meshrev-probe-");
     assert_eq!(probe["metadata"]["namespace"], "default");
@@ -855,7 +860,7 @@ async fn unpublish_deletes_the_old_revision() {
     let c = take_calls(&fake);
     assert_eq!(reads(&c), view_reads(&needs));
     let (r, events) = with_events!(events, |s| execute_unpublish(&client, &plan, s));
-    r.expect("execute");
+    assert_eq!(r.expect("execute"), ["1-22-6"]);
     let c = calls(&fake);
     assert_eq!(
         writes(&c),
@@ -957,7 +962,13 @@ async fn revoke_deletes_the_canary_tag_then_its_revision() {
     let c = take_calls(&fake);
     assert_eq!(reads(&c), view_reads(&Needs::all()));
     let (r, events) = with_events!(events, |s| execute_revoke(&client, &plan, s));
-    r.expect("execute");
+    assert_eq!(
+        r.expect("execute"),
+        RevokeOutcome {
+            tag_deleted: true,
+            revision_deleted: true
+        }
+    );
     let c = calls(&fake);
     assert_eq!(
         writes(&c),
