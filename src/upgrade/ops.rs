@@ -66,7 +66,7 @@ pub enum OpError {
         /// `namespace/pod (phase)`.
         not_ready: Vec<String>,
     },
-    #[error("namespace {namespace} does not exist")]
+    #[error("namespace {namespace} does not exist\nfix: check the name (kubectl get namespaces)")]
     NamespaceNotFound { namespace: String },
     #[error("{}/{name} not found in the mesh{} (see meshrev upgrade status)", kind.as_str().to_ascii_lowercase(), namespace.as_ref().map(|n| format!(" in namespace {n}")).unwrap_or_default())]
     WorkloadNotFound {
@@ -90,7 +90,9 @@ pub enum OpError {
         /// What the last dry-run pod showed.
         last: String,
     },
-    #[error("rollout of {workload} failed: {why}")]
+    #[error(
+        "rollout of {workload} failed: {why}\nfix: see kubectl rollout status and the pods' events; rerun meshrev upgrade rollout once it is fixed"
+    )]
     RolloutFailed { workload: WorkloadId, why: String },
     #[error(
         "timed out after {}s waiting for: {}\nfix: see kubectl rollout status and the pods' events; rerun meshrev upgrade rollout to continue",

@@ -1069,3 +1069,100 @@ async fn a_tag_deleted_already_is_not_an_error() {
     );
     assert_eq!(writes(&calls(&fake)).len(), 3);
 }
+
+#[tokio::test]
+async fn an_interrupted_promotion_resumes_where_it_stopped() {
+    let mut f = canary_mesh();
+    // Step 1 was done: stable → 1-23-6, recording 1-22-6; default still says canary.
+    f.objects.0.insert(
+        "revisiontags".into(),
+        vec![
+            tag("stable", "1-23-6", Some("1-22-6")),
+            tag("canary", "1-23-6", None),
+        ],
+    );
+    let (client, fake) = serve(f);
+    let plan = plan_promote(&client).await.expect("plan");
+    assert!(!plan.steps.move_stable);
+    assert_eq!(plan.steps.previous, "1-22-6");
+    take_calls(&fake);
+    let (r, events) = with_events!(events, |s| execute_promote(&client, &plan, s));
+    r.expect("execute");
+    let c = calls(&fake);
+    assert_eq!(
+        writes(&c),
+        vec![
+            "PATCH /api/v1/namespaces/default".to_string(),
+            format!("DELETE {MESHREV}/revisiontags/canary"),
+        ]
+    );
+    assert_eq!(writes(&c), planned(&plan.calls()));
+    assert_eq!(
+        events[0],
+        Event::StableAlreadyMoved {
+            revision: "1-23-6".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn rollout_skips_a_paused_deployment_without_touching_it() {
+    let mut f = promoted_mesh();
+    if let Some(d) = f.objects.find("deployments", Some("other"), "details") {
+        d["spec"]["paused"] = json!(true);
+    }
+    f.inject = Some("1-23-6".into());
+    let (client, fake) = serve(f);
+    let options = RolloutOptions {
+        namespace: Some("other".into()),
+        workload: None,
+        restart: RestartOptions {
+            max_in_flight: 1,
+            wait: false,
+            timeout: Duration::from_secs(60),
+        },
+    };
+    let plan = plan_rollout(&client, options).await.expect("plan");
+    assert_eq!(plan.targets.len(), 1);
+    assert!(
+        plan.calls().is_empty(),
+        "a paused Deployment is not restarted"
+    );
+    let c = take_calls(&fake);
+    assert_eq!(reads(&c), view_reads(&Needs::namespace("other")));
+    let (r, events) = with_events!(events, |s| execute_rollout(&client, &plan, s));
+    assert!(r.expect("execute").restarted.is_empty());
+    assert!(
+        calls(&fake).is_empty(),
+        "no template read, no probe, no restart"
+    );
+    assert_eq!(
+        events,
+        vec![Event::Skipped {
+            workload: "deployment other/details".into(),
+            why: SkipWhy::Paused
+        }]
+    );
+}
+
+#[tokio::test]
+async fn rollout_of_a_missing_workload_names_it() {
+    let (client, fake) = serve(promoted_mesh());
+    let options = RolloutOptions {
+        namespace: Some("other".into()),
+        workload: Some((WorkloadKind::Deployment, "nope".into())),
+        restart: RestartOptions {
+            max_in_flight: 1,
+            wait: false,
+            timeout: Duration::from_secs(60),
+        },
+    };
+    let err = plan_rollout(&client, options)
+        .await
+        .expect_err("no such workload");
+    assert_eq!(
+        err.to_string(),
+        "deployment/nope not found in the mesh in namespace other (see meshrev upgrade status)"
+    );
+    assert!(writes(&calls(&fake)).is_empty());
+}
