@@ -27,6 +27,10 @@ pub struct UpgradeArgs {
     /// Kubeconfig context to use (default: the current context).
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
+    /// Print the API calls the step would make, and why, and make none (after the same
+    /// reads and guards as a real run).
+    #[arg(long, global = true)]
+    pub dry_run: bool,
     #[command(subcommand)]
     pub command: UpgradeCommand,
 }
@@ -170,7 +174,7 @@ pub struct RevokeArgs {}
 pub async fn run(args: UpgradeArgs) -> anyhow::Result<()> {
     let command = Command::parse(args.command)?;
     let client = client(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
-    command.run(&client).await
+    command.run(&client, args.dry_run).await
 }
 
 /// A subcommand with its flags checked and turned into the operation's plain options.
@@ -235,7 +239,7 @@ impl Command {
         })
     }
 
-    async fn run(self, client: &Client) -> anyhow::Result<()> {
+    async fn run(self, client: &Client, dry_run: bool) -> anyhow::Result<()> {
         match self {
             Command::Status(output) => {
                 let report = ops::status(client).await?;
@@ -247,6 +251,10 @@ impl Command {
             }
             Command::Canary(options) => {
                 let plan = ops::plan_canary(client, options).await?;
+                if dry_run {
+                    print_plan(&plan.calls());
+                    return Ok(());
+                }
                 ops::execute_canary(client, &plan, &mut print_event).await?;
                 let o = &plan.options;
                 println!(
@@ -263,18 +271,26 @@ impl Command {
                 restart,
             } => {
                 let plan = ops::plan_switch(client, &namespace, to, restart).await?;
+                if dry_run {
+                    print_plan(&plan.calls());
+                    return Ok(());
+                }
                 relabel(client, &plan).await?;
             }
             Command::Rollback { namespace, restart } => {
                 let plan = ops::plan_rollback(client, &namespace, restart).await?;
+                if dry_run {
+                    print_plan(&plan.calls());
+                    return Ok(());
+                }
                 relabel(client, &plan).await?;
                 println!(
                     "When no namespace uses the canary any more: meshrev upgrade revoke (see meshrev upgrade status)."
                 );
             }
             Command::Verify => verify(client).await?,
-            Command::Promote { yes } => promote(client, yes).await?,
-            Command::Rollout(options) => rollout(client, options).await?,
+            Command::Promote { yes } => promote(client, yes, dry_run).await?,
+            Command::Rollout(options) => rollout(client, options, dry_run).await?,
             Command::Unpublish { revision, force } => {
                 let plan = ops::plan_unpublish(client, revision.as_deref(), force).await?;
                 if plan.revisions.is_empty() {
@@ -287,6 +303,10 @@ impl Command {
                 for w in &plan.warnings {
                     println!("warning: {w}");
                 }
+                if dry_run {
+                    print_plan(&plan.calls());
+                    return Ok(());
+                }
                 ops::execute_unpublish(client, &plan, &mut print_event).await?;
                 println!(
                     "The upgrade is complete: {} is the only revision in use.",
@@ -298,6 +318,10 @@ impl Command {
                     println!("Nothing to revoke: there is no canary.");
                     return Ok(());
                 };
+                if dry_run {
+                    print_plan(&plan.calls());
+                    return Ok(());
+                }
                 ops::execute_revoke(client, &plan, &mut |e| match e {
                     // Revoke says nothing of a revision an earlier run deleted already.
                     ops::Event::RevisionDeleted { existed: false, .. } => {}
@@ -392,7 +416,7 @@ async fn verify(client: &Client) -> anyhow::Result<()> {
 }
 
 /// `promote` asks for `--yes` (the promotion cannot be revoked), showing what it would do.
-async fn promote(client: &Client, yes: bool) -> anyhow::Result<()> {
+async fn promote(client: &Client, yes: bool, dry_run: bool) -> anyhow::Result<()> {
     let plan = ops::plan_promote(client).await?;
     let s = &plan.steps;
     if plan.is_done() {
@@ -400,6 +424,10 @@ async fn promote(client: &Client, yes: bool) -> anyhow::Result<()> {
             "Promotion of {} is complete already (tag stable → {}, promoted from {}). Next: meshrev upgrade rollout --wait",
             s.revision, s.revision, s.previous
         );
+        return Ok(());
+    }
+    if dry_run {
+        print_plan(&plan.calls());
         return Ok(());
     }
     if !yes {
@@ -423,7 +451,11 @@ async fn promote(client: &Client, yes: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn rollout(client: &Client, options: ops::RolloutOptions) -> anyhow::Result<()> {
+async fn rollout(
+    client: &Client,
+    options: ops::RolloutOptions,
+    dry_run: bool,
+) -> anyhow::Result<()> {
     let plan = ops::plan_rollout(client, options).await?;
     if let Some(one) = &plan.up_to_date {
         println!(
@@ -442,6 +474,11 @@ async fn rollout(client: &Client, options: ops::RolloutOptions) -> anyhow::Resul
     }
     if plan.targets.is_empty() {
         println!("Nothing to roll out: every workload runs the revision its namespace selects.");
+        return Ok(());
+    }
+    if dry_run {
+        print_plan(&plan.calls());
+        println!("(each restart waits until a dry-run pod of the workload gets its new revision)");
         return Ok(());
     }
     println!(
@@ -463,6 +500,22 @@ async fn rollout(client: &Client, options: ops::RolloutOptions) -> anyhow::Resul
         println!("Next: meshrev upgrade unpublish");
     }
     Ok(())
+}
+
+/// `--dry-run`: the calls a plan would make, and why.
+fn print_plan(calls: &[ops::PlannedCall]) {
+    print!("{}", render_plan(calls));
+}
+
+fn render_plan(calls: &[ops::PlannedCall]) -> String {
+    if calls.is_empty() {
+        return "Dry run: no change to make.\n".into();
+    }
+    let mut out = format!("Dry run: {} API call(s) would be made:\n", calls.len());
+    for c in calls {
+        out.push_str(&format!("  {c}\n"));
+    }
+    out
 }
 
 /// Prints one event as the lines the user sees.
@@ -694,6 +747,24 @@ mod tests {
                 "a b"
             ])
             .contains("--proxy-image")
+        );
+    }
+
+    #[test]
+    fn dry_run_is_global_and_prints_the_plan() {
+        let t = T::try_parse_from(["x", "promote", "--dry-run"]).expect("parses");
+        assert!(t.args.dry_run);
+        let t = T::try_parse_from(["x", "--dry-run", "revoke"]).expect("parses");
+        assert!(t.args.dry_run);
+        assert_eq!(render_plan(&[]), "Dry run: no change to make.\n");
+        let calls = [ops::PlannedCall {
+            verb: ops::Verb::Delete,
+            object: ops::Object::RevisionTag("canary".into()),
+            why: "the canary is stable now".into(),
+        }];
+        assert_eq!(
+            render_plan(&calls),
+            "Dry run: 1 API call(s) would be made:\n  DELETE RevisionTag canary: the canary is stable now\n"
         );
     }
 

@@ -1,7 +1,7 @@
 //! The Kubernetes calls of the upgrade tooling: LISTs that build a [`MeshView`], the patches
 //! each step makes, rolling restarts and the injector probe.
 //!
-//! This is the seam between the upgrade operations ([`super::ops`]) and the API server:
+//! This is the seam between the upgrade operations (`upgrade::ops`) and the API server:
 //! every call goes through the [`kube::Client`] it is given, so unit tests drive it with a
 //! mock API server (a client over `tower_test::mock::pair`, see `ops`' tests). Nothing here
 //! keeps state between calls; the cluster owns every object, and each function changes only
@@ -132,8 +132,8 @@ where
 /// A failed Kubernetes call of the upgrade tooling. Each names the object and the fix.
 ///
 /// The message carries the API server's own message (which, for a refusal by a webhook,
-/// names its blockers and fix); the `kube::Error` is kept for classification
-/// ([`ClusterError::status_code`]) rather than repeated as a `source`.
+/// names its blockers and fix); the `kube::Error` is kept for classification by status
+/// code rather than repeated as a `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// Listing meshrev's own resources got 404: the CRDs are not installed.
@@ -166,18 +166,6 @@ impl ClusterError {
         match self {
             ClusterError::Api { error, .. } => describe(error),
             other => other.to_string(),
-        }
-    }
-
-    /// The HTTP status the API server answered with, if it answered.
-    pub fn status_code(&self) -> Option<u16> {
-        match self {
-            ClusterError::Api {
-                error: kube::Error::Api(s),
-                ..
-            } => Some(s.code),
-            ClusterError::CrdsMissing { .. } => Some(404),
-            _ => None,
         }
     }
 }

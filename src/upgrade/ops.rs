@@ -31,12 +31,12 @@ use super::status::StatusReport;
 use super::view::{MeshView, NamespaceLabels, PodInfo, WorkloadId, WorkloadKind, WorkloadState};
 
 /// How long to wait for the injector to pick up a label or tag change before restarting.
-pub const INJECTOR_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const INJECTOR_DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(500);
 
 /// Why an operation stopped. Each names the objects concerned and the fix.
 #[derive(Debug, thiserror::Error)]
-pub enum OpError {
+pub(crate) enum OpError {
     /// A guard refused the step (its blockers and fix are in the refusal).
     #[error(transparent)]
     Refused(#[from] Refusal),
@@ -116,7 +116,7 @@ pub enum OpError {
 
 /// The object a planned call acts on.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Object {
+pub(crate) enum Object {
     MeshRevision(String),
     RevisionTag(String),
     Namespace(String),
@@ -136,7 +136,7 @@ impl fmt::Display for Object {
 
 /// The HTTP method of a planned call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verb {
+pub(crate) enum Verb {
     Create,
     Patch,
     Delete,
@@ -155,7 +155,7 @@ impl Verb {
 
 /// One mutating API call a plan will make, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlannedCall {
+pub(crate) struct PlannedCall {
     pub verb: Verb,
     pub object: Object,
     pub why: String,
@@ -179,7 +179,7 @@ impl fmt::Display for PlannedCall {
 
 /// What happened during `execute_*`, reported as it happens.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     RevisionCreated {
         name: String,
         version: String,
@@ -271,7 +271,7 @@ pub enum Event {
 
 /// Why a rollout skipped a workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SkipWhy {
+pub(crate) enum SkipWhy {
     /// The Deployment is paused.
     Paused,
     /// `updateStrategy: OnDelete`.
@@ -279,10 +279,10 @@ pub enum SkipWhy {
 }
 
 /// Where execution reports its [`Event`]s (the CLI prints them; tests collect them).
-pub type Sink<'a> = &'a mut (dyn FnMut(Event) + Send);
+pub(crate) type Sink<'a> = &'a mut (dyn FnMut(Event) + Send);
 
 /// `1-22-6`, or `1-22-6:1,1-23-6:2` when mixed: the revisions a workload's pods run.
-pub fn describe_revisions(w: &WorkloadState) -> String {
+pub(crate) fn describe_revisions(w: &WorkloadState) -> String {
     let m: BTreeMap<String, usize> = w
         .revisions
         .iter()
@@ -294,7 +294,7 @@ pub fn describe_revisions(w: &WorkloadState) -> String {
 // ---- status ----
 
 /// `status`: the phase, revisions, tags, namespaces and workloads.
-pub async fn status(client: &Client) -> Result<StatusReport, OpError> {
+pub(crate) async fn status(client: &Client) -> Result<StatusReport, OpError> {
     let view = cluster::load_view(client, &Needs::all()).await?;
     Ok(StatusReport::new(&view))
 }
@@ -303,7 +303,7 @@ pub async fn status(client: &Client) -> Result<StatusReport, OpError> {
 
 /// What `canary` deploys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CanaryOptions {
+pub(crate) struct CanaryOptions {
     /// Name of the new MeshRevision (`1-23-6`).
     pub revision: String,
     /// Its version (`1.23.6`).
@@ -325,7 +325,7 @@ impl CanaryOptions {
 
 /// The plan of `canary`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CanaryPlan {
+pub(crate) struct CanaryPlan {
     pub options: CanaryOptions,
     pub create_revision: bool,
     pub create_tag: bool,
@@ -361,7 +361,10 @@ impl CanaryPlan {
 }
 
 /// Plans `canary`: guarded by the skip policy and an existing canary.
-pub async fn plan_canary(client: &Client, options: CanaryOptions) -> Result<CanaryPlan, OpError> {
+pub(crate) async fn plan_canary(
+    client: &Client,
+    options: CanaryOptions,
+) -> Result<CanaryPlan, OpError> {
     let view = cluster::load_view(client, &Needs::config()).await?;
     let plan = guards::canary(&view, &options.revision, &options.version)?;
     let stable = view.stable().unwrap_or_default().to_string();
@@ -381,13 +384,13 @@ pub async fn plan_canary(client: &Client, options: CanaryOptions) -> Result<Cana
 
 /// What `canary` created (`false`: it existed already).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CanaryOutcome {
+pub(crate) struct CanaryOutcome {
     pub revision_created: bool,
     pub tag_created: bool,
 }
 
 /// Creates the canary's revision and tag (each only if the plan says so).
-pub async fn execute_canary(
+pub(crate) async fn execute_canary(
     client: &Client,
     plan: &CanaryPlan,
     sink: Sink<'_>,
@@ -435,7 +438,7 @@ pub async fn execute_canary(
 /// The plan of `switch` and `rollback`: relabel one namespace, list (and optionally
 /// restart) the workloads that must be redeployed.
 #[derive(Clone, Debug, PartialEq)]
-pub struct RelabelPlan {
+pub(crate) struct RelabelPlan {
     pub namespace: String,
     pub before: NamespaceLabels,
     pub after: NamespaceLabels,
@@ -493,7 +496,7 @@ fn restart_calls(targets: &[WorkloadState]) -> Vec<PlannedCall> {
 
 /// Plans `switch NS --to TAG [--restart]`: the workloads whose pods run another revision
 /// than the namespace will select are to be redeployed.
-pub async fn plan_switch(
+pub(crate) async fn plan_switch(
     client: &Client,
     namespace: &str,
     to: &str,
@@ -508,7 +511,7 @@ pub async fn plan_switch(
 
 /// Plans `rollback NS [--restart]`: back to stable; the workloads that run the canary are
 /// to be redeployed.
-pub async fn plan_rollback(
+pub(crate) async fn plan_rollback(
     client: &Client,
     namespace: &str,
     restart: bool,
@@ -554,7 +557,7 @@ fn relabel_plan(
 
 /// What `switch`/`rollback` changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RelabelOutcome {
+pub(crate) struct RelabelOutcome {
     pub relabelled: bool,
     /// Restarted workloads and the revision their new pods get.
     pub restarted: Vec<(WorkloadId, String)>,
@@ -562,7 +565,7 @@ pub struct RelabelOutcome {
 
 /// Relabels the namespace (if needed), reports the workloads to redeploy and, with
 /// `restart`, restarts them all at once (not waiting for them).
-pub async fn execute_relabel(
+pub(crate) async fn execute_relabel(
     client: &Client,
     plan: &RelabelPlan,
     sink: Sink<'_>,
@@ -603,7 +606,7 @@ pub async fn execute_relabel(
 
 /// What `verify` found: the pods on the canary revision.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VerifyReport {
+pub(crate) struct VerifyReport {
     pub canary: String,
     pub pods: Vec<PodInfo>,
 }
@@ -629,7 +632,7 @@ impl VerifyReport {
 }
 
 /// `verify`: the pods on the canary revision (call [`VerifyReport::check`] for the verdict).
-pub async fn verify(client: &Client) -> Result<VerifyReport, OpError> {
+pub(crate) async fn verify(client: &Client) -> Result<VerifyReport, OpError> {
     let needs = Needs {
         namespaces: false,
         pods: PodDetail::Full,
@@ -654,7 +657,7 @@ pub async fn verify(client: &Client) -> Result<VerifyReport, OpError> {
 
 /// The plan of `promote`: the guard's plan and the namespaces' labels after step 2.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PromotePlan {
+pub(crate) struct PromotePlan {
     pub steps: guards::PromotePlan,
     /// The labels each namespace of `steps.relabel` gets.
     pub relabel: Vec<(String, NamespaceLabels)>,
@@ -696,7 +699,7 @@ impl PromotePlan {
 }
 
 /// Plans `promote`; resumes where an interrupted promotion stopped.
-pub async fn plan_promote(client: &Client) -> Result<PromotePlan, OpError> {
+pub(crate) async fn plan_promote(client: &Client) -> Result<PromotePlan, OpError> {
     let view = cluster::load_view(client, &Needs::all()).await?;
     let steps = guards::promote(&view)?;
     let relabel = steps
@@ -713,14 +716,14 @@ pub async fn plan_promote(client: &Client) -> Result<PromotePlan, OpError> {
 
 /// What `promote` left to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PromoteOutcome {
+pub(crate) struct PromoteOutcome {
     /// Workloads whose pods still run an old revision.
     pub needs_upgrade: usize,
 }
 
 /// Promotes: tag stable → the canary's revision (recording the previous one), the
 /// namespaces on tag canary relabelled stable, tag canary deleted.
-pub async fn execute_promote(
+pub(crate) async fn execute_promote(
     client: &Client,
     plan: &PromotePlan,
     sink: Sink<'_>,
@@ -764,7 +767,7 @@ pub async fn execute_promote(
 
 /// What `rollout` restarts.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RolloutOptions {
+pub(crate) struct RolloutOptions {
     /// Only workloads in this namespace.
     pub namespace: Option<String>,
     /// Only this workload.
@@ -774,7 +777,7 @@ pub struct RolloutOptions {
 
 /// How a batch of rolling restarts runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RestartOptions {
+pub(crate) struct RestartOptions {
     pub max_in_flight: usize,
     /// Wait for the last batch too.
     pub wait: bool,
@@ -784,7 +787,7 @@ pub struct RestartOptions {
 
 /// The plan of `rollout`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct RolloutPlan {
+pub(crate) struct RolloutPlan {
     pub options: RolloutOptions,
     /// Workloads on an old revision that `rollout` restarts, in order.
     pub targets: Vec<WorkloadState>,
@@ -817,7 +820,7 @@ fn rollout_needs(namespace: Option<&str>) -> Needs {
 
 /// Plans `rollout`: the workloads in scope whose pods run another revision than new pods
 /// would get.
-pub async fn plan_rollout(
+pub(crate) async fn plan_rollout(
     client: &Client,
     options: RolloutOptions,
 ) -> Result<RolloutPlan, OpError> {
@@ -883,7 +886,7 @@ pub async fn plan_rollout(
 
 /// What `rollout` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RolloutOutcome {
+pub(crate) struct RolloutOutcome {
     /// Restarted workloads and the revision their new pods get.
     pub restarted: Vec<(WorkloadId, String)>,
     /// With `wait`: workloads in scope still needing upgrade afterwards.
@@ -892,7 +895,7 @@ pub struct RolloutOutcome {
 
 /// Restarts the plan's targets in batches; with `wait`, checks afterwards that the new
 /// pods run the expected revisions.
-pub async fn execute_rollout(
+pub(crate) async fn execute_rollout(
     client: &Client,
     plan: &RolloutPlan,
     sink: Sink<'_>,
@@ -1088,7 +1091,7 @@ async fn wait_batch(
 
 /// The plan of `unpublish`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnpublishPlan {
+pub(crate) struct UnpublishPlan {
     pub stable: String,
     /// Revisions to delete, each with whether it is forced (pods still run it).
     pub revisions: Vec<(String, bool)>,
@@ -1120,7 +1123,7 @@ impl UnpublishPlan {
 
 /// Plans `unpublish [--revision R] [--force]`: refused while pods run an old revision,
 /// unless forced.
-pub async fn plan_unpublish(
+pub(crate) async fn plan_unpublish(
     client: &Client,
     revision: Option<&str>,
     force: bool,
@@ -1147,7 +1150,7 @@ pub async fn plan_unpublish(
 
 /// Deletes the plan's revisions; returns those this run deleted (the others were gone
 /// already).
-pub async fn execute_unpublish(
+pub(crate) async fn execute_unpublish(
     client: &Client,
     plan: &UnpublishPlan,
     sink: Sink<'_>,
@@ -1170,7 +1173,7 @@ pub async fn execute_unpublish(
 
 /// The plan of `revoke`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RevokePlan {
+pub(crate) struct RevokePlan {
     pub steps: guards::RevokePlan,
     pub stable: String,
 }
@@ -1197,7 +1200,7 @@ impl RevokePlan {
 
 /// Plans `revoke`: `None` when there is no canary. Refused after promotion and while
 /// namespaces or pods use the canary.
-pub async fn plan_revoke(client: &Client) -> Result<Option<RevokePlan>, OpError> {
+pub(crate) async fn plan_revoke(client: &Client) -> Result<Option<RevokePlan>, OpError> {
     let view = cluster::load_view(client, &Needs::all()).await?;
     let Some(steps) = guards::revoke(&view)? else {
         return Ok(None);
@@ -1210,13 +1213,13 @@ pub async fn plan_revoke(client: &Client) -> Result<Option<RevokePlan>, OpError>
 
 /// What `revoke` deleted (`false`: gone already, or not planned).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RevokeOutcome {
+pub(crate) struct RevokeOutcome {
     pub tag_deleted: bool,
     pub revision_deleted: bool,
 }
 
 /// Deletes tag canary and the canary's revision.
-pub async fn execute_revoke(
+pub(crate) async fn execute_revoke(
     client: &Client,
     plan: &RevokePlan,
     sink: Sink<'_>,
