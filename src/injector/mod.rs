@@ -765,8 +765,7 @@ fn write_patch(
             probes::merge_previous(&mut rewrite.probers, old_proxy_env);
         }
         if !rewrite.probers.is_empty() {
-            values.probers =
-                Some(serde_json::to_string(&rewrite.probers).expect("probers must serialize"));
+            values.probers = Some(rewrite.probers_json());
         }
     }
     if status.is_some()
