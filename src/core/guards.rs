@@ -2,7 +2,7 @@
 //! with a [`Refusal`] naming the objects that block it and the fix.
 //!
 //! The CLI checks them before it changes anything; the validating webhook
-//! ([`crate::admission::validate`]) checks the same rules for plain `kubectl` users:
+//! ([`crate::admission::validate`](mod@crate::admission::validate)) checks the same rules for plain `kubectl` users:
 //! - the version skip policy whenever tag `canary` is created or moved, or the version of
 //!   a revision under `stable`/`canary` changes ([`tag_write`], [`revision_write`]);
 //! - no tag pointing at a missing revision, no tag shadowing a revision ([`tag_write`]);

@@ -6,7 +6,7 @@
 //!
 //! - [`vocab`]: every shared label and annotation key, the tag names, the system namespaces;
 //! - [`labels`]: [`NamespaceLabels`], the [`PodLabels`] a router reads, and [`pod_revision`];
-//! - [`route`]: the one router ([`route()`]) over the [`Revisions`] and [`Namespaces`]
+//! - [`route`](mod@route): the one router ([`route()`]) over the [`Revisions`] and [`Namespaces`]
 //!   traits, which both [`crate::table::Table`] and [`view::MeshView`] implement;
 //! - [`validate`]: names, versions, image references, quantities, durations;
 //! - [`view`]: [`view::MeshView`], what upgrade decisions know about a cluster, as plain data;

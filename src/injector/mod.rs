@@ -32,7 +32,7 @@ use pod::{Meta, Pod, Spec};
 ///
 /// `whole_pod` gives the pod as a `Value`; it is called only for the rare pods that need the
 /// full-pod path (their own `istio-proxy`, or `inject.istio.io/templates`), see
-/// [`overrides`]. A caller that cannot give it (returns `None`) gets the plain sidecar.
+/// `overrides`. A caller that cannot give it (returns `None`) gets the plain sidecar.
 /// On an error (a malformed annotation; the message names it) `out` is left empty.
 pub fn patch(
     tmpl: &RevisionTemplate,

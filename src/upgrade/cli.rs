@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 
-pub use super::args::{CanaryArgs, Output, RolloutArgs};
+use super::args::{CanaryArgs, Output, RolloutArgs};
 use super::ops;
 
 /// `meshrev upgrade`.

@@ -18,7 +18,7 @@
 //!   module adds its pure conversions from Kubernetes objects;
 //! - [`guards`] ([`crate::core::guards`]): pure functions over a view that allow or refuse
 //!   each step, listing the objects that block it. Shared by the CLI and the validating
-//!   webhook ([`crate::admission::validate`]);
+//!   webhook ([`crate::admission::validate`](mod@crate::admission::validate));
 //! - [`status`]: the phase and the per-namespace, per-workload report;
 //! - [`rollout`]: rollout completion, the way `kubectl rollout status` judges it;
 //! - [`cluster`]: the Kubernetes calls (LISTs that build a view, patches, dry-run probes);
