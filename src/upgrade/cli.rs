@@ -7,10 +7,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use kube::Client;
 
-use crate::table::LABEL_REV;
+use crate::core::{LABEL_REV, validate};
 
 use super::ops;
-use super::rollout::parse_duration;
 use super::status;
 use super::view::WorkloadKind;
 
@@ -57,6 +56,7 @@ pub enum UpgradeCommand {
     Revoke(RevokeArgs),
 }
 
+/// How `status` prints its report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     #[default]
@@ -65,13 +65,7 @@ pub enum Output {
     Yaml,
 }
 
-#[derive(Args, Debug)]
-pub struct StatusArgs {
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-}
-
+/// `meshrev upgrade canary`.
 #[derive(Args, Debug)]
 pub struct CanaryArgs {
     /// Name of the new MeshRevision (Istio's style: 1-23-6).
@@ -88,6 +82,35 @@ pub struct CanaryArgs {
     pub discovery_address: Option<String>,
 }
 
+/// `meshrev upgrade rollout`.
+#[derive(Args, Debug)]
+pub struct RolloutArgs {
+    /// Only workloads in this namespace.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Only this workload: KIND/NAME (deployment/reviews-v1, statefulset/x, daemonset/y).
+    #[arg(long, value_name = "KIND/NAME")]
+    pub workload: Option<String>,
+    /// Restart at most this many workloads at a time; each batch must complete before the
+    /// next starts.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+    /// Wait for the last batch too (without it, the command returns once the last batch
+    /// has started).
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting for a batch after this long (90s, 10m, 1h).
+    #[arg(long, default_value = "10m")]
+    pub timeout: String,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SwitchTo {
     Canary,
@@ -97,8 +120,8 @@ pub enum SwitchTo {
 impl SwitchTo {
     pub fn tag(self) -> &'static str {
         match self {
-            SwitchTo::Canary => crate::table::TAG_CANARY,
-            SwitchTo::Stable => crate::table::TAG_STABLE,
+            SwitchTo::Canary => crate::core::TAG_CANARY,
+            SwitchTo::Stable => crate::core::TAG_STABLE,
         }
     }
 }
@@ -123,27 +146,6 @@ pub struct PromoteArgs {
     /// Confirm: the promotion cannot be revoked.
     #[arg(long)]
     pub yes: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct RolloutArgs {
-    /// Only workloads in this namespace.
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
-    /// Only this workload: KIND/NAME (deployment/reviews-v1, statefulset/x, daemonset/y).
-    #[arg(long, value_name = "KIND/NAME")]
-    pub workload: Option<String>,
-    /// Restart at most this many workloads at a time; each batch must complete before the
-    /// next starts.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_in_flight: u32,
-    /// Wait for the last batch too (without it, the command returns once the last batch
-    /// has started).
-    #[arg(long)]
-    pub wait: bool,
-    /// Give up waiting for a batch after this long (90s, 10m, 1h).
-    #[arg(long, default_value = "10m")]
-    pub timeout: String,
 }
 
 #[derive(Args, Debug)]
@@ -207,10 +209,8 @@ impl Command {
         Ok(match command {
             UpgradeCommand::Status(a) => Command::Status(a.output),
             UpgradeCommand::Canary(a) => {
-                if let Some(img) = &a.proxy_image
-                    && (img.is_empty() || img.chars().any(char::is_whitespace))
-                {
-                    bail!("--proxy-image {img:?} is not an image reference");
+                if let Some(img) = &a.proxy_image {
+                    validate::image(img).map_err(|e| anyhow::anyhow!("--proxy-image {e}"))?;
                 }
                 Command::Canary(ops::CanaryOptions {
                     revision: a.revision,
@@ -341,7 +341,7 @@ impl Command {
 
 /// `--workload KIND/NAME` and `--timeout`, checked before any call.
 fn rollout_options(a: RolloutArgs) -> anyhow::Result<ops::RolloutOptions> {
-    let timeout = parse_duration(&a.timeout).map_err(anyhow::Error::msg)?;
+    let timeout = validate::duration(&a.timeout)?;
     let workload = match &a.workload {
         Some(w) => {
             let (kind, name) = w.split_once('/').with_context(|| {

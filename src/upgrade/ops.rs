@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use kube::Client;
 
 use crate::config::MeshRevisionSpec;
-use crate::table::{TAG_CANARY, TAG_STABLE};
+use crate::core::{TAG_CANARY, TAG_STABLE};
 
 use super::cluster::{self, ClusterError, Needs, PodDetail};
 use super::guards::{self, Refusal};

@@ -169,7 +169,7 @@ impl FakeApi {
                 json_patch::merge(obj, &patch);
                 let out = obj.clone();
                 if patch["spec"]["template"]["metadata"]["annotations"]
-                    .get(crate::upgrade::ANNOTATION_RESTARTED_AT)
+                    .get(crate::core::ANNOTATION_RESTARTED_AT)
                     .is_some()
                     && let (Some(f), Some(ns)) = (self.on_restart.as_mut(), ns)
                 {
