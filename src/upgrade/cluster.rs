@@ -30,9 +30,9 @@ use super::view::{
 };
 
 /// Field manager of meshrev's writes.
-pub const FIELD_MANAGER: &str = "meshrev-upgrade";
+pub(crate) const FIELD_MANAGER: &str = "meshrev-upgrade";
 /// Pods that count: everything but completed and failed pods.
-pub const COUNTED_PODS: &str = "status.phase!=Succeeded,status.phase!=Failed";
+pub(crate) const COUNTED_PODS: &str = "status.phase!=Succeeded,status.phase!=Failed";
 const PAGE: u32 = 500;
 
 /// How much of the pods a view needs.
@@ -95,7 +95,7 @@ where
 }
 
 /// LIST, every page.
-pub async fn list_all<K>(api: &Api<K>, lp: &ListParams) -> kube::Result<Vec<K>>
+pub(crate) async fn list_all<K>(api: &Api<K>, lp: &ListParams) -> kube::Result<Vec<K>>
 where
     K: Clone + DeserializeOwned + Debug,
 {
@@ -112,7 +112,7 @@ where
 }
 
 /// Metadata-only LIST, every page.
-pub async fn list_meta<K>(
+pub(crate) async fn list_meta<K>(
     api: &Api<K>,
     lp: &ListParams,
 ) -> kube::Result<Vec<kube::api::PartialObjectMeta<K>>>
@@ -137,7 +137,7 @@ where
 /// names its blockers and fix); the `kube::Error` is kept for classification by status
 /// code rather than repeated as a `source`.
 #[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
+pub(crate) enum ClusterError {
     /// Listing meshrev's own resources got 404: the CRDs are not installed.
     #[error(
         "listing {kind}: the meshrev.io CRDs are not installed in this cluster (kubectl apply -f manifests/crds.yaml)"
@@ -221,7 +221,7 @@ fn listing(what: &'static str) -> impl FnOnce(kube::Error) -> ClusterError {
 }
 
 /// Builds a view with LIST calls (as many as `needs` asks for).
-pub async fn load_view(client: &Client, needs: &Needs) -> Result<MeshView, ClusterError> {
+pub(crate) async fn load_view(client: &Client, needs: &Needs) -> Result<MeshView, ClusterError> {
     let mut view = MeshView::default();
     let ns = needs.namespace.as_deref();
     let all = ListParams::default();
@@ -340,7 +340,7 @@ pub async fn load_view(client: &Client, needs: &Needs) -> Result<MeshView, Clust
 }
 
 /// Sets a namespace's injection labels (a `None` removes the label).
-pub async fn set_namespace_labels(
+pub(crate) async fn set_namespace_labels(
     client: &Client,
     namespace: &str,
     labels: &NamespaceLabels,
@@ -357,7 +357,7 @@ pub async fn set_namespace_labels(
 }
 
 /// Creates a MeshRevision.
-pub async fn create_revision(
+pub(crate) async fn create_revision(
     client: &Client,
     name: &str,
     spec: MeshRevisionSpec,
@@ -371,7 +371,11 @@ pub async fn create_revision(
 }
 
 /// Creates a RevisionTag.
-pub async fn create_tag(client: &Client, tag: &str, revision: &str) -> Result<(), ClusterError> {
+pub(crate) async fn create_tag(
+    client: &Client,
+    tag: &str,
+    revision: &str,
+) -> Result<(), ClusterError> {
     let t = RevisionTag::new(
         tag,
         RevisionTagSpec {
@@ -386,7 +390,7 @@ pub async fn create_tag(client: &Client, tag: &str, revision: &str) -> Result<()
 }
 
 /// Points `tag` at `revision` and records `promoted_from`, in one patch.
-pub async fn move_tag(
+pub(crate) async fn move_tag(
     client: &Client,
     tag: &str,
     revision: &str,
@@ -404,7 +408,7 @@ pub async fn move_tag(
 }
 
 /// Deletes a tag; `Ok(false)` when it was already gone.
-pub async fn delete_tag(client: &Client, tag: &str) -> Result<bool, ClusterError> {
+pub(crate) async fn delete_tag(client: &Client, tag: &str) -> Result<bool, ClusterError> {
     match Api::<RevisionTag>::all(client.clone())
         .delete(tag, &DeleteParams::default())
         .await
@@ -417,7 +421,7 @@ pub async fn delete_tag(client: &Client, tag: &str) -> Result<bool, ClusterError
 
 /// Deletes a revision; with `force`, first annotates it so the validating webhook lets pods
 /// that still run it not block. `Ok(false)` when it was already gone.
-pub async fn delete_revision(
+pub(crate) async fn delete_revision(
     client: &Client,
     name: &str,
     force: bool,
@@ -458,7 +462,7 @@ fn pp() -> PostParams {
 
 /// `kubectl rollout restart`: sets the pod-template annotation
 /// `kubectl.kubernetes.io/restartedAt` to now.
-pub async fn restart(client: &Client, id: &WorkloadId) -> Result<(), ClusterError> {
+pub(crate) async fn restart(client: &Client, id: &WorkloadId) -> Result<(), ClusterError> {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {ANNOTATION_RESTARTED_AT: now}}}}});
     let params = PatchParams::default();
@@ -481,7 +485,7 @@ pub async fn restart(client: &Client, id: &WorkloadId) -> Result<(), ClusterErro
 }
 
 /// Where a workload's rollout stands.
-pub async fn progress(client: &Client, id: &WorkloadId) -> Result<Progress, ClusterError> {
+pub(crate) async fn progress(client: &Client, id: &WorkloadId) -> Result<Progress, ClusterError> {
     let ns = Some(id.namespace.as_str());
     let r = match id.kind {
         WorkloadKind::Deployment => api::<Deployment>(client, ns)
@@ -501,7 +505,10 @@ pub async fn progress(client: &Client, id: &WorkloadId) -> Result<Progress, Clus
 }
 
 /// A workload's pod template.
-pub async fn template(client: &Client, id: &WorkloadId) -> Result<PodTemplateSpec, ClusterError> {
+pub(crate) async fn template(
+    client: &Client,
+    id: &WorkloadId,
+) -> Result<PodTemplateSpec, ClusterError> {
     let ns = Some(id.namespace.as_str());
     let r = match id.kind {
         WorkloadKind::Deployment => api::<Deployment>(client, ns)
@@ -526,7 +533,7 @@ pub async fn template(client: &Client, id: &WorkloadId) -> Result<PodTemplateSpe
 /// Asks the API server what the sidecar injector would do to a new pod of this template
 /// right now: a server-side dry-run CREATE goes through the mutating webhooks without
 /// storing anything. Returns the injected revision (`None`: not injected).
-pub async fn probe_injection(
+pub(crate) async fn probe_injection(
     client: &Client,
     namespace: &str,
     template: &PodTemplateSpec,
