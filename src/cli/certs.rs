@@ -6,19 +6,19 @@ use crate::server::certs::{ca_bundle_base64, dns_names, ensure, generate_into};
 
 /// `meshrev certs`: generate a CA and a serving certificate for the webhook's Service.
 #[derive(clap::Args, Debug)]
-pub struct CertsArgs {
+pub(crate) struct CertsArgs {
     /// Directory to write ca.crt, tls.crt and tls.key into (created if missing).
     #[arg(long, value_name = "DIR", default_value = "certs")]
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Name of the webhook's Service.
     #[arg(long, value_name = "NAME", default_value = "meshrev")]
-    pub service: String,
+    pub(crate) service: String,
     /// Namespace of the webhook's Service.
     #[arg(long, value_name = "NS", default_value = "meshrev-system")]
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// Generate new files even when the existing ones are still valid.
     #[arg(long)]
-    pub force: bool,
+    pub(crate) force: bool,
 }
 
 /// Writes (or reuses) the files, reports them on stderr and prints the base64 `caBundle`

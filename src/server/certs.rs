@@ -69,20 +69,20 @@ pub enum CertsError {
 }
 
 /// File names inside a certificate directory.
-pub const CA_FILE: &str = "ca.crt";
+pub(crate) const CA_FILE: &str = "ca.crt";
 pub const CERT_FILE: &str = "tls.crt";
 pub const KEY_FILE: &str = "tls.key";
 
 /// Existing files are regenerated when they expire within this long.
-pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+pub(crate) const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Validity of a generated serving certificate.
-pub const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Validity of a generated CA.
-pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+pub(crate) const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// The names a serving certificate covers: loopback (for `meshrev serve` run locally) and
 /// the Service's in-cluster DNS names.
-pub fn dns_names(service: &str, namespace: &str) -> Vec<String> {
+pub(crate) fn dns_names(service: &str, namespace: &str) -> Vec<String> {
     vec![
         "localhost".into(),
         "127.0.0.1".into(),
@@ -99,21 +99,21 @@ pub fn default_names() -> Vec<String> {
 }
 
 /// The `caBundle` field of a webhook configuration: the CA PEM, base64-encoded.
-pub fn ca_bundle_base64(ca_pem: &str) -> String {
+pub(crate) fn ca_bundle_base64(ca_pem: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes())
 }
 
 /// The three files of a certificate directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertPaths {
-    pub dir: PathBuf,
-    pub ca: PathBuf,
+    pub(crate) dir: PathBuf,
+    pub(crate) ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
 impl CertPaths {
-    pub fn in_dir(dir: &Path) -> Self {
+    pub(crate) fn in_dir(dir: &Path) -> Self {
         CertPaths {
             dir: dir.to_path_buf(),
             ca: dir.join(CA_FILE),
@@ -205,7 +205,7 @@ impl Authority {
     }
 
     /// [`Authority::issue`] with another validity.
-    pub fn issue_for(
+    pub(crate) fn issue_for(
         &self,
         names: &[String],
         valid_for: Duration,
@@ -276,7 +276,7 @@ pub fn generate_into(dir: &Path, names: &[String]) -> Result<Generated, CertsErr
 
 /// Reuses the files in `dir` when they are a valid chain for every one of `names` for at
 /// least [`RENEW_BEFORE`] more, else generates new ones with [`generate_into`].
-pub fn ensure(dir: &Path, names: &[String]) -> Result<Generated, CertsError> {
+pub(crate) fn ensure(dir: &Path, names: &[String]) -> Result<Generated, CertsError> {
     let paths = CertPaths::in_dir(dir);
     if paths.ca.exists() || paths.cert.exists() || paths.key.exists() {
         match check_existing(&paths, names) {
@@ -299,7 +299,7 @@ pub fn ensure(dir: &Path, names: &[String]) -> Result<Generated, CertsError> {
 
 /// Checks that `paths` hold a CA, and a serving pair it signed that matches its key and is
 /// valid for every one of `names` for at least [`RENEW_BEFORE`]. Returns the CA PEM.
-pub fn check_existing(paths: &CertPaths, names: &[String]) -> Result<String, CertsError> {
+fn check_existing(paths: &CertPaths, names: &[String]) -> Result<String, CertsError> {
     let read = |p: &Path| {
         fs::read(p).map_err(|e| CertsError::Io {
             action: "reading",

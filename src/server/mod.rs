@@ -97,7 +97,8 @@ use tls_server::{ConnOpts, Handler, Refused};
 use validate::ValidateService;
 
 pub use metrics::Metrics;
-pub use tls::{CertResolver, TlsError};
+pub use tls::TlsError;
+use tls::CertResolver;
 
 /// The largest admission request body accepted: a Pod may be up to 3 MiB (etcd's object
 /// limit), an UPDATE review carries it twice (object and oldObject), plus room for the
@@ -296,8 +297,6 @@ pub struct ServerHandle {
     pub store: Arc<TableStore>,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
-    /// The certificate being served.
-    pub certs: Arc<CertResolver>,
     task: JoinHandle<()>,
 }
 
@@ -541,7 +540,6 @@ pub async fn serve_with(
         store,
         metrics,
         readiness,
-        certs: resolver,
         task,
     })
 }

@@ -205,7 +205,7 @@ pub(crate) fn check_replacement(
 /// The server's certificate, replaceable while connections are being accepted. Created by
 /// [`super::serve_with`]; replaced only by [`watch_files`]; read by every handshake.
 #[derive(Debug)]
-pub struct CertResolver {
+pub(crate) struct CertResolver {
     current: ArcSwap<CertifiedKey>,
 }
 
