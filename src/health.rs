@@ -10,6 +10,8 @@
 //! registered it (the controller opens one per watch once it has listed, and
 //! [`CONTROLLER_GATE`] once it has published its first table). Gates never close again.
 
+#![deny(missing_docs)]
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 

@@ -6,6 +6,8 @@
 //! controller); each publisher calls [`TableGauges::observe`] after its publish. The
 //! registry is only added to (collectors registered once at startup) and gathered.
 
+#![deny(missing_docs)]
+
 use prometheus::{IntGauge, Registry};
 
 use crate::table::Table;

@@ -52,7 +52,12 @@ impl BodyBudget {
     /// `total` bytes in all, each reservation waiting at most `wait`; `gauge` tracks the
     /// bytes reserved (`meshrev_inflight_body_bytes`), `waiting_gauge` the requests waiting
     /// for room (`meshrev_inflight_body_waiting`).
-    pub(crate) fn new(total: usize, wait: Duration, gauge: IntGauge, waiting_gauge: IntGauge) -> Self {
+    pub(crate) fn new(
+        total: usize,
+        wait: Duration,
+        gauge: IntGauge,
+        waiting_gauge: IntGauge,
+    ) -> Self {
         let total = total.min(Semaphore::MAX_PERMITS);
         BodyBudget {
             sem: Arc::new(Semaphore::new(total)),

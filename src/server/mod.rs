@@ -62,6 +62,8 @@
 //! `/inject` then still reads the body (same limits and deadline) but answers these bytes
 //! without touching the table or the review.
 
+#![deny(missing_docs)]
+
 mod admin;
 mod body;
 pub mod certs;
@@ -85,7 +87,6 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::TlsAcceptor;
 
 use crate::health::{CONTROLLER_GATE, Readiness};
 use crate::table::{self, Table, TableBuilder, TableStore};
@@ -98,7 +99,6 @@ use validate::ValidateService;
 
 pub use metrics::Metrics;
 pub use tls::TlsError;
-use tls::CertResolver;
 
 /// The largest admission request body accepted: a Pod may be up to 3 MiB (etcd's object
 /// limit), an UPDATE review carries it twice (object and oldObject), plus room for the
@@ -409,48 +409,9 @@ pub async fn serve_with(
     readiness.set_table_loaded();
     metrics.observe_table(&store.load());
 
-    let (cert, key, ca_path) = match cfg.tls {
-        TlsSource::Files { cert, key } => (cert, key, None),
-        TlsSource::SelfSigned { dir } => {
-            let got = certs::ensure(&dir, &certs::default_names()).map_err(|source| {
-                ServeError::SelfSigned {
-                    dir: dir.clone(),
-                    source,
-                }
-            })?;
-            tracing::info!(
-                "{} self-signed certificates in {}",
-                if got.reused { "reusing" } else { "generated" },
-                dir.display()
-            );
-            (got.paths.cert, got.paths.key, Some(got.paths.ca))
-        }
-    };
-    let loaded = tls::load_files(&cert, &key).and_then(|initial| {
-        tls::certified_key(&initial.0, &initial.1, &tls::provider()).map(|k| (initial, k))
-    });
-    let (initial, key_pair) = match loaded {
-        Ok(l) => l,
-        Err(source) => return Err(ServeError::Certificate { cert, key, source }),
-    };
-    if let Err(e) = tls::check_replacement(&key_pair, None, tls::unix_now()) {
-        // Nothing better to serve: start, and say it loudly (reloads will not accept such
-        // a pair).
-        tracing::warn!(
-            "serving certificate {}: {e}; serving it anyway until a valid pair is installed",
-            cert.display()
-        );
-    }
-    let resolver = Arc::new(CertResolver::new(key_pair));
-    let tls_config = Arc::new(tls::server_config(resolver.clone()).map_err(ServeError::Tls)?);
-    background.spawn(tls::watch_files(
-        cert,
-        key,
-        initial,
-        cfg.cert_poll_interval,
-        resolver.clone(),
-        metrics.tls_reloads.clone(),
-    ));
+    let (acceptor, ca_path, reload) =
+        tls::load(cfg.tls, cfg.cert_poll_interval, metrics.tls_reloads.clone())?;
+    background.spawn(reload);
 
     let bind = |addr: SocketAddr, what: &'static str| async move {
         let l = TcpListener::bind(addr)
@@ -521,16 +482,7 @@ pub async fn serve_with(
     let slots = ConnSlots::new(cfg.max_connections, metrics.connections.clone());
     let refused = Refused(metrics.connections_refused.clone());
     let task = tokio::spawn(async move {
-        tls_server::serve(
-            listener,
-            TlsAcceptor::from(tls_config),
-            webhooks,
-            opts,
-            slots,
-            refused,
-            stopping,
-        )
-        .await;
+        tls_server::serve(listener, acceptor, webhooks, opts, slots, refused, stopping).await;
         background.shutdown().await;
     });
     Ok(ServerHandle {

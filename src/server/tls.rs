@@ -27,6 +27,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::metrics::ReloadCounters;
+use super::{ServeError, TlsSource, certs};
 use crate::errors::Chain;
 
 /// Why a serving pair was not loaded or not accepted.
@@ -65,16 +66,16 @@ pub enum TlsError {
 }
 
 /// The ALPN protocols offered, in preference order.
-pub(crate) const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// The crypto provider of the server (ring).
-pub(crate) fn provider() -> Arc<CryptoProvider> {
+fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Parses a PEM certificate chain (leaf first) and its private key, and checks that they
 /// belong together.
-pub(crate) fn certified_key(
+pub(super) fn certified_key(
     cert_pem: &[u8],
     key_pem: &[u8],
     provider: &CryptoProvider,
@@ -159,7 +160,7 @@ impl LeafInfo {
 }
 
 /// Now, in seconds since the Unix epoch.
-pub(crate) fn unix_now() -> i64 {
+fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -168,11 +169,7 @@ pub(crate) fn unix_now() -> i64 {
 /// Checks that `new` may replace the pair in service, whose leaf is `current` (DER): the
 /// new leaf is valid at `now` (Unix seconds) and covers every name the current one covers.
 /// (That the key belongs to the certificate is checked by [`certified_key`].)
-pub(crate) fn check_replacement(
-    new: &CertifiedKey,
-    current: Option<&[u8]>,
-    now: i64,
-) -> Result<(), TlsError> {
+fn check_replacement(new: &CertifiedKey, current: Option<&[u8]>, now: i64) -> Result<(), TlsError> {
     let leaf = new.cert.first().ok_or(TlsError::NoCertificate)?;
     let info = LeafInfo::parse(leaf)?;
     if now < info.not_before {
@@ -205,12 +202,12 @@ pub(crate) fn check_replacement(
 /// The server's certificate, replaceable while connections are being accepted. Created by
 /// [`super::serve_with`]; replaced only by [`watch_files`]; read by every handshake.
 #[derive(Debug)]
-pub(crate) struct CertResolver {
+struct CertResolver {
     current: ArcSwap<CertifiedKey>,
 }
 
 impl CertResolver {
-    pub(crate) fn new(key: CertifiedKey) -> Self {
+    fn new(key: CertifiedKey) -> Self {
         CertResolver {
             current: ArcSwap::from_pointee(key),
         }
@@ -233,7 +230,7 @@ impl ResolvesServerCert for CertResolver {
 
 /// The rustls configuration: TLS 1.2 and 1.3, no client auth, ALPN `h2` then `http/1.1`,
 /// the certificate from `resolver`.
-pub(crate) fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig, TlsError> {
+fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Protocol)?
@@ -243,8 +240,66 @@ pub(crate) fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::Serve
     Ok(config)
 }
 
+/// Loads the serving pair of `source` (generating the self-signed files first when that
+/// is the source) and returns the acceptor that serves it, the CA clients must trust
+/// (self-signed mode only), and the poller that swaps in a changed pair every
+/// `interval`, for the server to run as long as it serves.
+pub(crate) fn load(
+    source: TlsSource,
+    interval: Duration,
+    reloads: ReloadCounters,
+) -> Result<
+    (
+        tokio_rustls::TlsAcceptor,
+        Option<PathBuf>,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ),
+    ServeError,
+> {
+    let (cert, key, ca_path) = match source {
+        TlsSource::Files { cert, key } => (cert, key, None),
+        TlsSource::SelfSigned { dir } => {
+            let got = certs::ensure(&dir, &certs::default_names()).map_err(|source| {
+                ServeError::SelfSigned {
+                    dir: dir.clone(),
+                    source,
+                }
+            })?;
+            tracing::info!(
+                "{} self-signed certificates in {}",
+                if got.reused { "reusing" } else { "generated" },
+                dir.display()
+            );
+            (got.paths.cert, got.paths.key, Some(got.paths.ca))
+        }
+    };
+    let loaded = load_files(&cert, &key).and_then(|initial| {
+        certified_key(&initial.0, &initial.1, &provider()).map(|k| (initial, k))
+    });
+    let (initial, key_pair) = match loaded {
+        Ok(l) => l,
+        Err(source) => return Err(ServeError::Certificate { cert, key, source }),
+    };
+    if let Err(e) = check_replacement(&key_pair, None, unix_now()) {
+        // Nothing better to serve: start, and say it loudly (reloads will not accept such
+        // a pair).
+        tracing::warn!(
+            "serving certificate {}: {e}; serving it anyway until a valid pair is installed",
+            cert.display()
+        );
+    }
+    let resolver = Arc::new(CertResolver::new(key_pair));
+    let config = server_config(resolver.clone()).map_err(ServeError::Tls)?;
+    let reload = watch_files(cert, key, initial, interval, resolver, reloads);
+    Ok((
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        ca_path,
+        reload,
+    ))
+}
+
 /// Reads the serving pair from files.
-pub(crate) fn load_files(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+fn load_files(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
     let read = |path: &Path| {
         std::fs::read(path).map_err(|source| TlsError::Read {
             path: path.to_path_buf(),
@@ -265,7 +320,7 @@ enum Seen {
 /// and, if [`check_replacement`] accepts it, swaps it into `resolver`, counting `meshrev_tls_reloads_total{result}`. A pair that
 /// does not load (or files that cannot be read) is counted once as a failure and the
 /// previous certificate stays in service. `initial` is the content being served already.
-pub(crate) async fn watch_files(
+async fn watch_files(
     cert: PathBuf,
     key: PathBuf,
     initial: (Vec<u8>, Vec<u8>),
