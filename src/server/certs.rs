@@ -32,37 +32,55 @@ use super::tls::{TlsError, certified_key};
 /// Why certificates were not generated, reused or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
+    /// Generating a key or signing a certificate failed (the step, and why).
     #[error("{0}")]
     Generate(&'static str, #[source] rcgen::Error),
+    /// The names cannot go into a certificate.
     #[error("invalid certificate names {0:?}")]
     Names(Vec<String>, #[source] rcgen::Error),
+    /// A file operation failed.
     #[error("{action} {}", path.display())]
     Io {
+        /// What was being done.
         action: &'static str,
+        /// To which file or directory.
         path: PathBuf,
+        /// Why it failed.
         #[source]
         source: std::io::Error,
     },
+    /// `ca.crt` is not UTF-8.
     #[error("ca.crt is not PEM text")]
     CaNotText,
+    /// `ca.crt` does not parse.
     #[error("ca.crt: bad PEM")]
     CaPem(#[source] rustls::pki_types::pem::Error),
+    /// `ca.crt` holds something that is not a CA certificate.
     #[error("ca.crt: not a usable CA certificate")]
     CaUnusable(#[source] rustls::Error),
+    /// `ca.crt` is empty.
     #[error("ca.crt holds no certificate")]
     NoCa,
+    /// No verifier could be built from `ca.crt`.
     #[error("building a verifier for ca.crt")]
     Verifier(#[source] rustls::client::VerifierBuilderError),
+    /// The system clock is before 1970.
     #[error("the clock is before 1970")]
     Clock,
+    /// The serving pair does not load.
     #[error(transparent)]
     Pair(#[from] TlsError),
+    /// A name is neither a DNS name nor an IP address.
     #[error("{0:?} is not a DNS name or IP address")]
     BadName(String),
+    /// `tls.crt` does not verify for a name long enough.
     #[error("tls.crt is not valid for {name} under ca.crt for {days} more days")]
     NotValidFor {
+        /// The name.
         name: String,
+        /// How long it must stay valid.
         days: u64,
+        /// Why it does not verify.
         #[source]
         source: rustls::Error,
     },
@@ -70,7 +88,9 @@ pub enum CertsError {
 
 /// File names inside a certificate directory.
 pub(crate) const CA_FILE: &str = "ca.crt";
+/// The serving certificate's file name.
 pub const CERT_FILE: &str = "tls.crt";
+/// The serving key's file name.
 pub const KEY_FILE: &str = "tls.key";
 
 /// Existing files are regenerated when they expire within this long.
@@ -108,7 +128,9 @@ pub(crate) fn ca_bundle_base64(ca_pem: &str) -> String {
 pub struct CertPaths {
     pub(crate) dir: PathBuf,
     pub(crate) ca: PathBuf,
+    /// `tls.crt`.
     pub cert: PathBuf,
+    /// `tls.key`.
     pub key: PathBuf,
 }
 
@@ -126,6 +148,7 @@ impl CertPaths {
 /// What [`ensure`] or [`generate_into`] left in a directory.
 #[derive(Clone, Debug)]
 pub struct Generated {
+    /// Where the files are.
     pub paths: CertPaths,
     /// The CA certificate (PEM): what clients trust.
     pub ca_pem: String,
@@ -136,7 +159,9 @@ pub struct Generated {
 /// A serving certificate and its key, PEM.
 #[derive(Clone, Debug)]
 pub struct ServingPair {
+    /// The certificate.
     pub cert_pem: String,
+    /// The private key.
     pub key_pem: String,
 }
 

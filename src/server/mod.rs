@@ -138,10 +138,18 @@ fn parse_open_file_limit(limits: &str) -> Option<u64> {
 #[derive(Clone, Debug)]
 pub enum TlsSource {
     /// These PEM files, reloaded when their content changes.
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        /// The certificate chain, leaf first.
+        cert: PathBuf,
+        /// Its private key.
+        key: PathBuf,
+    },
     /// A self-signed CA and serving certificate in this directory ([`certs::ensure`]),
     /// then served like [`TlsSource::Files`].
-    SelfSigned { dir: PathBuf },
+    SelfSigned {
+        /// Holds `ca.crt`, `tls.crt` and `tls.key`.
+        dir: PathBuf,
+    },
 }
 
 /// Where the revision table comes from.
@@ -161,20 +169,30 @@ pub enum TableSource {
 
 /// Everything [`serve_with`] needs. `Default` is `meshrev serve` without flags.
 pub struct ServeConfig {
+    /// The TLS listener (both webhooks, `/healthz`, `/readyz`).
     pub listen: SocketAddr,
     /// `None`: no admin listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// The serving certificate.
     pub tls: TlsSource,
+    /// The revision table.
     pub table: TableSource,
+    /// How often the certificate files are read for changes.
     pub cert_poll_interval: Duration,
+    /// How often a table file is read for changes.
     pub table_poll_interval: Duration,
+    /// A new connection must start a request within this (HTTP/1: every request's
+    /// headers).
     pub header_read_timeout: Duration,
+    /// A TLS handshake must finish within this.
     pub tls_handshake_timeout: Duration,
     /// Deadline of one `/inject` request, body read included.
     pub request_timeout: Duration,
     /// Deadline of one `/validate` request, body read and cluster reads included.
     pub validate_timeout: Duration,
+    /// After the shutdown signal, keep accepting this long (with `/readyz` not ready).
     pub shutdown_delay: Duration,
+    /// Longest wait for in-flight requests when draining.
     pub drain_timeout: Duration,
     /// The Kubernetes client of the `/validate` guards (cluster mode).
     pub validator: Option<kube::Client>,
@@ -252,35 +270,52 @@ pub enum ServeError {
     #[error(
         "--max-inflight-body-bytes {0} is below one largest request ({MAX_BODY_BYTES} bytes); use at least 7Mi"
     )]
+    /// `max_inflight_body_bytes` cannot hold one largest request.
     BudgetTooSmall(usize),
+    /// `max_connections` or `max_concurrent_streams` is 0.
     #[error("--max-connections and --max-concurrent-streams must be at least 1")]
     NoConnections,
+    /// A metric did not register (a name registered twice).
     #[error("registering the metrics")]
     Metrics(#[from] prometheus::Error),
+    /// The table file did not load.
     #[error(transparent)]
     TableFile(#[from] table_file::TableFileError),
+    /// The self-signed certificates could not be reused or generated.
     #[error("the self-signed certificates in {}", dir.display())]
     SelfSigned {
+        /// The certificate directory.
         dir: PathBuf,
+        /// Why.
         #[source]
         source: certs::CertsError,
     },
+    /// The serving pair did not load.
     #[error("the serving certificate {} and key {}", cert.display(), key.display())]
     Certificate {
+        /// The certificate file.
         cert: PathBuf,
+        /// The key file.
         key: PathBuf,
+        /// Why.
         #[source]
         source: TlsError,
     },
+    /// The rustls configuration could not be built.
     #[error("the TLS configuration")]
     Tls(#[source] TlsError),
+    /// A listener could not be bound.
     #[error("binding {addr}{what}")]
     Bind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Which listener (empty: the TLS one).
         what: &'static str,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The server task panicked.
     #[error("the server task failed")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -295,7 +330,9 @@ pub struct ServerHandle {
     pub ca_path: Option<PathBuf>,
     /// The table being served; in cluster mode the controller publishes into it.
     pub store: Arc<TableStore>,
+    /// The server's metrics (and, through them, its registry).
     pub metrics: Arc<Metrics>,
+    /// The server's readiness; the controller registers its gates here.
     pub readiness: Arc<Readiness>,
     task: JoinHandle<()>,
 }

@@ -33,34 +33,52 @@ use crate::errors::Chain;
 /// Why a serving pair was not loaded or not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A file could not be read.
     #[error("reading {}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The certificate file is not PEM.
     #[error("certificate file: bad PEM")]
     CertPem(#[source] rustls::pki_types::pem::Error),
+    /// The certificate file holds no certificate.
     #[error("certificate file holds no CERTIFICATE block")]
     NoCertificate,
+    /// The key file holds no private key rustls can use.
     #[error("key file: no usable private key")]
     NoKey(#[source] rustls::pki_types::pem::Error),
+    /// The key is not the certificate's.
     #[error("the certificate and the private key do not form a usable pair")]
     Mismatch(#[source] rustls::Error),
+    /// The leaf certificate does not parse.
     #[error("the certificate does not parse as X.509: {0}")]
     X509(String),
+    /// notBefore is this many seconds in the future.
     #[error(
         "the certificate is not valid yet (notBefore is {0} s in the future); install it once it is, or check the clock"
     )]
     NotYetValid(i64),
+    /// notAfter was this many seconds ago.
     #[error("the certificate expired {0} s ago (notAfter); issue a new one")]
     Expired(i64),
+    /// The new certificate drops names the one in service covers.
     #[error(
         "the certificate does not cover {missing} which the certificate in service covers (it covers {covers}); issue it for every name the webhook is called by"
     )]
-    NamesNotCovered { missing: String, covers: String },
+    NamesNotCovered {
+        /// The names dropped.
+        missing: String,
+        /// The names the new certificate covers.
+        covers: String,
+    },
+    /// The certificate in service does not parse (cannot happen for one that loaded).
     #[error("the certificate in service: {0}")]
     InService(Box<TlsError>),
+    /// rustls refused the protocol versions.
     #[error("TLS protocol versions")]
     Protocol(#[source] rustls::Error),
 }
