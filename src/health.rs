@@ -5,7 +5,8 @@
 //! a table is loaded, every registered [`Gate`] is ready, and the server is not shutting
 //! down; otherwise 503 with the reasons (e.g. the names of the gates not ready yet).
 //!
-//! Ownership: one [`Readiness`] per server, created by [`crate::server::serve_with`].
+//! Ownership: one [`Readiness`] per server, created by the server
+//! (`server::serve_with`).
 //! The server sets "table loaded" and "shutting down"; each gate is opened by whoever
 //! registered it (the controller opens one per watch once it has listed, and
 //! [`CONTROLLER_GATE`] once it has published its first table). Gates never close again.

@@ -1,9 +1,9 @@
 //! What the server and the controller both report to, without either importing the other:
 //! the process's Prometheus [`Registry`] and the gauges of the table being served.
 //!
-//! Ownership: the runtime (or [`crate::server::serve_with`]) creates one [`Telemetry`] per
-//! server and hands clones to whoever publishes tables (the table-file watcher, the
-//! controller); each publisher calls [`TableGauges::observe`] after its publish. The
+//! Ownership: the server creates one [`Telemetry`] with its metrics; the runtime hands a
+//! clone to the controller. Whoever publishes a table (the server at startup and its
+//! table-file watcher, or the controller) calls [`TableGauges::observe`] after the publish. The
 //! registry is only added to (collectors registered once at startup) and gathered.
 
 #![deny(missing_docs)]

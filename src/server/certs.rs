@@ -1,10 +1,10 @@
 //! Certificates for the webhook: a self-signed CA and a serving certificate signed by it.
 //!
-//! `meshrev serve` without `--tls-cert-file` calls [`ensure`] on `--cert-dir`, and
+//! `meshrev serve` without `--tls-cert-file` calls `ensure` on `--cert-dir`, and
 //! `meshrev certs` does the same for manifests and prints the `caBundle`. A directory
 //! holds `ca.crt` (the bundle to trust), `tls.crt` and `tls.key` (the serving pair, the
 //! file names of a `kubernetes.io/tls` Secret). Files that are already there are reused
-//! while they are valid for the requested names for at least [`RENEW_BEFORE`] more.
+//! while they are valid for the requested names for at least `RENEW_BEFORE` more.
 //!
 //! Tests and e2e harnesses use [`generate_into`] (fresh files in a directory, returns the
 //! CA PEM) and [`Authority`] (an in-memory CA that issues further serving pairs, e.g. to
@@ -113,7 +113,7 @@ pub(crate) fn dns_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
-/// [`dns_names`] of the default Service `meshrev` in `meshrev-system`.
+/// `dns_names` of the default Service `meshrev` in `meshrev-system`.
 pub fn default_names() -> Vec<String> {
     dns_names("meshrev", "meshrev-system")
 }
@@ -145,7 +145,7 @@ impl CertPaths {
     }
 }
 
-/// What [`ensure`] or [`generate_into`] left in a directory.
+/// What `ensure` or [`generate_into`] left in a directory.
 #[derive(Clone, Debug)]
 pub struct Generated {
     /// Where the files are.
@@ -193,7 +193,7 @@ fn validity(params: &mut CertificateParams, valid_for: Duration) {
 }
 
 impl Authority {
-    /// A new self-signed CA (ECDSA P-256, valid for [`CA_VALIDITY`]).
+    /// A new self-signed CA (ECDSA P-256, valid for `CA_VALIDITY`).
     pub fn generate(common_name: &str) -> Result<Self, CertsError> {
         let key =
             KeyPair::generate().map_err(|e| CertsError::Generate("generating the CA key", e))?;
@@ -224,7 +224,7 @@ impl Authority {
     }
 
     /// Issues a serving certificate for `names` (DNS names or IP addresses; the first DNS
-    /// name is also the subject's CN), valid for [`SERVING_VALIDITY`].
+    /// name is also the subject's CN), valid for `SERVING_VALIDITY`.
     pub fn issue(&self, names: &[String]) -> Result<ServingPair, CertsError> {
         self.issue_for(names, SERVING_VALIDITY)
     }
@@ -300,7 +300,7 @@ pub fn generate_into(dir: &Path, names: &[String]) -> Result<Generated, CertsErr
 }
 
 /// Reuses the files in `dir` when they are a valid chain for every one of `names` for at
-/// least [`RENEW_BEFORE`] more, else generates new ones with [`generate_into`].
+/// least `RENEW_BEFORE` more, else generates new ones with [`generate_into`].
 pub(crate) fn ensure(dir: &Path, names: &[String]) -> Result<Generated, CertsError> {
     let paths = CertPaths::in_dir(dir);
     if paths.ca.exists() || paths.cert.exists() || paths.key.exists() {
@@ -323,7 +323,7 @@ pub(crate) fn ensure(dir: &Path, names: &[String]) -> Result<Generated, CertsErr
 }
 
 /// Checks that `paths` hold a CA, and a serving pair it signed that matches its key and is
-/// valid for every one of `names` for at least [`RENEW_BEFORE`]. Returns the CA PEM.
+/// valid for every one of `names` for at least `RENEW_BEFORE`. Returns the CA PEM.
 fn check_existing(paths: &CertPaths, names: &[String]) -> Result<String, CertsError> {
     let read = |p: &Path| {
         fs::read(p).map_err(|e| CertsError::Io {

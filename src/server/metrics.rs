@@ -45,7 +45,7 @@ impl ReloadCounters {
 }
 
 /// All of the server's metrics. Created by [`super::serve_with`]; shared (`Arc`) by the
-/// services, the certificate and table-file watchers, and (through [`Metrics::telemetry`])
+/// services, the certificate and table-file watchers, and (through `Metrics::telemetry`)
 /// the controller.
 pub struct Metrics {
     telemetry: Telemetry,

@@ -1,20 +1,20 @@
 //! The webhook server, in parts:
-//! - [`tls_server`]: the reusable TLS server (accept loop, ALPN, handshake and
+//! - `tls_server`: the reusable TLS server (accept loop, ALPN, handshake and
 //!   first-request deadlines, connection limits, graceful drain);
-//! - [`inject`] and [`validate`]: the two admission services, each with its own metrics
-//!   and deadline, reading bodies through [`body`] under one shared in-flight budget;
-//! - [`admin`]: the plain-HTTP admin listener (`/metrics`, `/healthz`, `/readyz`);
-//! - [`tls`] and [`certs`]: the serving certificate (swapped in place when its files
+//! - `inject` and `validate`: the two admission services, each with its own metrics
+//!   and deadline, reading bodies through `body` under one shared in-flight budget;
+//! - `admin`: the plain-HTTP admin listener (`/metrics`, `/healthz`, `/readyz`);
+//! - `tls` and `certs`: the serving certificate (swapped in place when its files
 //!   change) and the self-signed CA;
-//! - [`table_file`]: `--config TABLE`, polled and reloaded.
+//! - `table_file`: `--config TABLE`, polled and reloaded.
 //!
 //! [`serve_with`] assembles them from a plain [`ServeConfig`]. Process wiring (flags, the
-//! kube client, signals, the controller, the Lease hand-off) is [`crate::runtime`]'s.
+//! kube client, signals, the controller, the Lease hand-off) is the runtime's (`crate::runtime`).
 //!
 //! Endpoints on the TLS listener (`--listen`):
 //! - `POST /inject`: one AdmissionReview in, one out ([`crate::admission::review`]); the
 //!   query string (`?timeout=10s` from kube-apiserver) is ignored;
-//! - `POST /validate`: the upgrade guards ([`crate::admission::validate`]);
+//! - `POST /validate`: the upgrade guards (`crate::admission::validate`);
 //! - `GET /healthz`: 200 while the process serves;
 //! - `GET /readyz`: 200 once a table is loaded and every readiness
 //!   [`Gate`](crate::health::Gate) is ready, 503 (with the reasons) before that and while
@@ -38,14 +38,14 @@
 //!
 //! # Resource bounds
 //! - `--max-inflight-body-bytes` (64 MiB): request-body bytes held at once across all
-//!   connections ([`limits::BodyBudget`]); reserved from `Content-Length` before the body
+//!   connections (`limits::BodyBudget`); reserved from `Content-Length` before the body
 //!   is read, or frame by frame without one; gauge `meshrev_inflight_body_bytes`.
 //! - `--max-connections` (1024): beyond it a new connection is accepted and closed at once
 //!   (`meshrev_connections`, `meshrev_connections_refused_total`).
 //! - `--max-concurrent-streams` (32) per HTTP/2 connection. HTTP/2 flow-control windows:
 //!   64 KiB per stream, and per connection room for all its streams' windows (2 MiB), so
 //!   streams waiting for the budget never stall one that is being read.
-//! - At most [`limits::MAX_WAITING`] (512) requests wait for the budget at once; more get
+//! - At most `limits::MAX_WAITING` (512) requests wait for the budget at once; more get
 //!   503 at once.
 //! - `--idle-timeout` (90 s): a connection without a request for that long is closed
 //!   gracefully (HTTP/2 pings are not requests); a new connection must start a request
@@ -144,7 +144,7 @@ pub enum TlsSource {
         /// Its private key.
         key: PathBuf,
     },
-    /// A self-signed CA and serving certificate in this directory ([`certs::ensure`]),
+    /// A self-signed CA and serving certificate in this directory (`certs::ensure`),
     /// then served like [`TlsSource::Files`].
     SelfSigned {
         /// Holds `ca.crt`, `tls.crt` and `tls.key`.
