@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 use crate::config::{Condition, MeshRevision, MeshRevisionStatus, RevisionTag, RevisionTagStatus};
 use crate::router;
-use crate::table::{LABEL_REV, Problem, Table, TableStore};
+use crate::table::{Problem, Table, TableStore};
 
 /// How often status is recomputed without a table change (pods come and go).
 pub const RESYNC: Duration = Duration::from_secs(10);
@@ -232,15 +232,16 @@ fn condition(type_: &str, status: bool, reason: &str, message: &str) -> Conditio
     }
 }
 
-/// Counts live pods by the revision meshrev injected (`istio.io/rev` annotation).
+/// Counts live pods by the revision they run ([`crate::core::pod_revision`]).
 async fn pod_revisions(client: &Client) -> kube::Result<BTreeMap<String, u32>> {
     let api: Api<PartialObjectMeta<Pod>> = Api::all(client.clone());
     // Field selectors work on metadata lists too: Succeeded and Failed pods are left out.
     let lp = ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed");
     let mut out = BTreeMap::new();
     for p in api.list_metadata(&lp).await?.items {
-        if let Some(rev) = p.annotations().get(LABEL_REV) {
-            *out.entry(rev.clone()).or_default() += 1;
+        let annotations = p.annotations();
+        if let Some(rev) = crate::core::pod_revision(|k| annotations.get(k).map(String::as_str)) {
+            *out.entry(rev.into_owned()).or_default() += 1;
         }
     }
     Ok(out)
