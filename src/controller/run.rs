@@ -25,9 +25,9 @@ use tokio::sync::Notify;
 
 use super::status;
 use crate::config::{MeshRevision, RevisionTag};
-use crate::server::health::{CONTROLLER_GATE, Gate, Readiness};
-use crate::server::metrics::Metrics;
+use crate::health::{CONTROLLER_GATE, Gate, Readiness};
 use crate::table::{NamespaceLabels, Problem, Table, TableBuilder, TableStore};
+use crate::telemetry::Telemetry;
 
 /// Controller-side metrics, registered next to the server's.
 #[derive(Clone)]
@@ -37,7 +37,7 @@ struct WatchMetrics {
 }
 
 impl WatchMetrics {
-    fn new(metrics: &Metrics) -> anyhow::Result<Self> {
+    fn new(registry: &prometheus::Registry) -> anyhow::Result<Self> {
         let errors = IntCounterVec::new(
             Opts::new(
                 "meshrev_watch_errors_total",
@@ -54,10 +54,8 @@ impl WatchMetrics {
             "meshrev_seconds_since_last_sync",
             "Seconds since a watch last delivered an event or completed a list.",
         )?;
-        metrics.registry().register(Box::new(errors.clone()))?;
-        metrics
-            .registry()
-            .register(Box::new(SinceCollector { gauge, since }))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(SinceCollector { gauge, since }))?;
         Ok(WatchMetrics { errors, last_sync })
     }
     fn synced(&self) {
@@ -92,10 +90,10 @@ impl prometheus::core::Collector for SinceCollector {
 pub async fn run(
     client: Client,
     store: Arc<TableStore>,
-    metrics: Arc<Metrics>,
+    telemetry: Telemetry,
     readiness: Arc<Readiness>,
 ) -> anyhow::Result<()> {
-    let wm = WatchMetrics::new(&metrics)?;
+    let wm = WatchMetrics::new(&telemetry.registry)?;
     let changed = Arc::new(Notify::new());
 
     let (revs, rev_writer) = reflector::store::<MeshRevision>();
@@ -199,7 +197,7 @@ pub async fn run(
             last_problems = problems;
         }
         let generation = store.publish(table);
-        metrics.observe_table(&store.load());
+        telemetry.table.observe(&store.load());
         tracing::debug!(generation, "revision table published");
         table_gate.set_ready();
         status_changed.notify_one();
