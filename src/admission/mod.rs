@@ -100,16 +100,18 @@ pub fn review<'t>(table: &'t Table, body: &[u8], patch: &mut Vec<u8>) -> Reply<'
     // JSON is UTF-8 (RFC 8259) and the API server sends nothing else. Checking the whole
     // body once, up front, is cheaper than serde_json's check of each string and raw value
     // it reads (the parser over a `&str` skips them).
-    let text = match std::str::from_utf8(body) {
+    let text = match simdutf8::basic::from_utf8(body) {
         Ok(t) => t,
-        Err(e) => {
+        Err(_) => {
             let found = envelope::scan(body);
+            let at = std::str::from_utf8(body)
+                .err()
+                .map_or(0, |e| e.valid_up_to());
             return error(
                 reply_version(found.api_version.as_deref()),
                 found.uid.as_deref().unwrap_or(""),
                 format!(
-                    "body is not valid UTF-8 (at byte {}): an AdmissionReview is JSON, which must be UTF-8",
-                    e.valid_up_to()
+                    "body is not valid UTF-8 (at byte {at}): an AdmissionReview is JSON, which must be UTF-8"
                 ),
             );
         }
