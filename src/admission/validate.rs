@@ -6,18 +6,20 @@
 //! a tag or revision while namespaces or pods use it. A refusal is `allowed: false` with
 //! `status.code` 403 and a `status.message` that lists the blocking objects.
 //!
-//! Not the injection hot path: each review LISTs what its change needs (revisions and
-//! tags; for a DELETE also namespaces and the metadata of pods that are not
-//! `Succeeded`/`Failed`). Changes that cannot break a rule (a status write, a label, an
-//! annotation) are allowed without any call.
-
-use std::time::Duration;
+//! Not the injection hot path, and no API call: a guarded review is judged against a
+//! [`MeshView`] snapshot of the controller's index (revisions, tags, every namespace, the
+//! live pods), which the watches keep current. Changes that cannot break a rule (a status
+//! write, a label, an annotation) are allowed without taking a snapshot.
+//!
+//! The index trails the API server by the watch latency (usually milliseconds): a change
+//! made just before a guarded request may not be seen by it. The guards protect against
+//! mistakes, not against concurrent writers, as they did with LISTs (a LIST raced the same
+//! way).
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{GROUP, MeshRevision, RevisionTag};
-use crate::upgrade::cluster::{self, Needs, PodDetail};
 use crate::upgrade::{MeshView, guards};
 
 use super::write_reply;
@@ -48,19 +50,9 @@ pub enum Change {
 }
 
 impl Change {
-    /// The LISTs needed to judge it.
-    pub fn needs(&self) -> Option<Needs> {
-        let deleting = Needs {
-            namespaces: true,
-            pods: PodDetail::Metadata,
-            workloads: false,
-            namespace: None,
-        };
-        match self {
-            Change::Unguarded => None,
-            Change::TagWrite { .. } | Change::RevisionWrite { .. } => Some(Needs::config()),
-            Change::TagDelete { .. } | Change::RevisionDelete { .. } => Some(deleting),
-        }
+    /// True when a guard judges it (it needs a view of the cluster).
+    pub fn is_guarded(&self) -> bool {
+        !matches!(self, Change::Unguarded)
     }
 
     /// The guards' verdict: warnings when allowed.
@@ -284,14 +276,12 @@ pub fn reply_with_view(parsed: &Parsed, view: &MeshView) -> Vec<u8> {
     out
 }
 
-/// How long building the view may take (the webhook's timeout is 10 s).
-pub const VIEW_TIMEOUT: Duration = Duration::from_secs(8);
-
 /// Answers one `/validate` review: the body of the HTTP reply (an AdmissionReview, always
-/// well-formed; `application/json`, status 200). Lists what the change needs with `client`;
-/// when the cluster cannot be read, refuses (code 500) rather than allow a change it could
-/// not check (the webhook's `failurePolicy` is `Fail` too).
-pub async fn validate(client: &kube::Client, body: &[u8]) -> Vec<u8> {
+/// well-formed; `application/json`, status 200). `view` gives the controller's snapshot, or
+/// `None` while its watches have not all listed; it is called only for a guarded change.
+/// Without a view the change is refused (code 500) rather than allowed unchecked (the
+/// webhook's `failurePolicy` is `Fail` too).
+pub fn validate(body: &[u8], view: impl FnOnce() -> Option<MeshView>) -> Vec<u8> {
     let parsed = match parse(body) {
         Ok(p) => p,
         Err((version, uid, message)) => {
@@ -308,17 +298,16 @@ pub async fn validate(client: &kube::Client, body: &[u8]) -> Vec<u8> {
             return out;
         }
     };
-    let Some(needs) = parsed.change.needs() else {
+    if !parsed.change.is_guarded() {
         let mut out = Vec::with_capacity(160);
         write_reply(&mut out, parsed.version, &parsed.uid, true, None, None, &[]);
         return out;
-    };
-    match tokio::time::timeout(VIEW_TIMEOUT, cluster::load_view(client, &needs)).await {
-        Ok(Ok(view)) => reply_with_view(&parsed, &view),
-        Ok(Err(e)) => unavailable(&parsed, &format!("{e:#}")),
-        Err(_) => unavailable(
+    }
+    match view() {
+        Some(view) => reply_with_view(&parsed, &view),
+        None => unavailable(
             &parsed,
-            &format!("reading the cluster took over {}s", VIEW_TIMEOUT.as_secs()),
+            "the controller has not listed the cluster yet (its watches are starting or failing)",
         ),
     }
 }
@@ -326,7 +315,7 @@ pub async fn validate(client: &kube::Client, body: &[u8]) -> Vec<u8> {
 fn unavailable(parsed: &Parsed, why: &str) -> Vec<u8> {
     tracing::warn!(error = why, "upgrade guard could not read the cluster");
     let message = format!(
-        "meshrev could not check this change against the upgrade guards ({why}); retry, and check meshrev's RBAC (list namespaces, pods, meshrevisions, revisiontags)"
+        "meshrev could not check this change against the upgrade guards ({why}); retry, and check meshrev's RBAC (list and watch namespaces, pods, nodes, meshrevisions, revisiontags)"
     );
     let mut out = Vec::with_capacity(256 + message.len());
     write_reply(
@@ -430,7 +419,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(p.change, Change::Unguarded);
-        assert!(p.change.needs().is_none());
+        assert!(!p.change.is_guarded());
         let p = parse(&review(
             "MeshRevision",
             "DELETE",
@@ -446,7 +435,7 @@ mod tests {
                 force: true
             }
         );
-        assert_eq!(p.change.needs().unwrap().pods, PodDetail::Metadata);
+        assert!(p.change.is_guarded());
         let e = parse(b"{}").unwrap_err();
         assert!(e.2.contains("apiVersion"), "{e:?}");
         let mut pod: Value = serde_json::from_slice(&review(
@@ -553,12 +542,11 @@ mod tests {
         assert!(a["response"].get("status").is_none());
     }
 
-    #[tokio::test]
-    async fn bad_bodies_get_a_400_without_calls() {
-        // A client that is never used: parse errors and unguarded changes answer first.
-        let cfg = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
-        let client = kube::Client::try_from(cfg).unwrap();
-        let r: Value = serde_json::from_slice(&validate(&client, b"not json").await).unwrap();
+    #[test]
+    fn bad_bodies_get_a_400_without_a_view() {
+        // Parse errors and unguarded changes answer without asking for a view.
+        let never = || -> Option<MeshView> { panic!("no view may be taken") };
+        let r: Value = serde_json::from_slice(&validate(b"not json", never)).unwrap();
         assert_eq!(r["response"]["status"]["code"], 400);
         let body = review(
             "RevisionTag",
@@ -567,9 +555,9 @@ mod tests {
             tag("canary", "1-23-6"),
             tag("canary", "1-23-6"),
         );
-        let r: Value = serde_json::from_slice(&validate(&client, &body).await).unwrap();
+        let r: Value = serde_json::from_slice(&validate(&body, never)).unwrap();
         assert_eq!(r["response"]["allowed"], true);
-        // A change that needs the cluster, which cannot be reached: refused, code 500.
+        // A change that needs the cluster before the index has listed: refused, code 500.
         let body = review(
             "RevisionTag",
             "DELETE",
@@ -577,8 +565,11 @@ mod tests {
             Value::Null,
             tag("canary", "1-23-6"),
         );
-        let r: Value = serde_json::from_slice(&validate(&client, &body).await).unwrap();
+        let r: Value = serde_json::from_slice(&validate(&body, || None)).unwrap();
         assert_eq!(r["response"]["allowed"], false);
         assert_eq!(r["response"]["status"]["code"], 500);
+        // With the view: judged (default uses the canary tag).
+        let r: Value = serde_json::from_slice(&validate(&body, || Some(view()))).unwrap();
+        assert_eq!(r["response"]["status"]["code"], 403);
     }
 }

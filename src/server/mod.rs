@@ -282,8 +282,8 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
-    /// The Kubernetes client of the `/validate` guards (cluster mode).
-    pub validator: Option<kube::Client>,
+    /// The controller's index the `/validate` guards judge with (cluster mode).
+    pub validator: Option<crate::controller::ClusterView>,
     /// Bench only: answer `/inject` with these bytes (after reading the body) instead of
     /// reviewing it — the floor of TLS + HTTP + body read.
     pub fixed_inject_body: Option<Bytes>,
@@ -600,8 +600,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    // The controller's index (read by /validate) and the status writer's Lease (released
+    // on shutdown), made before the server so both can hold them.
+    let wiring = client.map(|c| {
+        let lease = crate::controller::LeaseHandle::new(
+            c.clone(),
+            &crate::controller::Identity::from_env(),
+        );
+        (c, crate::controller::ClusterView::new(), lease)
+    });
     let mut cfg = args.to_config();
-    cfg.validator = client.clone();
+    cfg.validator = wiring.as_ref().map(|(_, view, _)| view.clone());
     let table_desc = match &cfg.table {
         TableSource::File(p) => format!("table file {} (reloaded on change)", p.display()),
         TableSource::Controller => "from the cluster (controller)".to_string(),
@@ -633,15 +642,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         t.tags()
     );
     drop(t);
-    let releaser = client.clone();
-    let controller = client.map(|client| {
+    let releaser = wiring.as_ref().map(|(_, _, lease)| lease.clone());
+    let controller = wiring.map(|(client, cluster, lease)| {
         let (store, metrics, readiness) = (
             server.store.clone(),
             server.metrics.clone(),
             server.readiness.clone(),
         );
         tokio::spawn(async move {
-            let result = crate::controller::run(client, store, metrics, readiness).await;
+            let result =
+                crate::controller::run(client, store, metrics, readiness, cluster, lease).await;
             match &result {
                 Ok(()) => tracing::warn!("the controller stopped; shutting down"),
                 Err(e) => tracing::error!("the controller failed, shutting down: {e:#}"),
@@ -651,13 +661,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })
     });
     server.wait().await?;
-    if let Some(client) = releaser {
+    if let Some(lease) = releaser {
         // Hand the status writer's Lease over now instead of after it expires.
-        crate::controller::status::release(
-            &client,
-            &crate::controller::status::Identity::from_env(),
-        )
-        .await;
+        lease.release().await;
     }
     if let Some(c) = controller
         && c.is_finished()
@@ -726,8 +732,8 @@ async fn os_signal() {
 
 /// What request handling needs.
 struct Ctx {
-    /// The client `/validate` builds its view with; `None` outside cluster mode.
-    validator: Option<kube::Client>,
+    /// The index `/validate` takes its view from; `None` outside cluster mode.
+    validator: Option<crate::controller::ClusterView>,
     store: Arc<TableStore>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
@@ -1250,7 +1256,7 @@ fn answer(ctx: &Ctx, body: &[u8], start: Instant) -> Response<Full<Bytes>> {
 /// Answers one `/validate` review with the upgrade guards.
 async fn guard(ctx: &Ctx, body: &[u8]) -> Response<Full<Bytes>> {
     let reply = match &ctx.validator {
-        Some(client) => admission::validate(client, body).await,
+        Some(cluster) => admission::validate(body, || cluster.view()),
         None => admission::error_reply(
             body,
             "meshrev runs without a cluster (no --kubeconfig or --in-cluster): the upgrade guards have nothing to check against",
