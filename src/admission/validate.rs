@@ -49,10 +49,23 @@ pub enum Change {
     Unguarded,
 }
 
+/// How much of the cluster a guard reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Revisions and tags.
+    Config,
+    /// Also every namespace and the live pods (what still uses a tag or revision).
+    Usage,
+}
+
 impl Change {
-    /// True when a guard judges it (it needs a view of the cluster).
-    pub fn is_guarded(&self) -> bool {
-        !matches!(self, Change::Unguarded)
+    /// What judging it reads; `None` when no guard judges it.
+    pub fn needs(&self) -> Option<Needs> {
+        match self {
+            Change::Unguarded => None,
+            Change::TagWrite { .. } | Change::RevisionWrite { .. } => Some(Needs::Config),
+            Change::TagDelete { .. } | Change::RevisionDelete { .. } => Some(Needs::Usage),
+        }
     }
 
     /// The guards' verdict: warnings when allowed.
@@ -277,11 +290,12 @@ pub fn reply_with_view(parsed: &Parsed, view: &MeshView) -> Vec<u8> {
 }
 
 /// Answers one `/validate` review: the body of the HTTP reply (an AdmissionReview, always
-/// well-formed; `application/json`, status 200). `view` gives the controller's snapshot, or
-/// `None` while its watches have not all listed; it is called only for a guarded change.
+/// well-formed; `application/json`, status 200). `view` gives the controller's snapshot of
+/// what the change [`Needs`], or `None` while its watches have not all listed; it is
+/// called only for a guarded change.
 /// Without a view the change is refused (code 500) rather than allowed unchecked (the
 /// webhook's `failurePolicy` is `Fail` too).
-pub fn validate(body: &[u8], view: impl FnOnce() -> Option<MeshView>) -> Vec<u8> {
+pub fn validate(body: &[u8], view: impl FnOnce(Needs) -> Option<MeshView>) -> Vec<u8> {
     let parsed = match parse(body) {
         Ok(p) => p,
         Err((version, uid, message)) => {
@@ -298,12 +312,12 @@ pub fn validate(body: &[u8], view: impl FnOnce() -> Option<MeshView>) -> Vec<u8>
             return out;
         }
     };
-    if !parsed.change.is_guarded() {
+    let Some(needs) = parsed.change.needs() else {
         let mut out = Vec::with_capacity(160);
         write_reply(&mut out, parsed.version, &parsed.uid, true, None, None, &[]);
         return out;
-    }
-    match view() {
+    };
+    match view(needs) {
         Some(view) => reply_with_view(&parsed, &view),
         None => unavailable(
             &parsed,
@@ -419,7 +433,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(p.change, Change::Unguarded);
-        assert!(!p.change.is_guarded());
+        assert!(p.change.needs().is_none());
         let p = parse(&review(
             "MeshRevision",
             "DELETE",
@@ -435,7 +449,7 @@ mod tests {
                 force: true
             }
         );
-        assert!(p.change.is_guarded());
+        assert_eq!(p.change.needs(), Some(Needs::Usage));
         let e = parse(b"{}").unwrap_err();
         assert!(e.2.contains("apiVersion"), "{e:?}");
         let mut pod: Value = serde_json::from_slice(&review(
@@ -545,7 +559,7 @@ mod tests {
     #[test]
     fn bad_bodies_get_a_400_without_a_view() {
         // Parse errors and unguarded changes answer without asking for a view.
-        let never = || -> Option<MeshView> { panic!("no view may be taken") };
+        let never = |_: Needs| -> Option<MeshView> { panic!("no view may be taken") };
         let r: Value = serde_json::from_slice(&validate(b"not json", never)).unwrap();
         assert_eq!(r["response"]["status"]["code"], 400);
         let body = review(
@@ -565,11 +579,29 @@ mod tests {
             Value::Null,
             tag("canary", "1-23-6"),
         );
-        let r: Value = serde_json::from_slice(&validate(&body, || None)).unwrap();
+        let r: Value = serde_json::from_slice(&validate(&body, |_| None)).unwrap();
         assert_eq!(r["response"]["allowed"], false);
         assert_eq!(r["response"]["status"]["code"], 500);
         // With the view: judged (default uses the canary tag).
-        let r: Value = serde_json::from_slice(&validate(&body, || Some(view()))).unwrap();
+        let r: Value = serde_json::from_slice(&validate(&body, |needs| {
+            assert_eq!(needs, Needs::Usage);
+            Some(view())
+        }))
+        .unwrap();
         assert_eq!(r["response"]["status"]["code"], 403);
+        // A tag write reads revisions and tags only.
+        let body = review(
+            "RevisionTag",
+            "CREATE",
+            "prod",
+            tag("prod", "1-24-0"),
+            Value::Null,
+        );
+        let r: Value = serde_json::from_slice(&validate(&body, |needs| {
+            assert_eq!(needs, Needs::Config);
+            Some(view())
+        }))
+        .unwrap();
+        assert_eq!(r["response"]["allowed"], true);
     }
 }

@@ -532,10 +532,9 @@ impl Index {
         (table, problems)
     }
 
-    /// A [`MeshView`] of revisions, tags, every namespace and the live pods (no
-    /// workloads; pods' phase empty, see the module docs). What `/validate` judges with.
-    pub fn view(&self) -> MeshView {
-        let mut view = MeshView {
+    /// A [`MeshView`] of revisions and tags only (what the guards of a write read).
+    pub fn config_view(&self) -> MeshView {
+        MeshView {
             revisions: self
                 .revisions
                 .iter()
@@ -546,10 +545,17 @@ impl Index {
                 .iter()
                 .map(|(n, t)| (n.clone(), TagInfo::from(t)))
                 .collect(),
-            namespaces: self.namespaces.clone(),
-            pods: Vec::with_capacity(self.pod_count),
-            workloads: Vec::new(),
-        };
+            ..MeshView::default()
+        }
+    }
+
+    /// A [`MeshView`] of revisions, tags, every namespace and the live pods (no
+    /// workloads; pods' phase empty, see the module docs). What `/validate` judges a
+    /// deletion with.
+    pub fn view(&self) -> MeshView {
+        let mut view = self.config_view();
+        view.namespaces = self.namespaces.clone();
+        view.pods.reserve_exact(self.pod_count);
         for (ns, pods) in &self.pods {
             for (name, p) in pods {
                 view.pods.push(PodInfo {
@@ -1041,6 +1047,9 @@ mod tests {
             name: "web-7d9f8-xk2".into(),
             entry: PodEntry::from_meta(&meta),
         });
+        let config = ix.config_view();
+        assert_eq!(config.revisions.len(), 2);
+        assert!(config.namespaces.is_empty() && config.pods.is_empty());
         let view = ix.view();
         assert_eq!(view.revisions["1-23-6"].version, "1.23.6");
         assert_eq!(view.tags["canary"].revision, "1-23-6");

@@ -37,6 +37,12 @@ impl ClusterView {
         self.with(|ix| ix.synced().then(|| ix.view()))
     }
 
+    /// Revisions and tags only (what a guard of a write reads), once every watch has
+    /// listed; `None` before.
+    pub fn config_view(&self) -> Option<MeshView> {
+        self.with(|ix| ix.synced().then(|| ix.config_view()))
+    }
+
     /// Runs `f` on the index under its lock (never across an `.await`).
     pub fn with<R>(&self, f: impl FnOnce(&mut Index) -> R) -> R {
         // The index's methods do not panic; if one did, the poison is ignored rather than

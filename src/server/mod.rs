@@ -1256,7 +1256,10 @@ fn answer(ctx: &Ctx, body: &[u8], start: Instant) -> Response<Full<Bytes>> {
 /// Answers one `/validate` review with the upgrade guards.
 async fn guard(ctx: &Ctx, body: &[u8]) -> Response<Full<Bytes>> {
     let reply = match &ctx.validator {
-        Some(cluster) => admission::validate(body, || cluster.view()),
+        Some(cluster) => admission::validate(body, |needs| match needs {
+            admission::validate::Needs::Config => cluster.config_view(),
+            admission::validate::Needs::Usage => cluster.view(),
+        }),
         None => admission::error_reply(
             body,
             "meshrev runs without a cluster (no --kubeconfig or --in-cluster): the upgrade guards have nothing to check against",
