@@ -71,9 +71,8 @@ fn rss_mib(pid: u32) -> Result<(f64, f64)> {
 }
 
 /// meshrev's requests in the audit log from byte `from` on: (verb resource) → count, and
-/// the byte offset read to. meshrev is every user agent but the bench's and the control
-/// plane's own components (kube-rs sends none; an agent other than empty is named in
-/// the key, so a stray client would show).
+/// the byte offset read to. meshrev's are those without a user agent: kube-rs sends none,
+/// the bench's client sends [`BENCH_AGENT`], the control plane's components their own.
 fn meshrev_requests(audit: &Path, from: usize) -> Result<(BTreeMap<String, u64>, usize)> {
     let text = std::fs::read(audit)?;
     let mut out = BTreeMap::new();
@@ -81,11 +80,7 @@ fn meshrev_requests(audit: &Path, from: usize) -> Result<(BTreeMap<String, u64>,
         let Ok(ev) = serde_json::from_slice::<Value>(line) else {
             continue;
         };
-        let agent = ev["userAgent"].as_str().unwrap_or_default();
-        if agent.starts_with(BENCH_AGENT)
-            || agent.starts_with("kube-controller-manager")
-            || agent.starts_with("kube-apiserver")
-        {
+        if ev["userAgent"].as_str().is_some_and(|a| !a.is_empty()) {
             continue;
         }
         let verb = ev["verb"].as_str().unwrap_or_default();
@@ -101,13 +96,7 @@ fn meshrev_requests(audit: &Path, from: usize) -> Result<(BTreeMap<String, u64>,
                 .as_str()
                 .map(|s| format!("/{s}"))
                 .unwrap_or_default();
-            let who = if agent.is_empty() {
-                String::new()
-            } else {
-                format!(" ({agent})")
-            };
-            *out.entry(format!("{verb} {resource}{sub}{who}"))
-                .or_default() += 1;
+            *out.entry(format!("{verb} {resource}{sub}")).or_default() += 1;
         }
     }
     Ok((out, text.len()))
@@ -201,14 +190,22 @@ async fn scale_bench_1000_namespaces_20000_pods() -> Result<()> {
         .await?;
     }
 
-    // Baseline: meshrev on the (almost) empty cluster.
-    let kubeconfig = c.kubeconfig.clone();
-    let d = dir.path().join("empty");
-    std::fs::create_dir_all(&d)?;
-    let mut m = tokio::task::spawn_blocking(move || Meshrev::start(&kubeconfig, &d, 0)).await??;
-    let pid = m.pid().context("meshrev's pid")?;
-    let (rss_empty, _) = rss_mib(pid)?;
-    tokio::task::spawn_blocking(move || m.stop()).await?;
+    // RSS of a meshrev that synced the cluster as it is now (started, measured, stopped).
+    let rss_now = |label: &'static str| {
+        let kubeconfig = c.kubeconfig.clone();
+        let d = dir.path().join(label);
+        async move {
+            std::fs::create_dir_all(&d)?;
+            tokio::task::spawn_blocking(move || -> Result<f64> {
+                let mut m = Meshrev::start(&kubeconfig, &d, 0)?;
+                let (rss, _) = rss_mib(m.pid().context("meshrev's pid")?)?;
+                m.stop();
+                Ok(rss)
+            })
+            .await?
+        }
+    };
+    let rss_empty = rss_now("empty").await?;
 
     // The cluster: every namespace on tag stable, its pods on stable's revision.
     let t = Instant::now();
@@ -227,20 +224,26 @@ async fn scale_bench_1000_namespaces_20000_pods() -> Result<()> {
         .buffer_unordered(32)
         .try_collect::<Vec<()>>()
         .await?;
-    futures::stream::iter(0..pods_total)
-        .map(|i| {
-            let client = client.clone();
-            async move {
-                let ns = format!("bench-{:05}", i / per_ns);
-                let api: Api<Pod> = Api::namespaced(client, &ns);
-                let p: Pod = serde_json::from_value(pod(&ns, &format!("p-{i:06}"), "1-22-6"))?;
-                api.create(&PostParams::default(), &p).await?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(64)
-        .try_collect::<Vec<()>>()
-        .await?;
+    let rss_ns = rss_now("namespaces").await?;
+    let create_pods = |range: std::ops::Range<usize>| {
+        futures::stream::iter(range)
+            .map(|i| {
+                let client = client.clone();
+                async move {
+                    let ns = format!("bench-{:05}", i / per_ns);
+                    let api: Api<Pod> = Api::namespaced(client, &ns);
+                    let p: Pod = serde_json::from_value(pod(&ns, &format!("p-{i:06}"), "1-22-6"))?;
+                    api.create(&PostParams::default(), &p).await?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(64)
+            .try_collect::<Vec<()>>()
+    };
+    let half = pods_total / 2;
+    create_pods(0..half).await?;
+    let rss_half = rss_now("half").await?;
+    create_pods(half..pods_total).await?;
     println!(
         "scale: created {namespaces} namespaces and {pods_total} pods in {:.1?}",
         t.elapsed()
@@ -270,13 +273,18 @@ async fn scale_bench_1000_namespaces_20000_pods() -> Result<()> {
     );
     let indexed = m.metric("meshrev_index_objects{resource=\"pods\"}")?;
     assert_eq!(indexed as usize, pods_total, "every pod indexed");
-    let per_pod_kib = (rss - rss_empty) * 1024.0 / pods_total as f64;
+    let per_ns_kib = (rss_ns - rss_empty) * 1024.0 / namespaces as f64;
+    let per_pod_kib = (rss - rss_half) * 1024.0 / (pods_total - half) as f64;
     println!(
-        "scale: RSS empty cluster {rss_empty:.1} MiB; after sync {rss:.1} MiB (peak {hwm:.1} MiB) with {pods_total} pods in {namespaces} namespaces; {per_pod_kib:.2} KiB/pod above the empty baseline"
+        "scale: RSS after sync: empty cluster {rss_empty:.1} MiB; {namespaces} namespaces {rss_ns:.1} MiB; +{half} pods {rss_half:.1} MiB; +{pods_total} pods {rss:.1} MiB (peak {hwm:.1} MiB)"
     );
     println!(
-        "scale: RSS extrapolated to 10,000 namespaces / 100,000 pods: {:.1} MiB (empty baseline + 100,000 × per-pod)",
-        rss_empty + per_pod_kib * 100_000.0 / 1024.0
+        "scale: marginal cost {per_ns_kib:.2} KiB/namespace, {per_pod_kib:.2} KiB/pod (between {half} and {pods_total} pods)"
+    );
+    println!(
+        "scale: RSS extrapolated to 10,000 namespaces / 100,000 pods: {:.1} MiB",
+        rss + per_pod_kib * (100_000 - pods_total) as f64 / 1024.0
+            + per_ns_kib * 10_000usize.saturating_sub(namespaces) as f64 / 1024.0
     );
 
     // Steady state: nothing changes for `window`; meshrev may only renew its Lease.

@@ -115,22 +115,64 @@ impl Kind {
     }
 }
 
-/// One live pod, as much as the status writer and the guards read.
+/// One live pod, as much as the status writer and the guards read (about 60 bytes plus
+/// the owner's name; the pod's name is the key).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodEntry {
     /// The revision whose sidecar it runs ([`injected_revision`]), interned.
     pub revision: Option<Arc<str>>,
-    /// The controlling owner as (kind, name); a ReplicaSet that a Deployment made (its name
-    /// is the Deployment's plus `-<pod-template-hash>`) is given as that Deployment.
-    pub owner: Option<(Box<str>, Box<str>)>,
+    /// The controlling owner; a ReplicaSet that a Deployment made (its name is the
+    /// Deployment's plus `-<pod-template-hash>`) is given as that Deployment.
+    pub owner: Option<(OwnerKind, Box<str>)>,
+    /// The pod's own injection labels, boxed: most pods have none.
+    pub selection: Option<Box<PodSelection>>,
+    /// Being deleted.
+    pub terminating: bool,
+}
+
+/// The kind of a pod's controlling owner, without an allocation for the usual ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnerKind {
+    Deployment,
+    ReplicaSet,
+    StatefulSet,
+    DaemonSet,
+    Job,
+    Other(Box<str>),
+}
+
+impl OwnerKind {
+    fn parse(kind: &str) -> Self {
+        match kind {
+            "Deployment" => OwnerKind::Deployment,
+            "ReplicaSet" => OwnerKind::ReplicaSet,
+            "StatefulSet" => OwnerKind::StatefulSet,
+            "DaemonSet" => OwnerKind::DaemonSet,
+            "Job" => OwnerKind::Job,
+            other => OwnerKind::Other(other.into()),
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        match self {
+            OwnerKind::Deployment => "Deployment",
+            OwnerKind::ReplicaSet => "ReplicaSet",
+            OwnerKind::StatefulSet => "StatefulSet",
+            OwnerKind::DaemonSet => "DaemonSet",
+            OwnerKind::Job => "Job",
+            OwnerKind::Other(k) => k,
+        }
+    }
+}
+
+/// A pod's own injection labels and annotation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodSelection {
     /// Label `istio.io/rev`.
     pub rev_label: Option<Box<str>>,
     /// Label `sidecar.istio.io/inject`.
     pub inject_label: Option<Box<str>>,
     /// Annotation `sidecar.istio.io/inject`.
     pub inject_annotation: Option<Box<str>>,
-    /// Being deleted.
-    pub terminating: bool,
 }
 
 impl PodEntry {
@@ -154,14 +196,12 @@ impl PodEntry {
                     .and_then(|l| l.get("pod-template-hash"));
                 match hash.and_then(|h| o.name.strip_suffix(h.as_str())?.strip_suffix('-')) {
                     Some(deployment) if o.kind == "ReplicaSet" && !deployment.is_empty() => {
-                        ("Deployment".into(), deployment.into())
+                        (OwnerKind::Deployment, deployment.into())
                     }
-                    _ => (o.kind.as_str().into(), o.name.as_str().into()),
+                    _ => (OwnerKind::parse(&o.kind), o.name.as_str().into()),
                 }
             });
-        PodEntry {
-            revision: injected_revision(meta).map(Arc::from),
-            owner,
+        let selection = PodSelection {
             rev_label: label(LABEL_REV),
             inject_label: label(LABEL_INJECT),
             inject_annotation: meta
@@ -169,6 +209,11 @@ impl PodEntry {
                 .as_ref()
                 .and_then(|a| a.get(LABEL_INJECT))
                 .map(|v| v.as_str().into()),
+        };
+        PodEntry {
+            revision: injected_revision(meta).map(Arc::from),
+            owner,
+            selection: (selection != PodSelection::default()).then(|| Box::new(selection)),
             terminating: meta.deletion_timestamp.is_some(),
         }
     }
@@ -565,16 +610,20 @@ impl Index {
                     phase: String::new(),
                     ready: false,
                     terminating: p.terminating,
-                    selector: PodSelector {
-                        rev_label: p.rev_label.as_deref().map(str::to_string),
-                        inject_label: p.inject_label.as_deref().map(str::to_string),
-                        inject_annotation: p.inject_annotation.as_deref().map(str::to_string),
-                        host_network: false,
-                    },
+                    selector: p
+                        .selection
+                        .as_deref()
+                        .map(|s| PodSelector {
+                            rev_label: s.rev_label.as_deref().map(str::to_string),
+                            inject_label: s.inject_label.as_deref().map(str::to_string),
+                            inject_annotation: s.inject_annotation.as_deref().map(str::to_string),
+                            host_network: false,
+                        })
+                        .unwrap_or_default(),
                     owner: p
                         .owner
                         .as_ref()
-                        .map(|(k, n)| (k.to_string(), n.to_string())),
+                        .map(|(k, n)| (k.as_str().to_string(), n.to_string())),
                 });
             }
         }
@@ -1093,7 +1142,7 @@ mod tests {
             };
             PodEntry::from_meta(&meta)
                 .owner
-                .map(|(k, n)| (k.to_string(), n.to_string()))
+                .map(|(k, n)| (k.as_str().to_string(), n.to_string()))
         };
         let pair = |k: &str, n: &str| Some((k.to_string(), n.to_string()));
         assert_eq!(owned("StatefulSet", "db", None), pair("StatefulSet", "db"));
@@ -1109,6 +1158,9 @@ mod tests {
             owned("ReplicaSet", "api-abc", Some("abc")),
             pair("Deployment", "api")
         );
-        assert_eq!(PodEntry::from_meta(&ObjectMeta::default()).owner, None);
+        assert_eq!(owned("Job", "batch", None), pair("Job", "batch"));
+        assert_eq!(owned("Widget", "w", None), pair("Widget", "w"));
+        let bare = PodEntry::from_meta(&ObjectMeta::default());
+        assert_eq!((bare.owner, bare.selection), (None, None));
     }
 }

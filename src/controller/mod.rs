@@ -14,7 +14,9 @@ pub mod status;
 
 use std::sync::{Arc, Mutex};
 
-pub use index::{COUNTED_PODS, Dirty, Index, Key, Kind, Object, Observed, PodEntry};
+pub use index::{
+    COUNTED_PODS, Dirty, Index, Key, Kind, Object, Observed, OwnerKind, PodEntry, PodSelection,
+};
 pub use lease::{Identity, LeaseHandle};
 pub use run::run;
 
