@@ -63,7 +63,7 @@ fn istio_style(table: &Table, body: &[u8]) -> Vec<u8> {
     let mut scratch = Vec::new();
     let text = original.to_string();
     let pod: meshrev::injector::pod::Pod = serde_json::from_str(&text).expect("pod");
-    let _ = meshrev::injector::inject(table, "default", &pod, &mut scratch, || None);
+    let _ = meshrev::router::inject(table, "default", &pod, &mut scratch, || None);
     let ops: json_patch::Patch = serde_json::from_slice(&scratch).expect("patch");
     let mut mutated = original.clone();
     json_patch::patch(&mut mutated, &ops).expect("apply");

@@ -2,12 +2,15 @@
 //! tooling that makes control-plane canary upgrades safe.
 //!
 //! Where things live:
+//! - [`core`]: the kube-free domain core: Istio's vocabulary, the one router, the revision
+//!   of a pod, validation, the version skip policy and the upgrade guards.
 //! - [`config`]: the kubectl-managed configuration model (the `MeshRevision` and
 //!   `RevisionTag` CRDs) and table files (multi-document YAML of those objects).
 //! - [`table`]: the immutable revision table built from that configuration, and the
 //!   [`table::TableStore`] that publishes it with one atomic swap.
-//! - [`router`]: decides, from namespace and pod labels, which revision (if any) injects.
-//! - [`injector`]: turns that decision into an RFC 6902 JSON Patch from fragments that were
+//! - [`router`]: the webhook's routing step: the core's router over a table, then the
+//!   injector.
+//! - [`injector`]: turns a routing decision into an RFC 6902 JSON Patch from fragments that were
 //!   rendered once per revision.
 //! - [`admission`]: the AdmissionReview wire format: parse a request, write a reply.
 //! - [`server`]: the TLS webhook server, certificates, metrics and health endpoints.
@@ -20,6 +23,7 @@ pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod core;
 pub mod injector;
 pub mod router;
 pub mod server;

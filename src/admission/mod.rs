@@ -11,8 +11,7 @@ pub use validate::validate;
 use serde::Deserialize;
 
 use crate::injector::pod::{Pod, Str};
-use crate::injector::{self, Outcome};
-use crate::router::{SkipReason, Via};
+use crate::router::{self, Outcome, SkipReason, Via};
 use crate::table::{Revision, Table};
 
 /// What happened to a request, for metrics.
@@ -189,7 +188,7 @@ pub fn review<'t>(table: &'t Table, body: &[u8], patch: &mut Vec<u8>) -> Reply<'
         let mut review: serde_json::Value = serde_json::from_slice(body).ok()?;
         Some(review.get_mut("request")?.get_mut("object")?.take())
     };
-    let outcome = injector::inject(table, namespace, pod, patch, whole_pod);
+    let outcome = router::inject(table, namespace, pod, patch, whole_pod);
     if matches!(outcome, Outcome::Injected { .. })
         && let Some(missing) = unpatchable(pod, body)
     {

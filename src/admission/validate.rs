@@ -230,7 +230,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
                 .old_object
                 .as_ref()
                 .and_then(|o| o.pointer("/metadata/annotations"))
-                .and_then(|a| a.get(crate::upgrade::ANNOTATION_FORCE_DELETE))
+                .and_then(|a| a.get(crate::core::ANNOTATION_FORCE_DELETE))
                 .and_then(Value::as_str)
                 == Some("true");
             Change::RevisionDelete { name, force }

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde_json::{Map, Value, json};
 
-use crate::injector::{self, Outcome, pod::Pod};
+use crate::injector::pod::Pod;
+use crate::router::{self, Outcome};
 use crate::table::{self, NamespaceLabels, Table};
 use crate::yaml;
 
@@ -470,7 +471,7 @@ impl Walker<'_, '_> {
         let view: Pod = serde_json::from_str(&text)
             .with_context(|| format!("{what}: not a valid pod template"))?;
         let mut patch = Vec::new();
-        match injector::inject(table, namespace, &view, &mut patch, || Some(pod.clone())) {
+        match router::inject(table, namespace, &view, &mut patch, || Some(pod.clone())) {
             Outcome::Injected {
                 revision,
                 via,

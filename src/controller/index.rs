@@ -40,10 +40,10 @@ use kube::api::PartialObjectMeta;
 use kube::core::ObjectMeta;
 
 use crate::config::{MeshRevision, MeshRevisionStatus, RevisionTag, RevisionTagStatus};
-use crate::router::LABEL_INJECT;
-use crate::table::{self, LABEL_REV, Problem, Table, TableBuilder};
+use crate::core::{LABEL_INJECT, LABEL_REV};
+use crate::table::{Problem, Table, TableBuilder};
 use crate::upgrade::view::{
-    MeshView, NamespaceLabels, PodInfo, PodSelector, RevisionInfo, TagInfo, injected_revision,
+    MeshView, NamespaceLabels, PodInfo, PodSelector, RevisionInfo, TagInfo,
 };
 
 /// The pods that count: the field selector of the pod watch.
@@ -119,7 +119,7 @@ impl Kind {
 /// the owner's name; the pod's name is the key).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodEntry {
-    /// The revision whose sidecar it runs ([`injected_revision`]), interned.
+    /// The revision whose sidecar it runs ([`crate::core::pod_revision`]), interned.
     pub revision: Option<Arc<str>>,
     /// The controlling owner; a ReplicaSet that a Deployment made (its name is the
     /// Deployment's plus `-<pod-template-hash>`) is given as that Deployment.
@@ -211,7 +211,13 @@ impl PodEntry {
                 .map(|v| v.as_str().into()),
         };
         PodEntry {
-            revision: injected_revision(meta).map(Arc::from),
+            revision: crate::core::pod_revision(|k| {
+                meta.annotations
+                    .as_ref()
+                    .and_then(|a| a.get(k))
+                    .map(String::as_str)
+            })
+            .map(|r| Arc::from(r.as_ref())),
             owner,
             selection: (selection != PodSelection::default()).then(|| Box::new(selection)),
             terminating: meta.deletion_timestamp.is_some(),
@@ -557,19 +563,11 @@ impl Index {
     /// The routing projection as an injection table (not yet published), and the objects
     /// left out of it.
     pub fn table(&self, builder: &mut TableBuilder) -> (Table, Vec<Problem>) {
-        let namespaces: HashMap<String, table::NamespaceLabels> = self
+        let namespaces: HashMap<String, NamespaceLabels> = self
             .namespaces
             .iter()
             .filter(|(_, l)| !l.is_empty())
-            .map(|(n, l)| {
-                (
-                    n.clone(),
-                    table::NamespaceLabels {
-                        injection: l.injection.as_deref().map(Into::into),
-                        rev: l.rev.as_deref().map(Into::into),
-                    },
-                )
-            })
+            .map(|(n, l)| (n.clone(), l.clone()))
             .collect();
         let (mut table, problems) =
             builder.build_lenient(self.revisions.values(), self.tags.values(), namespaces);

@@ -1,8 +1,9 @@
 //! The injector: the sidecar of a revision as an RFC 6902 JSON Patch against the original pod.
 //!
 //! Per revision, the constant parts were rendered when the table was built
-//! ([`RevisionTemplate`]); per request [`inject`] routes the pod and writes the patch straight
-//! into one buffer, filling only the pod-dependent slots.
+//! ([`RevisionTemplate`]); per request [`patch`] writes the patch straight into one buffer,
+//! filling only the pod-dependent slots. Routing is not the injector's: the webhook's
+//! [`crate::router::inject`] routes the pod, then calls [`patch`] with the chosen revision.
 
 mod overrides;
 pub mod pod;
@@ -12,7 +13,6 @@ mod templates;
 mod validate;
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -22,44 +22,26 @@ pub use template::{
     pointer_escape,
 };
 
-use crate::router::{self, Decision, SkipReason, Via};
-use crate::table::{Revision, Table};
+use crate::core::ANNOTATION_STATUS;
+pub use crate::core::validate::{is_quantity, quantity_value};
 use pod::{Meta, Pod, Spec};
 
-/// Annotation recording what was injected (Istio's format).
-pub const ANNOTATION_STATUS: &str = "sidecar.istio.io/status";
-
-/// What [`inject`] did.
-#[derive(Debug)]
-pub enum Outcome<'t> {
-    /// A patch was written to the buffer.
-    Injected {
-        revision: &'t Arc<Revision>,
-        via: Via<'t>,
-        warning: Option<String>,
-    },
-    /// No patch; the pod is admitted as it is.
-    Skipped {
-        reason: SkipReason,
-        warning: Option<String>,
-    },
-    /// The pod asks for something invalid (a malformed annotation); the message names it.
-    Denied(String),
-}
-
-/// Routes `pod` (created in `namespace`) and, when it is to be injected, appends the JSON
-/// Patch to `patch` (which must be empty).
+/// Appends to `out` (which must be empty) the JSON Patch that injects `tmpl` into `pod`
+/// (created in `namespace`). Routing decided already that this revision injects the pod
+/// ([`crate::router::inject`]).
 ///
 /// `whole_pod` gives the pod as a `Value`; it is called only for the rare pods that need the
 /// full-pod path (their own `istio-proxy`, or `inject.istio.io/templates`), see
-/// [`overrides`]. A caller that cannot give it (returns `None`) gets the plain sidecar.
-pub fn inject<'t>(
-    table: &'t Table,
+/// `overrides`. A caller that cannot give it (returns `None`) gets the plain sidecar.
+/// On an error (a malformed annotation; the message names it) `out` is left empty.
+pub fn patch(
+    tmpl: &RevisionTemplate,
+    nodes_support_native_sidecars: Option<bool>,
     namespace: &str,
     pod: &Pod<'_>,
-    patch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
     whole_pod: impl FnOnce() -> Option<serde_json::Value>,
-) -> Outcome<'t> {
+) -> Result<(), String> {
     static EMPTY: Spec<'static> = Spec {
         host_network: None,
         containers: Vec::new(),
@@ -67,42 +49,21 @@ pub fn inject<'t>(
         volumes: None,
     };
     let spec = pod.spec.as_ref().unwrap_or(&EMPTY);
-    match router::route(
-        table,
+    write_patch(
+        tmpl,
+        nodes_support_native_sidecars,
         namespace,
-        spec.host_network.unwrap_or(false),
         &pod.metadata,
-    ) {
-        Decision::Skip { reason, warning } => Outcome::Skipped { reason, warning },
-        Decision::Inject {
-            revision,
-            via,
-            warning,
-        } => match write_patch(
-            &revision.template,
-            table.nodes_support_native_sidecars,
-            namespace,
-            &pod.metadata,
-            spec,
-            patch,
-        )
-        .and_then(|()| {
-            if overrides::needed(&pod.metadata, spec) {
-                full_pod_patch(&revision.template, whole_pod, patch)?;
-            }
-            Ok(())
-        }) {
-            Ok(()) => Outcome::Injected {
-                revision,
-                via,
-                warning,
-            },
-            Err(e) => {
-                patch.clear();
-                Outcome::Denied(e)
-            }
-        },
-    }
+        spec,
+        out,
+    )
+    .and_then(|()| {
+        if overrides::needed(&pod.metadata, spec) {
+            full_pod_patch(tmpl, whole_pod, out)?;
+        }
+        Ok(())
+    })
+    .inspect_err(|_| out.clear())
 }
 
 /// The full-pod path: the fast path's patch applied to the whole pod, then Istio's handling
@@ -765,8 +726,7 @@ fn write_patch(
             probes::merge_previous(&mut rewrite.probers, old_proxy_env);
         }
         if !rewrite.probers.is_empty() {
-            values.probers =
-                Some(serde_json::to_string(&rewrite.probers).expect("probers must serialize"));
+            values.probers = Some(rewrite.probers_json());
         }
     }
     if status.is_some()
@@ -1173,57 +1133,6 @@ pub(crate) fn render_init_args(
     let log = format!("--log_output_level={agent_log_level}");
     args.push(&log);
     serde_json::to_string(&args).expect("strings must serialize")
-}
-
-/// A Kubernetes quantity's value in its base unit (cores, bytes): `500m` → 0.5,
-/// `1Gi` → 1073741824. `None` when it is not a quantity.
-pub fn quantity_value(q: &str) -> Option<f64> {
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
-        _ => return None,
-    };
-    Some(n * mult)
-}
-
-/// Whether `q` is a Kubernetes resource quantity (`100m`, `1.5`, `128Mi`, `1e3`).
-pub fn is_quantity(q: &str) -> bool {
-    let q = q.strip_prefix(['+', '-']).unwrap_or(q);
-    let digits_end = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(digits_end);
-    let num_ok = !num.is_empty() && num != "." && num.matches('.').count() <= 1;
-    let suffix_ok = matches!(
-        suffix,
-        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
-    ) || (suffix.len() > 1
-        && (suffix.starts_with('e') || suffix.starts_with('E'))
-        && suffix[1..]
-            .strip_prefix(['+', '-'])
-            .unwrap_or(&suffix[1..])
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        && suffix.len() > 1 + usize::from(suffix[1..].starts_with(['+', '-'])));
-    num_ok && suffix_ok
 }
 
 /// The workload name and Istio's `ISTIO_META_OWNER` for a pod.

@@ -26,7 +26,7 @@ pub const ANNOTATION_OVERRIDES: &str = "proxy.istio.io/overrides";
 /// Whether `pod` needs the full-pod path: it declares an injected container itself (and was
 /// not injected before), or it asks for templates.
 pub fn needed(meta: &Meta<'_>, spec: &Spec<'_>) -> bool {
-    if meta.annotation("inject.istio.io/templates").is_some()
+    if meta.annotation(crate::core::ANNOTATION_TEMPLATES).is_some()
         || meta.annotation("sidecar.istio.io/enableCoreDump").is_some()
     {
         return true;

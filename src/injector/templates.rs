@@ -14,9 +14,8 @@
 use serde_json::{Value, json};
 
 use super::{INIT_CONTAINER, PROXY_CONTAINER, RevisionTemplate};
-
-/// The annotation naming the templates, comma-separated, applied in order.
-pub const ANNOTATION_TEMPLATES: &str = "inject.istio.io/templates";
+// The annotation naming the templates, comma-separated, applied in order.
+use crate::core::ANNOTATION_TEMPLATES;
 
 /// Templates meshrev reproduces.
 pub const KNOWN: [&str; 4] = ["sidecar", "gateway", "grpc-agent", "grpc-simple"];

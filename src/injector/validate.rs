@@ -8,7 +8,7 @@ type Check = fn(&str) -> Result<(), String>;
 
 const CHECKS: [(&str, Check); 19] = [
     (
-        super::templates::ANNOTATION_TEMPLATES,
+        crate::core::ANNOTATION_TEMPLATES,
         super::templates::validate,
     ),
     ("sidecar.istio.io/interceptionMode", interception_mode),
@@ -131,7 +131,7 @@ fn boolean(v: &str) -> Result<(), String> {
 }
 
 fn quantity(v: &str) -> Result<(), String> {
-    if super::is_quantity(v) && !v.starts_with('-') {
+    if crate::core::validate::non_negative_quantity(v).is_ok() {
         Ok(())
     } else {
         Err("not a non-negative Kubernetes quantity (e.g. 100m, 128Mi)".into())

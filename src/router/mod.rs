@@ -1,108 +1,39 @@
-//! The router: which revision injects a pod, or why none does.
+//! The webhook's routing step: which revision injects a pod, by the one router
+//! ([`crate::core::route()`]) over the published [`Table`] and the request's borrowed pod,
+//! then the injector's patch for that revision ([`inject`]).
 //!
-//! Pure function of the table, the namespace's labels and the pod. Rules, in order (Istio's
-//! where Istio has one; Istio spreads them over webhook selectors and `injectRequired`,
-//! meshrev resolves tags itself in one webhook):
-//! 1. `hostNetwork: true` → skip; system namespaces → skip;
-//! 2. pod label `sidecar.istio.io/inject: "false"` (or, without the label, the annotation)
-//!    → skip;
-//! 3. namespace `istio-injection: enabled` → tag `stable` (it wins over a namespace
-//!    `istio.io/rev`, with a warning); any other value of it → skip;
-//! 4. namespace `istio.io/rev: X` → tag X, else revision X, else skip (`unknown-revision`);
-//! 5. otherwise the pod decides: label `istio.io/rev: X` as in 4, label
-//!    `sidecar.istio.io/inject: "true"` → tag `stable`, else skip (`not-in-mesh`).
+//! Pure functions of their arguments; the table is read, never mutated. Nothing here
+//! allocates on the common path: decisions borrow the table's revisions and tag names.
 
 use std::sync::Arc;
 
-use crate::injector::pod::Meta;
-use crate::table::{LABEL_INJECTION, LABEL_REV, NamespaceLabels, Revision, TAG_STABLE, Table};
+use crate::core::{self, NoLabels, PodLabels};
+use crate::injector::{self, pod::Meta, pod::Pod};
+use crate::table::{Revision, Table};
 
-/// Pod label (and annotation) that opts a pod in or out.
-pub const LABEL_INJECT: &str = "sidecar.istio.io/inject";
+pub use crate::core::SkipReason;
 
-/// Namespaces Istio never injects.
-pub const SYSTEM_NAMESPACES: [&str; 4] = [
-    "kube-system",
-    "kube-public",
-    "kube-node-lease",
-    "local-path-storage",
-];
+/// How the revision was chosen: a tag name borrowed from the table, or pinned.
+pub type Via<'t> = core::Via<&'t str>;
 
-/// Why a pod is not injected. A small fixed set: these are metric label values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SkipReason {
-    HostNetwork,
-    SystemNamespace,
-    PodOptOut,
-    NamespaceDisabled,
-    UnknownRevision,
-    NotInMesh,
-    NotCreate,
+/// The router's answer over a table.
+pub type Decision<'t> = core::Decision<&'t Arc<Revision>, &'t str>;
+
+/// The request's pod as routing reads it: its metadata, and `spec.hostNetwork`.
+struct WirePod<'a, 'p> {
+    meta: &'a Meta<'p>,
+    host_network: bool,
 }
 
-impl SkipReason {
-    pub const ALL: [SkipReason; 7] = [
-        SkipReason::HostNetwork,
-        SkipReason::SystemNamespace,
-        SkipReason::PodOptOut,
-        SkipReason::NamespaceDisabled,
-        SkipReason::UnknownRevision,
-        SkipReason::NotInMesh,
-        SkipReason::NotCreate,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SkipReason::HostNetwork => "host-network",
-            SkipReason::SystemNamespace => "system-namespace",
-            SkipReason::PodOptOut => "pod-opt-out",
-            SkipReason::NamespaceDisabled => "namespace-disabled",
-            SkipReason::UnknownRevision => "unknown-revision",
-            SkipReason::NotInMesh => "not-in-mesh",
-            SkipReason::NotCreate => "not-create",
-        }
+impl PodLabels for WirePod<'_, '_> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.meta.label(key)
     }
-}
-
-/// How the revision was chosen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Via<'t> {
-    /// Through a tag (`stable`, `canary`, …).
-    Tag(&'t str),
-    /// A revision named directly (`istio.io/rev: 1-23-6`).
-    Pinned,
-}
-
-impl Via<'_> {
-    /// The metric label value: the tag, or `none` for a pinned revision.
-    pub fn tag(&self) -> &str {
-        match self {
-            Via::Tag(t) => t,
-            Via::Pinned => "none",
-        }
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.meta.annotation(key)
     }
-}
-
-/// The router's answer.
-#[derive(Debug)]
-pub enum Decision<'t> {
-    Inject {
-        revision: &'t Arc<Revision>,
-        via: Via<'t>,
-        /// An admission warning (e.g. both namespace labels set).
-        warning: Option<String>,
-    },
-    Skip {
-        reason: SkipReason,
-        warning: Option<String>,
-    },
-}
-
-impl Decision<'_> {
-    fn skip(reason: SkipReason) -> Self {
-        Decision::Skip {
-            reason,
-            warning: None,
-        }
+    fn host_network(&self) -> bool {
+        self.host_network
     }
 }
 
@@ -113,87 +44,87 @@ pub fn route<'t>(
     host_network: bool,
     pod: &Meta<'_>,
 ) -> Decision<'t> {
-    if host_network {
-        return Decision::skip(SkipReason::HostNetwork);
-    }
-    if SYSTEM_NAMESPACES.contains(&namespace) {
-        return Decision::skip(SkipReason::SystemNamespace);
-    }
-    let opt = pod
-        .label(LABEL_INJECT)
-        .or_else(|| pod.annotation(LABEL_INJECT));
-    if opt == Some("false") {
-        return Decision::skip(SkipReason::PodOptOut);
-    }
-    static NONE: NamespaceLabels = NamespaceLabels {
-        injection: None,
-        rev: None,
-    };
-    let ns = table.namespace(namespace).unwrap_or(&NONE);
-    if let Some(inj) = ns.injection.as_deref() {
-        if inj != "enabled" {
-            return Decision::skip(SkipReason::NamespaceDisabled);
-        }
-        let warning = ns.rev.as_deref().map(|rev| {
-            format!(
-                "namespace {namespace} has both {LABEL_INJECTION}=enabled and {LABEL_REV}={rev}; {LABEL_INJECTION} wins (tag {TAG_STABLE}): remove one of the labels"
-            )
-        });
-        return by_tag_or_revision(table, TAG_STABLE, warning, "namespace", namespace);
-    }
-    if let Some(rev) = ns.rev.as_deref() {
-        return by_tag_or_revision(table, rev, None, "namespace", namespace);
-    }
-    if let Some(rev) = pod.label(LABEL_REV) {
-        return by_tag_or_revision(table, rev, None, "pod label in namespace", namespace);
-    }
-    if pod.label(LABEL_INJECT) == Some("true") {
-        return by_tag_or_revision(table, TAG_STABLE, None, "pod label in namespace", namespace);
-    }
-    Decision::skip(SkipReason::NotInMesh)
+    core::route(
+        table,
+        namespace,
+        &WirePod {
+            meta: pod,
+            host_network,
+        },
+    )
 }
 
 /// The revision new pods of namespace `ns` get by its labels alone (no pod-level opt-in).
 pub fn resolve_namespace<'t>(table: &'t Table, ns: &str) -> Option<&'t Arc<Revision>> {
-    match route(table, ns, false, &Meta::default()) {
-        Decision::Inject { revision, .. } => Some(revision),
-        Decision::Skip { .. } => None,
+    match core::route(table, ns, &NoLabels) {
+        core::Decision::Inject { revision, .. } => Some(revision),
+        core::Decision::Skip { .. } => None,
     }
 }
 
-fn by_tag_or_revision<'t>(
+/// What [`inject`] did.
+#[derive(Debug)]
+pub enum Outcome<'t> {
+    /// A patch was written to the buffer.
+    Injected {
+        revision: &'t Arc<Revision>,
+        via: Via<'t>,
+        warning: Option<String>,
+    },
+    /// No patch; the pod is admitted as it is.
+    Skipped {
+        reason: SkipReason,
+        warning: Option<String>,
+    },
+    /// The pod asks for something invalid (a malformed annotation); the message names it.
+    Denied(String),
+}
+
+/// Routes `pod` (created in `namespace`) and, when it is to be injected, appends the JSON
+/// Patch to `patch` (which must be empty); see [`injector::patch`] for `whole_pod`.
+pub fn inject<'t>(
     table: &'t Table,
-    name: &str,
-    warning: Option<String>,
-    whose: &str,
     namespace: &str,
-) -> Decision<'t> {
-    if let Some((tag, revision)) = table.tag_entry(name) {
-        return Decision::Inject {
+    pod: &Pod<'_>,
+    patch: &mut Vec<u8>,
+    whole_pod: impl FnOnce() -> Option<serde_json::Value>,
+) -> Outcome<'t> {
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    match route(table, namespace, host_network, &pod.metadata) {
+        core::Decision::Skip {
+            reason, warning, ..
+        } => Outcome::Skipped { reason, warning },
+        core::Decision::Inject {
             revision,
-            via: Via::Tag(tag),
+            via,
             warning,
-        };
-    }
-    if let Some(revision) = table.revision(name) {
-        return Decision::Inject {
-            revision,
-            via: Via::Pinned,
-            warning,
-        };
-    }
-    Decision::Skip {
-        reason: SkipReason::UnknownRevision,
-        warning: Some(format!(
-            "{whose} {namespace} selects {LABEL_REV}={name}, which is neither a RevisionTag nor a MeshRevision: the pod was not injected"
-        )),
+            ..
+        } => match injector::patch(
+            &revision.template,
+            table.nodes_support_native_sidecars,
+            namespace,
+            pod,
+            patch,
+            whole_pod,
+        ) {
+            Ok(()) => Outcome::Injected {
+                revision,
+                via,
+                warning,
+            },
+            Err(e) => Outcome::Denied(e),
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::injector::pod::Pod;
+    use crate::core::NamespaceLabels;
     use std::collections::HashMap;
 
     fn table(ns: &[(&str, &[(&str, &str)])]) -> Table {
@@ -227,8 +158,11 @@ mod tests {
                 revision,
                 via,
                 warning,
+                ..
             } => (revision.name.clone(), via.tag().to_string(), warning),
-            Decision::Skip { reason, warning } => ("skip".into(), reason.as_str().into(), warning),
+            Decision::Skip {
+                reason, warning, ..
+            } => ("skip".into(), reason.as_str().into(), warning),
         }
     }
 
@@ -326,13 +260,5 @@ mod tests {
         let ann_in = r#"{"metadata":{"annotations":{"sidecar.istio.io/inject":"true"}}}"#;
         assert_eq!(decide(&t, "plain", ann_in).1, "not-in-mesh");
         assert_eq!(decide(&t, "plain", PLAIN).1, "not-in-mesh");
-    }
-
-    #[test]
-    fn skip_reasons_are_distinct_metric_values() {
-        let mut v: Vec<&str> = SkipReason::ALL.iter().map(|r| r.as_str()).collect();
-        v.sort();
-        v.dedup();
-        assert_eq!(v.len(), SkipReason::ALL.len());
     }
 }

@@ -13,16 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::config::{ConfigObjects, MeshRevision, MeshRevisionSpec, NamespaceObject, RevisionTag};
+use crate::core::{Namespaces, Revisions, validate};
 use crate::injector::RevisionTemplate;
 
-/// Namespace label: `enabled` means tag `stable`, `disabled` opts the namespace out.
-pub const LABEL_INJECTION: &str = "istio-injection";
-/// Namespace or pod label naming a tag or a revision.
-pub const LABEL_REV: &str = "istio.io/rev";
-/// The tag that `istio-injection: enabled` and pod opt-in resolve to.
-pub const TAG_STABLE: &str = "stable";
-/// The tag of the canary revision during an upgrade.
-pub const TAG_CANARY: &str = "canary";
+/// Part of the table's API (namespace labels go in with [`Table::with_namespaces`] and
+/// [`TableBuilder::build_lenient`]); defined in the core.
+pub use crate::core::NamespaceLabels;
 
 /// One revision, with its pre-rendered sidecar.
 #[derive(Debug)]
@@ -43,25 +39,6 @@ impl Revision {
                 self.version
             )
         })
-    }
-}
-
-/// The injection labels of a namespace (all the router needs of it).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NamespaceLabels {
-    pub injection: Option<Box<str>>,
-    pub rev: Option<Box<str>>,
-}
-
-impl NamespaceLabels {
-    pub fn from_labels<'a>(mut get: impl FnMut(&str) -> Option<&'a str>) -> NamespaceLabels {
-        NamespaceLabels {
-            injection: get(LABEL_INJECTION).map(Into::into),
-            rev: get(LABEL_REV).map(Into::into),
-        }
-    }
-    pub fn is_empty(&self) -> bool {
-        self.injection.is_none() && self.rev.is_none()
     }
 }
 
@@ -118,6 +95,23 @@ impl Table {
             namespaces: Arc::new(namespaces),
             nodes_support_native_sidecars: self.nodes_support_native_sidecars,
         }
+    }
+}
+
+/// Routing resolves names against the table's revisions and tags ([`crate::core::route()`]).
+impl Revisions for Table {
+    type Revision = Arc<Revision>;
+    fn tag(&self, name: &str) -> Option<(&str, &Arc<Revision>)> {
+        self.tag_entry(name)
+    }
+    fn revision(&self, name: &str) -> Option<&Arc<Revision>> {
+        Table::revision(self, name)
+    }
+}
+
+impl Namespaces for Table {
+    fn namespace_labels(&self, namespace: &str) -> Option<&NamespaceLabels> {
+        self.namespace(namespace)
     }
 }
 
@@ -211,14 +205,8 @@ impl TableBuilder {
         {
             return Ok(cached.clone());
         }
-        validate_name(name)?;
-        let version =
-            semver::Version::parse(spec.version.trim_start_matches('v')).map_err(|e| {
-                format!(
-                    "spec.version {:?} is not a semantic version like 1.23.6: {e}",
-                    spec.version
-                )
-            })?;
+        validate::name(name).map_err(|e| e.to_string())?;
+        let version = validate::version(&spec.version).map_err(|e| format!("spec.{e}"))?;
         if version.major < 1
             || (version.major == 1 && version.minor < crate::injector::OLDEST_MINOR)
         {
@@ -230,18 +218,14 @@ impl TableBuilder {
                 crate::injector::NEWEST_MINOR
             ));
         }
-        if let Some(img) = &spec.proxy_image
-            && (img.is_empty() || img.chars().any(char::is_whitespace))
-        {
-            return Err(format!("spec.proxyImage {img:?} is not an image reference"));
+        if let Some(img) = &spec.proxy_image {
+            validate::image(img).map_err(|e| format!("spec.proxyImage {e}"))?;
         }
         if let Some(res) = spec.template.as_ref().and_then(|t| t.resources.as_ref()) {
             for (k, v) in res.requests.iter().chain(&res.limits) {
-                if !crate::injector::is_quantity(v) {
-                    return Err(format!(
-                        "spec.template.resources {k}={v:?} is not a Kubernetes quantity"
-                    ));
-                }
+                validate::quantity(v).map_err(|_| {
+                    format!("spec.template.resources {k}={v:?} is not a Kubernetes quantity")
+                })?;
             }
         }
         Ok(Arc::new(Revision {
@@ -285,7 +269,7 @@ fn tag_problem(
     revs: &HashMap<String, Arc<Revision>>,
     tags: &HashMap<String, Arc<Revision>>,
 ) -> Result<(), String> {
-    validate_name(name)?;
+    validate::name(name).map_err(|e| e.to_string())?;
     if tags.contains_key(name) {
         return Err("defined twice".into());
     }
@@ -318,24 +302,6 @@ fn sorted_names(revs: &HashMap<String, Arc<Revision>>) -> String {
         "none defined".into()
     } else {
         v.join(", ")
-    }
-}
-
-/// Revision and tag names are label values (they appear in `istio.io/rev`) and DNS labels.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "name {name:?} must be a DNS label: lowercase letters, digits and '-', at most 63"
-        ))
     }
 }
 

@@ -14,14 +14,16 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::config::{MeshRevision, MeshRevisionSpec, RevisionTag, RevisionTagSpec};
-use crate::table::{LABEL_INJECTION, LABEL_REV};
+use crate::core::{
+    ANNOTATION_FORCE_DELETE, ANNOTATION_PROMOTED_FROM, ANNOTATION_RESTARTED_AT, LABEL_INJECTION,
+    LABEL_REV,
+};
 
 use super::rollout::{self, Progress};
 use super::view::{
     MeshView, NamespaceLabels, PodInfo, RevisionInfo, TagInfo, WorkloadId, WorkloadInfo,
     WorkloadKind, injected_revision, namespace_entry,
 };
-use super::{ANNOTATION_FORCE_DELETE, ANNOTATION_PROMOTED_FROM, ANNOTATION_RESTARTED_AT};
 
 /// Field manager of meshrev's writes.
 pub const FIELD_MANAGER: &str = "meshrev-upgrade";

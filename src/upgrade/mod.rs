@@ -14,33 +14,26 @@
 //!
 //! Layers:
 //! - [`view`]: [`MeshView`], plain data (revisions, tags, namespace labels, pods, workloads)
-//!   and the routing rules over it; built from Kubernetes objects by pure conversions;
-//! - [`guards`]: pure functions over a view that allow or refuse each step, listing the
-//!   objects that block it. Shared by the CLI and the validating webhook
-//!   ([`crate::admission::validate`]);
+//!   kept in the kube-free [`crate::core::view`], routed by [`crate::core::route()`]; this
+//!   module adds its pure conversions from Kubernetes objects;
+//! - [`guards`] ([`crate::core::guards`]): pure functions over a view that allow or refuse
+//!   each step, listing the objects that block it. Shared by the CLI and the validating
+//!   webhook ([`crate::admission::validate`](mod@crate::admission::validate));
 //! - [`status`]: the phase and the per-namespace, per-workload report;
 //! - [`rollout`]: rollout completion, the way `kubectl rollout status` judges it;
 //! - [`cluster`]: the Kubernetes calls (LISTs that build a view, patches, dry-run probes);
+//! - [`args`]: the subcommands' flags, read by [`cli`] (dispatch) and [`ops`] (the steps);
 //! - [`ops`] and [`cli`]: the subcommands.
 
+pub mod args;
 pub mod cli;
 pub mod cluster;
-pub mod guards;
 pub mod ops;
 pub mod rollout;
 pub mod status;
 pub mod view;
 
+pub use crate::core::guards;
 pub use guards::{Blocker, Refusal, skip_policy};
 pub use status::{Phase, StatusReport};
 pub use view::MeshView;
-
-/// Annotation of injected pods naming their revision (set by the injector).
-pub const ANNOTATION_REV: &str = "istio.io/rev";
-/// Annotation on a `MeshRevision` that lets it be deleted while pods still run its sidecar
-/// (`meshrev upgrade unpublish --force` sets it; so can `kubectl annotate`).
-pub const ANNOTATION_FORCE_DELETE: &str = "meshrev.io/force-delete";
-/// Annotation on tag `stable` recording the revision it pointed at before a promotion.
-pub const ANNOTATION_PROMOTED_FROM: &str = "meshrev.io/promoted-from";
-/// The pod-template annotation `kubectl rollout restart` sets.
-pub const ANNOTATION_RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";

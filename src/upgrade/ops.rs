@@ -9,12 +9,13 @@ use anyhow::{Context, bail};
 use kube::Client;
 
 use crate::config::MeshRevisionSpec;
-use crate::table::{LABEL_REV, TAG_CANARY, TAG_STABLE};
+use crate::core::validate;
+use crate::core::{LABEL_REV, TAG_CANARY, TAG_STABLE};
 
-use super::cli::{CanaryArgs, Output, RolloutArgs};
+use super::args::{CanaryArgs, Output, RolloutArgs};
 use super::cluster::{self, Needs, PodDetail};
 use super::guards;
-use super::rollout::{Progress, parse_duration};
+use super::rollout::Progress;
 use super::status::{self, StatusReport};
 use super::view::{MeshView, WorkloadKind, WorkloadState};
 
@@ -36,10 +37,8 @@ pub async fn status(client: &Client, output: Output) -> anyhow::Result<()> {
 
 /// `canary`.
 pub async fn canary(client: &Client, args: CanaryArgs) -> anyhow::Result<()> {
-    if let Some(img) = &args.proxy_image
-        && (img.is_empty() || img.chars().any(char::is_whitespace))
-    {
-        bail!("--proxy-image {img:?} is not an image reference");
+    if let Some(img) = &args.proxy_image {
+        validate::image(img).map_err(|e| anyhow::anyhow!("--proxy-image {e}"))?;
     }
     let view = cluster::load_view(client, &Needs::config()).await?;
     let plan = guards::canary(&view, &args.revision, &args.version)?;
@@ -332,7 +331,7 @@ pub struct RolloutOptions {
 
 /// `rollout`.
 pub async fn rollout(client: &Client, args: RolloutArgs) -> anyhow::Result<()> {
-    let timeout = parse_duration(&args.timeout).map_err(anyhow::Error::msg)?;
+    let timeout = validate::duration(&args.timeout)?;
     let filter = match &args.workload {
         Some(w) => {
             let (kind, name) = w.split_once('/').with_context(|| {

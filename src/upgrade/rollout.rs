@@ -141,34 +141,6 @@ pub fn daemonset(d: &DaemonSet) -> Progress {
     Progress::Done
 }
 
-/// Parses `90s`, `10m`, `1h`, `1h30m` or plain seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let err = || format!("{s:?} is not a duration like 90s, 10m or 1h");
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(std::time::Duration::from_secs(secs));
-    }
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().map_err(|_| err())?;
-        num.clear();
-        total += n * match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            _ => return Err(err()),
-        };
-    }
-    if !num.is_empty() || s.is_empty() {
-        return Err(err());
-    }
-    Ok(std::time::Duration::from_secs(total))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,16 +201,5 @@ mod tests {
         }))
         .unwrap();
         assert!(matches!(daemonset(&ds), Progress::Waiting(m) if m.contains("2 of 3")));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
-        assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
-        assert_eq!(parse_duration("10m").unwrap().as_secs(), 600);
-        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
-        assert!(parse_duration("10x").is_err());
-        assert!(parse_duration("m").is_err());
-        assert!(parse_duration("").is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::table::{TAG_CANARY, TAG_STABLE};
+use crate::core::{Decision, TAG_CANARY, TAG_STABLE};
 
 use super::view::{MeshView, NamespaceSelect, Route, WorkloadState};
 
@@ -214,16 +214,14 @@ impl StatusReport {
             }
             let (revision, via) = match (&labels.select(), &ns_route[name.as_str()]) {
                 (NamespaceSelect::Unlabelled, _) => (None, "pod labels".to_string()),
-                (
-                    _,
-                    Route::Inject {
-                        revision,
-                        tag: Some(t),
-                        ..
+                (_, Decision::Inject { revision, via, .. }) => (
+                    Some(revision.clone()),
+                    match via.tag_name() {
+                        Some(t) => format!("tag {t}"),
+                        None => "revision".into(),
                     },
-                ) => (Some(revision.clone()), format!("tag {t}")),
-                (_, Route::Inject { revision, .. }) => (Some(revision.clone()), "revision".into()),
-                (_, Route::Skip(why)) => (None, why.to_string()),
+                ),
+                (_, skip) => (None, skip.skip_text().unwrap_or_default()),
             };
             if let (NamespaceSelect::Name { name: n, .. }, None) = (&labels.select(), &revision) {
                 problems.push(format!(

@@ -2,7 +2,7 @@
 //! with a [`Refusal`] naming the objects that block it and the fix.
 //!
 //! The CLI checks them before it changes anything; the validating webhook
-//! ([`crate::admission::validate`]) checks the same rules for plain `kubectl` users:
+//! ([`crate::admission::validate`](mod@crate::admission::validate)) checks the same rules for plain `kubectl` users:
 //! - the version skip policy whenever tag `canary` is created or moved, or the version of
 //!   a revision under `stable`/`canary` changes ([`tag_write`], [`revision_write`]);
 //! - no tag pointing at a missing revision, no tag shadowing a revision ([`tag_write`]);
@@ -13,10 +13,14 @@ use std::fmt;
 
 use semver::Version;
 
-use crate::table::{LABEL_INJECTION, LABEL_REV, TAG_CANARY, TAG_STABLE};
-
-use super::ANNOTATION_FORCE_DELETE;
-use super::view::{MeshView, NamespaceLabels, NamespaceSelect, parse_version};
+use super::Error;
+use super::labels::{NamespaceLabels, NamespaceSelect};
+use super::validate;
+use super::view::{MeshView, parse_version};
+use super::vocab::{
+    ANNOTATION_FORCE_DELETE, LABEL_INJECTION, LABEL_REV, TAG_CANARY, TAG_STABLE,
+    is_system_namespace,
+};
 
 /// How many blockers a message lists before "and N more".
 pub const MAX_LISTED: usize = 20;
@@ -116,25 +120,19 @@ impl std::error::Error for Refusal {}
 
 /// The version skip policy: the canary must be newer than stable, of the same major
 /// version, and at most one minor version ahead (1.22.x → 1.23.y, not → 1.24.z).
-pub fn skip_policy(stable: &Version, canary: &Version) -> Result<(), String> {
+pub fn skip_policy(stable: &Version, canary: &Version) -> Result<(), Error> {
+    let pair = || (stable.clone(), canary.clone());
     if canary <= stable {
-        return Err(format!(
-            "canary version {canary} is not newer than stable version {stable}"
-        ));
+        let (stable, canary) = pair();
+        return Err(Error::NotNewer { stable, canary });
     }
     if canary.major != stable.major {
-        return Err(format!(
-            "version skip policy: {stable} → {canary} changes the major version; a canary upgrade stays within {}.x",
-            stable.major
-        ));
+        let (stable, canary) = pair();
+        return Err(Error::MajorVersion { stable, canary });
     }
     if canary.minor > stable.minor + 1 {
-        return Err(format!(
-            "version skip policy: {stable} → {canary} skips {} minor version(s); a canary upgrade goes at most one minor version ahead (to {}.{}.x)",
-            canary.minor - stable.minor - 1,
-            stable.major,
-            stable.minor + 1
-        ));
+        let (stable, canary) = pair();
+        return Err(Error::MinorSkip { stable, canary });
     }
     Ok(())
 }
@@ -146,7 +144,7 @@ fn canary_against_stable(
     canary_version: &str,
 ) -> Result<(), Refusal> {
     let canary = parse_version(canary_version)
-        .map_err(|e| Refusal::new(action, e, "use a semantic version like 1.23.6"))?;
+        .map_err(|e| Refusal::new(action, e.to_string(), "use a semantic version like 1.23.6"))?;
     let Some(stable_tag) = view.tags.get(TAG_STABLE) else {
         return Err(Refusal::new(
             action,
@@ -174,7 +172,7 @@ fn canary_against_stable(
     skip_policy(&stable, &canary).map_err(|e| {
         Refusal::new(
             action,
-            e,
+            e.to_string(),
             format!(
                 "upgrade to a {}.{}.x release first, promote it, then upgrade again",
                 stable.major,
@@ -184,15 +182,10 @@ fn canary_against_stable(
     })
 }
 
-/// Names are DNS labels (they are label values of `istio.io/rev`): the table's rule.
-fn dns_label(name: &str) -> Result<(), String> {
-    crate::table::validate_name(name)
-}
-
 /// Creating or moving tag `tag` to `revision` (webhook CREATE/UPDATE of a RevisionTag).
 pub fn tag_write(view: &MeshView, tag: &str, revision: &str) -> Result<(), Refusal> {
     let action = format!("RevisionTag {tag:?} → {revision:?} refused");
-    dns_label(tag).map_err(|e| Refusal::new(&action, e, "rename the tag"))?;
+    validate::name(tag).map_err(|e| Refusal::new(&action, e.to_string(), "rename the tag"))?;
     if view.revisions.contains_key(tag) {
         return Err(Refusal::new(
             &action,
@@ -311,9 +304,10 @@ pub fn tag_delete(view: &MeshView, tag: &str) -> Result<(), Refusal> {
 /// Creating a revision or changing its version (webhook CREATE/UPDATE of a MeshRevision).
 pub fn revision_write(view: &MeshView, name: &str, version: &str) -> Result<(), Refusal> {
     let action = format!("MeshRevision {name:?} (version {version}) refused");
-    dns_label(name).map_err(|e| Refusal::new(&action, e, "rename the revision"))?;
+    validate::name(name)
+        .map_err(|e| Refusal::new(&action, e.to_string(), "rename the revision"))?;
     parse_version(version)
-        .map_err(|e| Refusal::new(&action, e, "use a semantic version like 1.23.6"))?;
+        .map_err(|e| Refusal::new(&action, e.to_string(), "use a semantic version like 1.23.6"))?;
     if view.tags.contains_key(name) {
         return Err(Refusal::new(
             &action,
@@ -415,7 +409,8 @@ pub struct CanaryPlan {
 /// `meshrev upgrade canary --revision R --version V`.
 pub fn canary(view: &MeshView, revision: &str, version: &str) -> Result<CanaryPlan, Refusal> {
     let action = format!("cannot deploy canary revision {revision} ({version})");
-    dns_label(revision).map_err(|e| Refusal::new(&action, e, "use Istio's style: 1-23-6"))?;
+    validate::name(revision)
+        .map_err(|e| Refusal::new(&action, e.to_string(), "use Istio's style: 1-23-6"))?;
     if view.tags.contains_key(revision) {
         return Err(Refusal::new(
             &action,
@@ -481,7 +476,7 @@ pub fn switch(view: &MeshView, namespace: &str, to: &str) -> Result<NamespaceLab
             "check the name (kubectl get namespaces)",
         ));
     };
-    if crate::router::SYSTEM_NAMESPACES.contains(&namespace) {
+    if is_system_namespace(namespace) {
         return Err(Refusal::new(
             &action,
             "system namespaces are never injected",
@@ -831,7 +826,7 @@ pub fn unpublish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upgrade::view::{PodInfo, RevisionInfo, TagInfo};
+    use crate::core::view::{PodInfo, RevisionInfo, TagInfo};
 
     fn v(s: &str) -> Version {
         Version::parse(s).unwrap()
@@ -871,21 +866,26 @@ mod tests {
         assert!(skip_policy(&v("1.22.6"), &v("1.23.6")).is_ok());
         assert!(skip_policy(&v("1.22.6"), &v("1.23.0")).is_ok());
         assert!(skip_policy(&v("1.22.6"), &v("1.22.7")).is_ok());
-        let e = skip_policy(&v("1.22.6"), &v("1.24.0")).unwrap_err();
+        let e = skip_policy(&v("1.22.6"), &v("1.24.0"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("skip policy") && e.contains("1.23.x"), "{e}");
         assert!(
             skip_policy(&v("1.22.6"), &v("1.22.6"))
                 .unwrap_err()
+                .to_string()
                 .contains("not newer")
         );
         assert!(
             skip_policy(&v("1.22.6"), &v("1.21.9"))
                 .unwrap_err()
+                .to_string()
                 .contains("not newer")
         );
         assert!(
             skip_policy(&v("1.22.6"), &v("2.0.0"))
                 .unwrap_err()
+                .to_string()
                 .contains("major")
         );
         assert!(skip_policy(&v("1.22.6"), &v("1.23.0-rc.1")).is_ok());
