@@ -258,8 +258,7 @@ impl LeaseHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::VecDeque;
-    use std::sync::Mutex as StdMutex;
+    use crate::controller::fake_api::{fake, status};
 
     fn spec(holder: Option<&str>, renewed_secs_ago: i64) -> LeaseSpec {
         let now = Timestamp::now();
@@ -313,47 +312,6 @@ mod tests {
         assert_eq!(s.lease_transitions, Some(3));
     }
 
-    /// A fake API server: answers scripted (status, body) replies in order and records
-    /// each call as "METHOD path".
-    struct Fake {
-        calls: Arc<StdMutex<Vec<String>>>,
-    }
-
-    fn fake(replies: Vec<(u16, serde_json::Value)>) -> (Client, Fake) {
-        let calls: Arc<StdMutex<Vec<String>>> = Arc::default();
-        let replies = Arc::new(StdMutex::new(VecDeque::from(replies)));
-        let seen = calls.clone();
-        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
-            let seen = seen.clone();
-            let replies = replies.clone();
-            async move {
-                seen.lock()
-                    .expect("the test's lock must not be poisoned")
-                    .push(format!("{} {}", req.method(), req.uri().path()));
-                let (code, body) = replies
-                    .lock()
-                    .expect("the test's lock must not be poisoned")
-                    .pop_front()
-                    .expect("the test must script every reply");
-                let resp = http::Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(kube::client::Body::from(
-                        serde_json::to_vec(&body).expect("json must serialize"),
-                    ))
-                    .expect("a response must build");
-                Ok::<_, std::convert::Infallible>(resp)
-            }
-        });
-        (Client::new(svc, "default"), Fake { calls })
-    }
-
-    impl Fake {
-        fn calls(&self) -> Vec<String> {
-            self.calls.lock().expect("not poisoned").clone()
-        }
-    }
-
     fn lease_json(holder: Option<&str>, rv: &str, renewed_secs_ago: i64) -> serde_json::Value {
         let mut l = serde_json::to_value(Lease {
             metadata: kube::api::ObjectMeta {
@@ -371,17 +329,11 @@ mod tests {
     }
 
     fn not_found() -> (u16, serde_json::Value) {
-        (
-            404,
-            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
-        )
+        status(404, "NotFound")
     }
 
     fn conflict() -> (u16, serde_json::Value) {
-        (
-            409,
-            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "conflict"}),
-        )
+        status(409, "Conflict")
     }
 
     const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ns/leases";

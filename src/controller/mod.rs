@@ -7,6 +7,8 @@
 //! Ownership: [`ClusterView`] shares the index. Only the controller's watch drivers mutate
 //! it; `/validate` and the status writer read it.
 
+#[cfg(test)]
+mod fake_api;
 mod index;
 pub mod lease;
 mod run;

@@ -390,4 +390,93 @@ mod tests {
             .collect();
         assert_eq!(names, ["differs", "never-written", "recreated"]);
     }
+
+    /// The writer against a fake API server: server-side apply of what differs, with
+    /// field manager `meshrev` and force, on the status subresource; nothing once the
+    /// watch shows it; nothing for an object the index does not know.
+    #[tokio::test]
+    async fn applies_only_differences_by_server_side_apply() {
+        use crate::config::{MeshRevisionSpec, RevisionTagSpec};
+        use crate::controller::fake_api::fake;
+        use crate::controller::{Kind, Object};
+        use crate::table::TableBuilder;
+
+        let rev = |status: Option<MeshRevisionStatus>| {
+            let mut r = MeshRevision::new(
+                "1-22-6",
+                MeshRevisionSpec {
+                    version: "1.22.6".into(),
+                    ..Default::default()
+                },
+            );
+            r.metadata.uid = Some("uid-1".into());
+            r.status = status;
+            Object::revision(r)
+        };
+        let tag = |status: Option<RevisionTagStatus>| {
+            let mut t = RevisionTag::new(
+                "stable",
+                RevisionTagSpec {
+                    revision: "1-22-6".into(),
+                },
+            );
+            t.metadata.uid = Some("uid-2".into());
+            t.status = status;
+            Object::tag(t)
+        };
+        let cluster = ClusterView::new();
+        cluster.with(|ix| {
+            ix.reset(Kind::Revisions, vec![rev(None)]);
+            ix.reset(Kind::Tags, vec![tag(None)]);
+            for k in [Kind::Namespaces, Kind::Nodes, Kind::Pods] {
+                ix.reset(k, Vec::new());
+            }
+        });
+        let (table, problems) = cluster.with(|ix| ix.table(&mut TableBuilder::new()));
+        let (want_revs, want_tags) = compute(&table, &[], &BTreeMap::new(), &problems);
+
+        let reply = |o: Object| match o {
+            Object::Revision(r) => serde_json::to_value(*r).unwrap(),
+            Object::Tag(t) => serde_json::to_value(*t).unwrap(),
+            _ => unreachable!(),
+        };
+        let (client, api) = fake(vec![(200, reply(rev(None))), (200, reply(tag(None)))]);
+        let mut w = Writer {
+            revs: Api::all(client.clone()),
+            tags: Api::all(client),
+            written_revs: BTreeMap::new(),
+            written_tags: BTreeMap::new(),
+        };
+        w.write(&table, &cluster, &problems).await.unwrap();
+        let calls = api.requests();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        let base = "/apis/meshrev.io/v1alpha1";
+        assert_eq!(
+            (calls[0].method.as_str(), calls[0].path.as_str()),
+            ("PATCH", &*format!("{base}/meshrevisions/1-22-6/status"))
+        );
+        assert_eq!(calls[1].path, format!("{base}/revisiontags/stable/status"));
+        for c in &calls {
+            assert!(
+                c.query.contains("fieldManager=meshrev") && c.query.contains("force=true"),
+                "{}",
+                c.query
+            );
+        }
+        assert_eq!(calls[0].body["kind"], "MeshRevision");
+        assert_eq!(calls[0].body["metadata"]["name"], "1-22-6");
+        assert_eq!(calls[1].body["status"]["resolvedRevision"], "1-22-6");
+
+        // Before the watch delivers the write: not written again.
+        w.write(&table, &cluster, &problems).await.unwrap();
+        assert_eq!(api.requests().len(), 2);
+        // The watch shows it; even after forgetting what was written, nothing to do.
+        cluster.with(|ix| {
+            ix.apply(rev(Some(want_revs["1-22-6"].clone())));
+            ix.apply(tag(Some(want_tags["stable"].clone())));
+        });
+        w.forget();
+        w.write(&table, &cluster, &problems).await.unwrap();
+        assert_eq!(api.requests().len(), 2, "no call at steady state");
+    }
 }
