@@ -35,6 +35,10 @@ pub const FIELD_MANAGER: &str = "meshrev";
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// The least time between two recomputations.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a write of ours that the watch has not shown yet is taken as in flight (not
+/// written again); after that the observed status decides again, so someone else's edit
+/// made meanwhile is corrected.
+pub const IN_FLIGHT: Duration = Duration::from_secs(5);
 
 /// Desired status of every revision and tag, from a table and the live pods' revisions.
 pub fn compute(
@@ -185,10 +189,18 @@ pub async fn run(
             pending = false;
             write_after = now + MIN_INTERVAL;
             let problems = problems.lock().map(|p| p.clone()).unwrap_or_default();
-            if let Err(e) = w.write(&store.load_full(), &cluster, &problems).await {
-                tracing::warn!(error = %e, "status writer: update failed; retrying");
-                w.forget();
-                pending = true;
+            match w.write(&store.load_full(), &cluster, &problems).await {
+                Ok(Recheck(false)) => {}
+                // Look again once our writes in flight have had time to show.
+                Ok(Recheck(true)) => {
+                    pending = true;
+                    write_after = now + IN_FLIGHT;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "status writer: update failed; retrying");
+                    w.forget();
+                    pending = true;
+                }
             }
         }
         let wake = if leader && pending {
@@ -204,13 +216,25 @@ pub async fn run(
     }
 }
 
-/// What the writer wrote (object uid and status), so that a wake-up before the watch has
-/// delivered its own write does not write it again.
+/// A status this replica wrote: to which object (uid), and when.
+#[derive(Clone, Debug)]
+pub struct Written<S> {
+    pub uid: Option<String>,
+    pub status: S,
+    pub at: Instant,
+}
+
+/// True when a write was skipped as in flight: look again after [`IN_FLIGHT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Recheck(bool);
+
+/// The status writer's API handles and what it wrote, so that a wake-up before the watch
+/// has delivered its own write does not write it again.
 struct Writer {
     revs: Api<MeshRevision>,
     tags: Api<RevisionTag>,
-    written_revs: BTreeMap<String, (Option<String>, MeshRevisionStatus)>,
-    written_tags: BTreeMap<String, (Option<String>, RevisionTagStatus)>,
+    written_revs: BTreeMap<String, Written<MeshRevisionStatus>>,
+    written_tags: BTreeMap<String, Written<RevisionTagStatus>>,
 }
 
 impl Writer {
@@ -224,7 +248,7 @@ impl Writer {
         table: &Table,
         cluster: &ClusterView,
         problems: &[Problem],
-    ) -> kube::Result<()> {
+    ) -> kube::Result<Recheck> {
         let (namespaces, pods, seen_revs, seen_tags) = cluster.with(|ix| {
             (
                 ix.labelled_namespaces(),
@@ -235,7 +259,10 @@ impl Writer {
         });
         let (want_revs, want_tags) = compute(table, &namespaces, &pods, problems);
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        for (name, status) in to_write(&want_revs, &seen_revs, &self.written_revs) {
+        let now = Instant::now();
+        let (revs, recheck_revs) = to_write(&want_revs, &seen_revs, &self.written_revs, now);
+        let (tags, recheck_tags) = to_write(&want_tags, &seen_tags, &self.written_tags, now);
+        for (name, status) in revs {
             let body = json!({
                 "apiVersion": "meshrev.io/v1alpha1",
                 "kind": "MeshRevision",
@@ -248,11 +275,10 @@ impl Writer {
                     .await,
             )? {
                 let uid = seen_revs.get(name).and_then(|o| o.uid.clone());
-                self.written_revs
-                    .insert(name.clone(), (uid, status.clone()));
+                self.written_revs.insert(name.clone(), written(uid, status));
             }
         }
-        for (name, status) in to_write(&want_tags, &seen_tags, &self.written_tags) {
+        for (name, status) in tags {
             // Under apply, a field this manager set before and leaves out now is removed
             // (a tag that stops resolving loses its `resolvedRevision`).
             let body = json!({
@@ -267,32 +293,48 @@ impl Writer {
                     .await,
             )? {
                 let uid = seen_tags.get(name).and_then(|o| o.uid.clone());
-                self.written_tags
-                    .insert(name.clone(), (uid, status.clone()));
+                self.written_tags.insert(name.clone(), written(uid, status));
             }
         }
-        Ok(())
+        Ok(Recheck(recheck_revs || recheck_tags))
+    }
+}
+
+fn written<S: Clone>(uid: Option<String>, status: &S) -> Written<S> {
+    Written {
+        uid,
+        status: status.clone(),
+        at: Instant::now(),
     }
 }
 
 /// The statuses to write: desired, on an object the index knows, and neither observed
-/// there already nor written by us to that very object.
+/// there already nor written by us to that very object less than [`IN_FLIGHT`] ago. The
+/// flag is true when a write was skipped as in flight.
 pub fn to_write<'a, S: PartialEq>(
     want: &'a BTreeMap<String, S>,
     seen: &BTreeMap<String, Observed<S>>,
-    written: &BTreeMap<String, (Option<String>, S)>,
-) -> Vec<(&'a String, &'a S)> {
-    want.iter()
+    written: &BTreeMap<String, Written<S>>,
+    now: Instant,
+) -> (Vec<(&'a String, &'a S)>, bool) {
+    let mut in_flight = false;
+    let out = want
+        .iter()
         .filter(|(name, status)| {
             let Some(seen) = seen.get(*name) else {
                 return false;
             };
-            seen.status.as_ref() != Some(*status)
-                && written
-                    .get(*name)
-                    .is_none_or(|(uid, w)| uid != &seen.uid || w != *status)
+            if seen.status.as_ref() == Some(*status) {
+                return false;
+            }
+            let flying = written.get(*name).is_some_and(|w| {
+                w.uid == seen.uid && w.status == **status && now.duration_since(w.at) < IN_FLIGHT
+            });
+            in_flight |= flying;
+            !flying
         })
-        .collect()
+        .collect();
+    (out, in_flight)
 }
 
 /// Ok(true) when written; Ok(false) when the object is gone (404).
@@ -380,15 +422,24 @@ mod tests {
             ("in-flight".to_string(), seen("u4", Some(st(0)))),
             ("recreated".to_string(), seen("u5-new", None)),
         ]);
+        let now = Instant::now();
+        let w = |uid: &str, status| Written {
+            uid: Some(uid.to_string()),
+            status,
+            at: now,
+        };
         let written = BTreeMap::from([
-            ("in-flight".to_string(), (Some("u4".to_string()), st(4))),
-            ("recreated".to_string(), (Some("u5".to_string()), st(5))),
+            ("in-flight".to_string(), w("u4", st(4))),
+            ("recreated".to_string(), w("u5", st(5))),
         ]);
-        let names: Vec<&str> = to_write(&want, &observed, &written)
-            .into_iter()
-            .map(|(n, _)| n.as_str())
-            .collect();
+        let (names, recheck) = to_write(&want, &observed, &written, now);
+        let names: Vec<&str> = names.into_iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["differs", "never-written", "recreated"]);
+        assert!(recheck, "in-flight was skipped: look again later");
+        // Long after: the write never showed (someone else wrote meanwhile): written again.
+        let (names, recheck) = to_write(&want, &observed, &written, now + IN_FLIGHT);
+        assert_eq!(names.len(), 4);
+        assert!(!recheck);
     }
 
     /// The writer against a fake API server: server-side apply of what differs, with
@@ -467,8 +518,11 @@ mod tests {
         assert_eq!(calls[0].body["metadata"]["name"], "1-22-6");
         assert_eq!(calls[1].body["status"]["resolvedRevision"], "1-22-6");
 
-        // Before the watch delivers the write: not written again.
-        w.write(&table, &cluster, &problems).await.unwrap();
+        // Before the watch delivers the write: not written again, but looked at later.
+        assert_eq!(
+            w.write(&table, &cluster, &problems).await.unwrap(),
+            Recheck(true)
+        );
         assert_eq!(api.requests().len(), 2);
         // The watch shows it; even after forgetting what was written, nothing to do.
         cluster.with(|ix| {
@@ -476,7 +530,10 @@ mod tests {
             ix.apply(tag(Some(want_tags["stable"].clone())));
         });
         w.forget();
-        w.write(&table, &cluster, &problems).await.unwrap();
+        assert_eq!(
+            w.write(&table, &cluster, &problems).await.unwrap(),
+            Recheck(false)
+        );
         assert_eq!(api.requests().len(), 2, "no call at steady state");
     }
 }
