@@ -13,7 +13,12 @@
 //! - [`injector`]: turns a routing decision into an RFC 6902 JSON Patch from fragments that were
 //!   rendered once per revision.
 //! - [`admission`]: the AdmissionReview wire format: parse a request, write a reply.
-//! - [`server`]: the TLS webhook server, certificates, metrics and health endpoints.
+//! - [`server`]: the TLS webhook server in parts (TLS server, inject and validate
+//!   services, admin listener), certificates and metrics; takes plain options.
+//! - `runtime`: `meshrev serve` as a process (flags, client, signals, the controller,
+//!   the Lease hand-off); runtime → {server, controller}, never controller → server.
+//! - [`health`]: readiness gates, shared by the server and the controller.
+//! - [`telemetry`]: the metrics registry and table gauges, shared the same way.
 //! - [`controller`]: the kube-rs watches that rebuild the table from the cluster.
 //! - [`cli`]: the `meshrev` command line.
 //! - [`yaml`]: YAML in (depth-limited, one document at a time) and out (YAML 1.1-safe).
@@ -24,9 +29,13 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod core;
+mod errors;
+pub mod health;
 pub mod injector;
 pub mod router;
+mod runtime;
 pub mod server;
 pub mod table;
+pub mod telemetry;
 pub mod upgrade;
 pub mod yaml;

@@ -714,6 +714,23 @@ async fn canary_upgrade_rollback_and_promotion() -> Result<()> {
         env.tag_names().await?.get("stable").map(String::as_str),
         Some("1-22-6")
     );
+    // A dry run shows the calls and makes none.
+    let out = env.ok(&["promote", "--dry-run"]).await?;
+    for call in [
+        "PATCH RevisionTag stable: tag stable → 1-23-6 (from 1-22-6)",
+        "PATCH namespace default: istio.io/rev=canary → istio.io/rev=stable",
+        "PATCH namespace legacy",
+        "DELETE RevisionTag canary",
+    ] {
+        assert!(out.contains(call), "{call:?} not in:\n{out}");
+    }
+    assert_eq!(
+        env.tag_names().await?,
+        BTreeMap::from([
+            ("canary".into(), "1-23-6".into()),
+            ("stable".into(), "1-22-6".into())
+        ])
+    );
 
     let out = env.ok(&["promote", "--yes"]).await?;
     assert!(out.contains("cannot be revoked"), "{out}");

@@ -401,3 +401,54 @@ async fn fixed_body_mode_answers_the_fixed_bytes() {
     }
     s.stop().await;
 }
+
+/// `/validate` is counted in its own metrics, never in `/inject`'s, and answers 504 after
+/// its own deadline (`validate_timeout`), not `/inject`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_has_its_own_metrics_and_deadline() {
+    let s = start(table(), |c| {
+        c.request_timeout = Duration::from_secs(60);
+        c.validate_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // Without a cluster: a well-formed refusal, an error of /validate.
+    let r = s
+        .client
+        .post(Proto::H2, "/validate", FIXTURE)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["response"]["allowed"], false);
+
+    // A body that never completes: 504 naming /validate's deadline.
+    let mut tls = s.raw(&[b"http/1.1"]).await;
+    write_all(
+        &mut tls,
+        b"POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5000\r\n\r\n{\"apiVersion\":",
+    )
+    .await;
+    let head = tokio::time::timeout(Duration::from_secs(30), read_head(&mut tls))
+        .await
+        .expect("an answer within /validate's deadline, not /inject's")
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    let rest = read_until_closed(&mut tls).await;
+    let v: serde_json::Value = serde_json::from_slice(&rest).unwrap();
+    let m = v["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(m.contains("300ms"), "{m}");
+
+    let text = s.metrics_text().await;
+    for (series, want) in [
+        ("meshrev_validate_requests_total{result=\"error\"}", 2.0),
+        ("meshrev_validate_requests_total{result=\"allowed\"}", 0.0),
+        ("meshrev_validate_requests_total{result=\"denied\"}", 0.0),
+        ("meshrev_validate_duration_seconds_count", 2.0),
+        ("meshrev_injection_requests_total{result=\"error\"}", 0.0),
+        ("meshrev_injection_duration_seconds_count", 0.0),
+    ] {
+        assert_eq!(metric(&text, series), Some(want), "{series}");
+    }
+    s.stop().await;
+}

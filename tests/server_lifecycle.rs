@@ -7,7 +7,8 @@ mod tls_client;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use meshrev::server::{CONTROLLER_GATE, TableSource};
+use meshrev::health::CONTROLLER_GATE;
+use meshrev::server::TableSource;
 use tls_client::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

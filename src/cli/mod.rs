@@ -1,5 +1,6 @@
 //! The `meshrev` command line. Thin: each subcommand parses its flags and calls the library.
 
+mod certs;
 pub mod inject;
 
 pub use inject::{inject_documents, inject_stream};
@@ -19,16 +20,18 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the serve flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the admission webhook (TLS), metrics and health endpoints.
-    Serve(crate::server::ServeArgs),
+    Serve(crate::runtime::ServeArgs),
     /// Inject sidecars into workloads offline (like `istioctl kube-inject`, revision-aware).
     Inject(inject::InjectArgs),
     /// Print the CustomResourceDefinitions of MeshRevision and RevisionTag.
     Crd,
     /// Generate a CA and serving certificate for the webhook; print the caBundle.
-    Certs(crate::server::certs::CertsArgs),
+    Certs(certs::CertsArgs),
     /// Canary upgrade of the mesh: status, canary, switch, verify, promote, rollout,
     /// unpublish, rollback, revoke.
     Upgrade(crate::upgrade::cli::UpgradeArgs),
@@ -48,13 +51,16 @@ pub fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(crate::server::run(args))),
+            .and_then(|rt| {
+                rt.block_on(crate::runtime::run(args))
+                    .map_err(anyhow::Error::from)
+            }),
         Command::Inject(args) => inject::run(args),
         Command::Crd => {
             print!("{}", crate::config::crd_yaml());
             Ok(())
         }
-        Command::Certs(args) => crate::server::certs::run(args),
+        Command::Certs(args) => certs::run(args),
         Command::Upgrade(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

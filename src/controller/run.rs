@@ -33,9 +33,9 @@ use tokio::sync::Notify;
 use super::index::{COUNTED_PODS, Key, Kind, Object};
 use super::{ClusterView, LeaseHandle, status};
 use crate::config::{MeshRevision, RevisionTag};
-use crate::server::health::{CONTROLLER_GATE, Gate, Readiness};
-use crate::server::metrics::Metrics;
+use crate::health::{CONTROLLER_GATE, Gate, Readiness};
 use crate::table::{Problem, TableBuilder, TableStore};
+use crate::telemetry::Telemetry;
 
 #[cfg(doc)]
 use super::Index;
@@ -52,7 +52,7 @@ struct WatchMetrics {
 }
 
 impl WatchMetrics {
-    fn new(metrics: &Metrics) -> anyhow::Result<Self> {
+    fn new(registry: &prometheus::Registry) -> anyhow::Result<Self> {
         let errors = IntCounterVec::new(
             Opts::new(
                 "meshrev_watch_errors_total",
@@ -76,11 +76,9 @@ impl WatchMetrics {
             "meshrev_seconds_since_last_sync",
             "Seconds since a watch last delivered an event or completed a list.",
         )?;
-        metrics.registry().register(Box::new(errors.clone()))?;
-        metrics.registry().register(Box::new(objects.clone()))?;
-        metrics
-            .registry()
-            .register(Box::new(SinceCollector { gauge, since }))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(objects.clone()))?;
+        registry.register(Box::new(SinceCollector { gauge, since }))?;
         Ok(WatchMetrics {
             errors,
             objects,
@@ -121,12 +119,12 @@ impl prometheus::core::Collector for SinceCollector {
 pub async fn run(
     client: Client,
     store: Arc<TableStore>,
-    metrics: Arc<Metrics>,
+    telemetry: Telemetry,
     readiness: Arc<Readiness>,
     cluster: ClusterView,
     lease: LeaseHandle,
 ) -> anyhow::Result<()> {
-    let wm = WatchMetrics::new(&metrics)?;
+    let wm = WatchMetrics::new(&telemetry.registry)?;
     let changed = Arc::new(Notify::new());
     let cfg = watcher::Config::default();
     let d = Driver {
@@ -229,7 +227,7 @@ pub async fn run(
                 last_problems = problems;
             }
             let generation = store.publish(table);
-            metrics.observe_table(&store.load());
+            telemetry.table.observe(&store.load());
             tracing::debug!(generation, "revision table published");
             table_gate.set_ready();
             published = true;

@@ -385,7 +385,10 @@ impl<'p> PodValues<'p> {
                     if i > 0 {
                         out.push(b',');
                     }
-                    push_str_json(out, &format!("{flag}{v}"));
+                    // `"<flag><value>"`: the flag needs no escaping, the value may.
+                    let at = out.len();
+                    push_str_json(out, v);
+                    out.splice(at + 1..at + 1, flag.bytes());
                 }
                 out.push(b']');
             }
@@ -660,13 +663,21 @@ fn prometheus_merge<'m>(meta: &'m Meta<'_>) -> Option<PrometheusMerge<'m>> {
         // Already pointing at the agent: re-injected, or the user's choice.
         return None;
     }
+    // `ISTIO_PROMETHEUS_ANNOTATIONS`: the app's settings, as the JSON object Istio writes
+    // (keys in the order a `serde_json::Value` prints them).
     let env = (scrape.is_some() || path.is_some() || port.is_some()).then(|| {
-        serde_json::json!({
-            "scrape": scrape.unwrap_or(""),
-            "path": path.unwrap_or(""),
-            "port": port.unwrap_or(""),
-        })
-        .to_string()
+        let mut env = Vec::with_capacity(48);
+        for (i, (k, v)) in [("path", path), ("port", port), ("scrape", scrape)]
+            .into_iter()
+            .enumerate()
+        {
+            env.extend_from_slice(if i == 0 { b"{\"" } else { b",\"" });
+            env.extend_from_slice(k.as_bytes());
+            env.extend_from_slice(b"\":");
+            push_str_json(&mut env, v.unwrap_or(""));
+        }
+        env.push(b'}');
+        String::from_utf8(env).expect("JSON written from strings must be UTF-8")
     });
     Some(PrometheusMerge { remove, env })
 }

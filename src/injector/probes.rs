@@ -12,7 +12,6 @@
 //! those raw values; nothing is parsed into a `serde_json::Value`. Objects are written with
 //! their keys in sorted order and a repeated key's last value wins, as a `Value` would.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -20,8 +19,8 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use super::PROXY_CONTAINER;
 use super::pod::{Container, Spec, Str};
-use super::{PROXY_CONTAINER, pointer_escape};
 
 /// What the rewrite produces: `replace` operations (path, JSON value) and the probers.
 #[derive(Debug, Default)]
@@ -29,13 +28,29 @@ pub struct Rewrite {
     pub replaces: Vec<(String, String)>,
     /// `ISTIO_KUBE_APP_PROBERS` entries, keyed by `/app-health/<container>/<kind>`: each
     /// value is one prober as JSON text.
-    pub probers: BTreeMap<String, Box<RawValue>>,
+    pub probers: BTreeMap<String, String>,
 }
 
 impl Rewrite {
     /// The `ISTIO_KUBE_APP_PROBERS` value: the probers as one JSON object.
     pub fn probers_json(&self) -> String {
-        serde_json::to_string(&self.probers).expect("probers must serialize")
+        let mut out = String::with_capacity(
+            self.probers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum(),
+        );
+        out.push('{');
+        for (i, (k, v)) in self.probers.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(&mut out, k);
+            out.push(':');
+            out.push_str(v);
+        }
+        out.push('}');
+        out
     }
 }
 
@@ -73,48 +88,30 @@ impl<'de: 'a, 'a> Deserialize<'de> for Obj<'a> {
                 while let Some(entry) = m.next_entry::<Str<'de>, &'de RawValue>()? {
                     v.push(entry);
                 }
-                // Stable: among equal keys the last one read ends up last, and wins.
+                // Reversed, then a stable sort: among equal keys the last one read comes
+                // first, and `dedup_by` keeps the first.
+                v.reverse();
                 v.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-                let mut out: Vec<(Str<'de>, &'de RawValue)> = Vec::with_capacity(v.len());
-                for (k, val) in v {
-                    match out.last_mut() {
-                        Some(last) if last.0 == k => last.1 = val,
-                        _ => out.push((k, val)),
-                    }
-                }
-                Ok(Obj(out))
+                v.dedup_by(|later, earlier| later.0 == earlier.0);
+                Ok(Obj(v))
             }
         }
         d.deserialize_map(V)
     }
 }
 
-/// A value to write: raw JSON from the request, or JSON text built here.
-enum Val<'a> {
-    Raw(&'a str),
-    Own(String),
-}
-
-/// Writes `{"k":v,…}` with the keys in sorted order (`entries` must be sorted).
-fn write_obj<'a>(out: &mut String, entries: impl IntoIterator<Item = (Cow<'a, str>, Val<'a>)>) {
-    out.push('{');
-    for (i, (k, v)) in entries.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        push_json_str(out, &k);
-        out.push(':');
-        match v {
-            Val::Raw(r) => out.push_str(r),
-            Val::Own(s) => out.push_str(&s),
-        }
+/// `parts` joined, in one allocation (cheaper than `format!` on the hot path).
+fn concat(parts: &[&str]) -> String {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        s.push_str(p);
     }
-    out.push('}');
+    s
 }
 
 fn push_json_str(out: &mut String, s: &str) {
     if s.bytes()
-        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
     {
         out.push('"');
         out.push_str(s);
@@ -124,31 +121,39 @@ fn push_json_str(out: &mut String, s: &str) {
     }
 }
 
-/// `obj` with `set` entries put in (replacing or adding) and `drop` keys taken out, written
-/// with sorted keys.
-fn write_with(out: &mut String, obj: &Obj<'_>, set: &mut [(&str, Val<'_>)], drop: &[&str]) {
-    set.sort_by(|a, b| a.0.cmp(b.0));
-    let mut merged: Vec<(Cow<'_, str>, Val<'_>)> = Vec::with_capacity(obj.0.len() + set.len());
+/// Writes `obj` with `set` (sorted by key) put in, replacing or adding, and `drop` taken
+/// out: keys in sorted order.
+fn write_with(out: &mut String, obj: &Obj<'_>, set: &[(&str, &str)], drop: &str) {
+    debug_assert!(set.is_sorted_by(|a, b| a.0 < b.0), "set must be sorted");
+    let mut first = true;
+    let mut entry = |out: &mut String, k: &str, v: &str| {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        push_json_str(out, k);
+        out.push(':');
+        out.push_str(v);
+    };
+    out.push('{');
     let mut s = 0;
     for (k, v) in &obj.0 {
         let k = k.as_str();
         while s < set.len() && set[s].0 < k {
-            let (sk, sv) = &mut set[s];
-            merged.push((Cow::Borrowed(*sk), std::mem::replace(sv, Val::Raw("null"))));
+            entry(out, set[s].0, set[s].1);
             s += 1;
         }
         if s < set.len() && set[s].0 == k {
-            let (sk, sv) = &mut set[s];
-            merged.push((Cow::Borrowed(*sk), std::mem::replace(sv, Val::Raw("null"))));
+            entry(out, set[s].0, set[s].1);
             s += 1;
-        } else if !drop.contains(&k) {
-            merged.push((Cow::Borrowed(k), Val::Raw(v.get())));
+        } else if k != drop {
+            entry(out, k, v.get());
         }
     }
-    for (sk, sv) in &mut set[s..] {
-        merged.push((Cow::Borrowed(*sk), std::mem::replace(sv, Val::Raw("null"))));
+    for (k, v) in &set[s..] {
+        entry(out, k, v);
     }
-    write_obj(out, merged);
+    out.push('}');
 }
 
 /// Rewrites the probes of every app container of `spec`. `status_port` is where the rewritten
@@ -201,18 +206,19 @@ fn rewrite_container(
             .get(named)
             .copied()
     };
+    let port = status_port.to_string();
     for (raw, field, kind) in probes {
         let Some(probe) = raw.and_then(Obj::parse) else {
             continue;
         };
-        let url = format!("/app-health/{name}/{kind}");
-        if let Some(p) = prober(&probe, true, &mut port_of) {
+        let handler = Handler::of(&probe);
+        let url = concat(&["/app-health/", name, "/", kind]);
+        if let Some(p) = prober(&probe, &handler, true, &mut port_of) {
             out.probers.insert(url.clone(), p);
         }
         let mut json = String::with_capacity(raw.map_or(0, |r| r.get().len()) + url.len() + 16);
-        if convert(&mut json, &probe, &url, status_port) {
-            out.replaces
-                .push((format!("{path}/{}", pointer_escape(field)), json));
+        if convert(&mut json, &probe, &handler, &url, &port) {
+            out.replaces.push((concat(&[path, "/", field]), json));
         }
     }
     if !lifecycle {
@@ -221,29 +227,74 @@ fn rewrite_container(
     let Some(hooks) = c.lifecycle.and_then(Obj::parse) else {
         return;
     };
-    let mut changed: Vec<(&str, Val<'_>)> = Vec::new();
-    for (hook, kind) in [("preStop", "prestopz"), ("postStart", "poststartz")] {
+    let mut changed: Vec<(&str, String)> = Vec::new();
+    for (hook, kind) in [("postStart", "poststartz"), ("preStop", "prestopz")] {
         let Some(h) = hooks.get(hook).and_then(Obj::parse) else {
             continue;
         };
         if h.contains("exec") || h.contains("sleep") {
             continue;
         }
-        let url = format!("/app-lifecycle/{name}/{kind}");
-        if let Some(p) = prober(&h, false, &mut port_of) {
+        let handler = Handler::of(&h);
+        let url = concat(&["/app-lifecycle/", name, "/", kind]);
+        if let Some(p) = prober(&h, &handler, false, &mut port_of) {
             out.probers.insert(url.clone(), p);
         }
         if h.contains("httpGet") || h.contains("tcpSocket") {
             let mut json = String::new();
-            if convert(&mut json, &h, &url, status_port) {
-                changed.push((hook, Val::Own(json)));
+            if convert(&mut json, &h, &handler, &url, &port) {
+                changed.push((hook, json));
             }
         }
     }
     if !changed.is_empty() {
+        // `changed` is in key order: postStart < preStop.
+        let set: Vec<(&str, &str)> = changed.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mut json = String::new();
-        write_with(&mut json, &hooks, &mut changed, &[]);
-        out.replaces.push((format!("{path}/lifecycle"), json));
+        write_with(&mut json, &hooks, &set, "");
+        out.replaces.push((concat(&[path, "/lifecycle"]), json));
+    }
+}
+
+/// A probe's or hook's handler, each level read once for both the prober and the rewrite.
+struct Handler<'a> {
+    /// `httpGet`, `tcpSocket` or `grpc`, whichever the prober runs (grpc first).
+    key: Option<&'static str>,
+    raw: Option<&'a RawValue>,
+    /// The handler as an object, when it is one.
+    action: Option<Obj<'a>>,
+    /// `httpGet` as an object when it is not the handler above (the rewrite keeps its
+    /// other fields).
+    other_http_get: Option<Obj<'a>>,
+}
+
+impl<'a> Handler<'a> {
+    fn of(probe: &Obj<'a>) -> Self {
+        let key = ["grpc", "httpGet", "tcpSocket"]
+            .into_iter()
+            .find(|k| probe.contains(k));
+        let raw = key.and_then(|k| probe.get(k));
+        let action = raw.and_then(Obj::parse);
+        let other_http_get = if key == Some("httpGet") {
+            None
+        } else {
+            probe.get("httpGet").and_then(Obj::parse)
+        };
+        Handler {
+            key,
+            raw,
+            action,
+            other_http_get,
+        }
+    }
+
+    /// `httpGet`, when it is an object.
+    fn http_get(&self) -> Option<&Obj<'a>> {
+        if self.key == Some("httpGet") {
+            self.action.as_ref()
+        } else {
+            self.other_http_get.as_ref()
+        }
     }
 }
 
@@ -285,45 +336,29 @@ fn as_i64(raw: &RawValue) -> Option<i64> {
 /// at the agent).
 fn prober(
     probe: &Obj<'_>,
+    handler: &Handler<'_>,
     with_timeout: bool,
     port_of: &mut impl FnMut(&str) -> Option<i64>,
-) -> Option<Box<RawValue>> {
-    let mut p = String::with_capacity(96);
-    p.push('{');
-    if let Some(g) = probe.get("grpc") {
-        p.push_str("\"grpc\":");
-        p.push_str(g.get());
-    } else {
-        let key = if probe.contains("httpGet") {
-            "httpGet"
-        } else if probe.contains("tcpSocket") {
-            "tcpSocket"
-        } else {
-            return None;
-        };
-        let raw = probe.get(key)?;
-        push_json_str(&mut p, key);
-        p.push(':');
-        match Obj::parse(raw) {
-            Some(action) => match action.get("port") {
-                Some(port) if port.get().starts_with('"') => {
-                    let named = as_str(port)?;
-                    let number = port_of(named.as_str())?;
-                    write_with(
-                        &mut p,
-                        &action,
-                        &mut [("port", Val::Own(number.to_string()))],
-                        &[],
-                    );
-                }
-                Some(port) if as_i64(port) == Some(i64::from(super::STATUS_PORT)) => {
-                    return None;
-                }
-                _ => write_with(&mut p, &action, &mut [], &[]),
-            },
-            // Not an object: carried as it is.
-            None => p.push_str(raw.get()),
-        }
+) -> Option<String> {
+    let (key, raw) = (handler.key?, handler.raw?);
+    let mut p = String::with_capacity(raw.get().len() + 32);
+    p.push_str("{\"");
+    p.push_str(key);
+    p.push_str("\":");
+    match &handler.action {
+        Some(action) if key != "grpc" => match action.get("port") {
+            Some(port) if port.get().starts_with('"') => {
+                let named = as_str(port)?;
+                let number = port_of(named.as_str())?.to_string();
+                write_with(&mut p, action, &[("port", &number)], "");
+            }
+            Some(port) if as_i64(port) == Some(i64::from(super::STATUS_PORT)) => {
+                return None;
+            }
+            _ => write_with(&mut p, action, &[], ""),
+        },
+        // grpc, or a handler that is not an object: carried as it is.
+        _ => p.push_str(raw.get()),
     }
     if with_timeout
         && let Some(t) = probe.get("timeoutSeconds")
@@ -333,38 +368,39 @@ fn prober(
         p.push_str(t.get());
     }
     p.push('}');
-    RawValue::from_string(p).ok()
+    Some(p)
 }
 
 /// Writes into `out` the probe or hook pointed at the agent. Returns whether it changed
 /// (`out` is meaningful only then).
-fn convert(out: &mut String, probe: &Obj<'_>, url: &str, status_port: i64) -> bool {
-    if let Some(g) = probe.get("httpGet").and_then(Obj::parse) {
-        let mut get = String::with_capacity(g.0.len() * 24 + url.len());
-        let mut set = vec![
-            ("port", Val::Own(status_port.to_string())),
-            (
-                "path",
-                Val::Own(serde_json::to_string(url).expect("a string must serialize")),
-            ),
-        ];
-        if g.get("scheme")
+fn convert(
+    out: &mut String,
+    probe: &Obj<'_>,
+    handler: &Handler<'_>,
+    url: &str,
+    port: &str,
+) -> bool {
+    let mut path = String::with_capacity(url.len() + 2);
+    push_json_str(&mut path, url);
+    if let Some(g) = handler.http_get() {
+        let https = g
+            .get("scheme")
             .and_then(as_str)
-            .is_some_and(|s| s.as_str() == "HTTPS")
-        {
-            set.push(("scheme", Val::Raw("\"HTTP\"")));
-        }
-        write_with(&mut get, &g, &mut set, &[]);
-        write_with(out, probe, &mut [("httpGet", Val::Own(get))], &[]);
+            .is_some_and(|s| s.as_str() == "HTTPS");
+        let set: &[(&str, &str)] = if https {
+            &[("path", &path), ("port", port), ("scheme", "\"HTTP\"")]
+        } else {
+            &[("path", &path), ("port", port)]
+        };
+        let mut get = String::with_capacity(g.0.len() * 24 + url.len());
+        write_with(&mut get, g, set, "");
+        write_with(out, probe, &[("httpGet", &get)], "");
         return true;
     }
     for key in ["tcpSocket", "grpc"] {
         if probe.contains(key) {
-            let get = format!(
-                "{{\"path\":{},\"port\":{status_port}}}",
-                serde_json::to_string(url).expect("a string must serialize")
-            );
-            write_with(out, probe, &mut [("httpGet", Val::Own(get))], &[key]);
+            let get = concat(&["{\"path\":", &path, ",\"port\":", port, "}"]);
+            write_with(out, probe, &[("httpGet", &get)], key);
             return true;
         }
     }
@@ -374,7 +410,7 @@ fn convert(out: &mut String, probe: &Obj<'_>, url: &str, status_port: i64) -> bo
 /// Merges probers kept by an earlier injection (the old proxy's `ISTIO_KUBE_APP_PROBERS`)
 /// into `new`: Istio keeps the earlier entries, since the probes they describe were already
 /// rewritten and can no longer be read from the containers.
-pub fn merge_previous(new: &mut BTreeMap<String, Box<RawValue>>, proxy_env: Option<&str>) {
+pub fn merge_previous(new: &mut BTreeMap<String, String>, proxy_env: Option<&str>) {
     let Some(env) = proxy_env else { return };
     let Ok(vars) = serde_json::from_str::<Vec<&RawValue>>(env) else {
         return;
@@ -390,6 +426,6 @@ pub fn merge_previous(new: &mut BTreeMap<String, Box<RawValue>>, proxy_env: Opti
         .and_then(|v| v.get("value").and_then(as_str))
         .and_then(|s| serde_json::from_str::<BTreeMap<String, Box<RawValue>>>(s.as_str()).ok());
     if let Some(old) = old {
-        new.extend(old);
+        new.extend(old.into_iter().map(|(k, v)| (k, v.get().to_string())));
     }
 }

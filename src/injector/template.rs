@@ -292,8 +292,12 @@ pub const VOLUME_NAMES: [&str; 9] = [
 ];
 
 /// Escapes a key for use in a JSON Pointer (RFC 6901).
-pub fn pointer_escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
+pub fn pointer_escape(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.contains(['~', '/']) {
+        key.replace('~', "~0").replace('/', "~1").into()
+    } else {
+        key.into()
+    }
 }
 
 /// A JSON string literal, quotes included.

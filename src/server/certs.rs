@@ -1,10 +1,10 @@
 //! Certificates for the webhook: a self-signed CA and a serving certificate signed by it.
 //!
-//! `meshrev serve` without `--tls-cert-file` calls [`ensure`] on `--cert-dir`, and
+//! `meshrev serve` without `--tls-cert-file` calls `ensure` on `--cert-dir`, and
 //! `meshrev certs` does the same for manifests and prints the `caBundle`. A directory
 //! holds `ca.crt` (the bundle to trust), `tls.crt` and `tls.key` (the serving pair, the
 //! file names of a `kubernetes.io/tls` Secret). Files that are already there are reused
-//! while they are valid for the requested names for at least [`RENEW_BEFORE`] more.
+//! while they are valid for the requested names for at least `RENEW_BEFORE` more.
 //!
 //! Tests and e2e harnesses use [`generate_into`] (fresh files in a directory, returns the
 //! CA PEM) and [`Authority`] (an in-memory CA that issues further serving pairs, e.g. to
@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
 use base64::Engine;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -28,59 +27,82 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
+use super::tls::{TlsError, certified_key};
+
+/// Why certificates were not generated, reused or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CertsError {
+    /// Generating a key or signing a certificate failed (the step, and why).
+    #[error("{0}")]
+    Generate(&'static str, #[source] rcgen::Error),
+    /// The names cannot go into a certificate.
+    #[error("invalid certificate names {0:?}")]
+    Names(Vec<String>, #[source] rcgen::Error),
+    /// A file operation failed.
+    #[error("{action} {}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// To which file or directory.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `ca.crt` is not UTF-8.
+    #[error("ca.crt is not PEM text")]
+    CaNotText,
+    /// `ca.crt` does not parse.
+    #[error("ca.crt: bad PEM")]
+    CaPem(#[source] rustls::pki_types::pem::Error),
+    /// `ca.crt` holds something that is not a CA certificate.
+    #[error("ca.crt: not a usable CA certificate")]
+    CaUnusable(#[source] rustls::Error),
+    /// `ca.crt` is empty.
+    #[error("ca.crt holds no certificate")]
+    NoCa,
+    /// No verifier could be built from `ca.crt`.
+    #[error("building a verifier for ca.crt")]
+    Verifier(#[source] rustls::client::VerifierBuilderError),
+    /// The system clock is before 1970.
+    #[error("the clock is before 1970")]
+    Clock,
+    /// The serving pair does not load.
+    #[error(transparent)]
+    Pair(#[from] TlsError),
+    /// A name is neither a DNS name nor an IP address.
+    #[error("{0:?} is not a DNS name or IP address")]
+    BadName(String),
+    /// `tls.crt` does not verify for a name long enough.
+    #[error("tls.crt is not valid for {name} under ca.crt for {days} more days")]
+    NotValidFor {
+        /// The name.
+        name: String,
+        /// How long it must stay valid.
+        days: u64,
+        /// Why it does not verify.
+        #[source]
+        source: rustls::Error,
+    },
+}
+
 /// File names inside a certificate directory.
-pub const CA_FILE: &str = "ca.crt";
+pub(crate) const CA_FILE: &str = "ca.crt";
+/// The serving certificate's file name.
 pub const CERT_FILE: &str = "tls.crt";
+/// The serving key's file name.
 pub const KEY_FILE: &str = "tls.key";
 
 /// Existing files are regenerated when they expire within this long.
-pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+pub(crate) const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Validity of a generated serving certificate.
-pub const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Validity of a generated CA.
-pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
-/// `meshrev certs`: generate a CA and a serving certificate for the webhook's Service.
-#[derive(clap::Args, Debug)]
-pub struct CertsArgs {
-    /// Directory to write ca.crt, tls.crt and tls.key into (created if missing).
-    #[arg(long, value_name = "DIR", default_value = "certs")]
-    pub out: PathBuf,
-    /// Name of the webhook's Service.
-    #[arg(long, value_name = "NAME", default_value = "meshrev")]
-    pub service: String,
-    /// Namespace of the webhook's Service.
-    #[arg(long, value_name = "NS", default_value = "meshrev-system")]
-    pub namespace: String,
-    /// Generate new files even when the existing ones are still valid.
-    #[arg(long)]
-    pub force: bool,
-}
-
-/// Writes (or reuses) the files, reports them on stderr and prints the base64 `caBundle`
-/// (for a MutatingWebhookConfiguration) alone on stdout.
-pub fn run(args: CertsArgs) -> anyhow::Result<()> {
-    let names = dns_names(&args.service, &args.namespace);
-    let got = if args.force {
-        generate_into(&args.out, &names)?
-    } else {
-        ensure(&args.out, &names)?
-    };
-    eprintln!(
-        "{} {} (CA), {} and {} for {}",
-        if got.reused { "kept" } else { "wrote" },
-        got.paths.ca.display(),
-        got.paths.cert.display(),
-        got.paths.key.display(),
-        names.join(", ")
-    );
-    println!("{}", ca_bundle_base64(&got.ca_pem));
-    Ok(())
-}
+pub(crate) const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// The names a serving certificate covers: loopback (for `meshrev serve` run locally) and
 /// the Service's in-cluster DNS names.
-pub fn dns_names(service: &str, namespace: &str) -> Vec<String> {
+pub(crate) fn dns_names(service: &str, namespace: &str) -> Vec<String> {
     vec![
         "localhost".into(),
         "127.0.0.1".into(),
@@ -91,27 +113,29 @@ pub fn dns_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
-/// [`dns_names`] of the default Service `meshrev` in `meshrev-system`.
+/// `dns_names` of the default Service `meshrev` in `meshrev-system`.
 pub fn default_names() -> Vec<String> {
     dns_names("meshrev", "meshrev-system")
 }
 
 /// The `caBundle` field of a webhook configuration: the CA PEM, base64-encoded.
-pub fn ca_bundle_base64(ca_pem: &str) -> String {
+pub(crate) fn ca_bundle_base64(ca_pem: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes())
 }
 
 /// The three files of a certificate directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertPaths {
-    pub dir: PathBuf,
-    pub ca: PathBuf,
+    pub(crate) dir: PathBuf,
+    pub(crate) ca: PathBuf,
+    /// `tls.crt`.
     pub cert: PathBuf,
+    /// `tls.key`.
     pub key: PathBuf,
 }
 
 impl CertPaths {
-    pub fn in_dir(dir: &Path) -> Self {
+    pub(crate) fn in_dir(dir: &Path) -> Self {
         CertPaths {
             dir: dir.to_path_buf(),
             ca: dir.join(CA_FILE),
@@ -121,9 +145,10 @@ impl CertPaths {
     }
 }
 
-/// What [`ensure`] or [`generate_into`] left in a directory.
+/// What `ensure` or [`generate_into`] left in a directory.
 #[derive(Clone, Debug)]
 pub struct Generated {
+    /// Where the files are.
     pub paths: CertPaths,
     /// The CA certificate (PEM): what clients trust.
     pub ca_pem: String,
@@ -134,13 +159,15 @@ pub struct Generated {
 /// A serving certificate and its key, PEM.
 #[derive(Clone, Debug)]
 pub struct ServingPair {
+    /// The certificate.
     pub cert_pem: String,
+    /// The private key.
     pub key_pem: String,
 }
 
 impl ServingPair {
     /// Writes `tls.crt` and `tls.key` into `dir` (each by an atomic rename; the key first).
-    pub fn write_to(&self, dir: &Path) -> anyhow::Result<()> {
+    pub fn write_to(&self, dir: &Path) -> Result<(), CertsError> {
         let paths = CertPaths::in_dir(dir);
         write_atomic(&paths.key, self.key_pem.as_bytes(), true)?;
         write_atomic(&paths.cert, self.cert_pem.as_bytes(), false)
@@ -166,9 +193,10 @@ fn validity(params: &mut CertificateParams, valid_for: Duration) {
 }
 
 impl Authority {
-    /// A new self-signed CA (ECDSA P-256, valid for [`CA_VALIDITY`]).
-    pub fn generate(common_name: &str) -> anyhow::Result<Self> {
-        let key = KeyPair::generate().context("generating the CA key")?;
+    /// A new self-signed CA (ECDSA P-256, valid for `CA_VALIDITY`).
+    pub fn generate(common_name: &str) -> Result<Self, CertsError> {
+        let key =
+            KeyPair::generate().map_err(|e| CertsError::Generate("generating the CA key", e))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
@@ -183,7 +211,7 @@ impl Authority {
         validity(&mut params, CA_VALIDITY);
         let cert = params
             .self_signed(&key)
-            .context("self-signing the CA certificate")?;
+            .map_err(|e| CertsError::Generate("self-signing the CA certificate", e))?;
         Ok(Authority {
             cert_pem: cert.pem(),
             issuer: Issuer::new(params, key),
@@ -196,13 +224,17 @@ impl Authority {
     }
 
     /// Issues a serving certificate for `names` (DNS names or IP addresses; the first DNS
-    /// name is also the subject's CN), valid for [`SERVING_VALIDITY`].
-    pub fn issue(&self, names: &[String]) -> anyhow::Result<ServingPair> {
+    /// name is also the subject's CN), valid for `SERVING_VALIDITY`.
+    pub fn issue(&self, names: &[String]) -> Result<ServingPair, CertsError> {
         self.issue_for(names, SERVING_VALIDITY)
     }
 
     /// [`Authority::issue`] with another validity.
-    pub fn issue_for(&self, names: &[String], valid_for: Duration) -> anyhow::Result<ServingPair> {
+    pub(crate) fn issue_for(
+        &self,
+        names: &[String],
+        valid_for: Duration,
+    ) -> Result<ServingPair, CertsError> {
         let now = time::OffsetDateTime::now_utc();
         self.issue_between(names, now - time::Duration::hours(1), now + valid_for)
     }
@@ -214,10 +246,11 @@ impl Authority {
         names: &[String],
         not_before: time::OffsetDateTime,
         not_after: time::OffsetDateTime,
-    ) -> anyhow::Result<ServingPair> {
-        let key = KeyPair::generate().context("generating the serving key")?;
+    ) -> Result<ServingPair, CertsError> {
+        let key = KeyPair::generate()
+            .map_err(|e| CertsError::Generate("generating the serving key", e))?;
         let mut params = CertificateParams::new(names.to_vec())
-            .with_context(|| format!("invalid certificate names {names:?}"))?;
+            .map_err(|e| CertsError::Names(names.to_vec(), e))?;
         let cn = names
             .iter()
             .find(|n| n.parse::<std::net::IpAddr>().is_err() && *n != "localhost")
@@ -238,7 +271,7 @@ impl Authority {
         params.not_after = not_after;
         let cert = params
             .signed_by(&key, &self.issuer)
-            .context("signing the serving certificate")?;
+            .map_err(|e| CertsError::Generate("signing the serving certificate", e))?;
         Ok(ServingPair {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -248,8 +281,12 @@ impl Authority {
 
 /// Generates a new CA and serving pair for `names` into `dir` (created if missing),
 /// replacing whatever was there.
-pub fn generate_into(dir: &Path, names: &[String]) -> anyhow::Result<Generated> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+pub fn generate_into(dir: &Path, names: &[String]) -> Result<Generated, CertsError> {
+    fs::create_dir_all(dir).map_err(|e| CertsError::Io {
+        action: "creating",
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
     let paths = CertPaths::in_dir(dir);
     let ca = Authority::generate("meshrev webhook CA")?;
     let pair = ca.issue(names)?;
@@ -263,8 +300,8 @@ pub fn generate_into(dir: &Path, names: &[String]) -> anyhow::Result<Generated> 
 }
 
 /// Reuses the files in `dir` when they are a valid chain for every one of `names` for at
-/// least [`RENEW_BEFORE`] more, else generates new ones with [`generate_into`].
-pub fn ensure(dir: &Path, names: &[String]) -> anyhow::Result<Generated> {
+/// least `RENEW_BEFORE` more, else generates new ones with [`generate_into`].
+pub(crate) fn ensure(dir: &Path, names: &[String]) -> Result<Generated, CertsError> {
     let paths = CertPaths::in_dir(dir);
     if paths.ca.exists() || paths.cert.exists() || paths.key.exists() {
         match check_existing(&paths, names) {
@@ -275,44 +312,54 @@ pub fn ensure(dir: &Path, names: &[String]) -> anyhow::Result<Generated> {
                     reused: true,
                 });
             }
-            Err(e) => tracing::info!("regenerating the certificates in {}: {e:#}", dir.display()),
+            Err(e) => tracing::info!(
+                "regenerating the certificates in {}: {}",
+                dir.display(),
+                crate::errors::Chain(&e)
+            ),
         }
     }
     generate_into(dir, names)
 }
 
 /// Checks that `paths` hold a CA, and a serving pair it signed that matches its key and is
-/// valid for every one of `names` for at least [`RENEW_BEFORE`]. Returns the CA PEM.
-pub fn check_existing(paths: &CertPaths, names: &[String]) -> anyhow::Result<String> {
-    let read = |p: &Path| fs::read(p).with_context(|| format!("reading {}", p.display()));
-    let ca_pem = String::from_utf8(read(&paths.ca)?).context("ca.crt is not PEM text")?;
+/// valid for every one of `names` for at least `RENEW_BEFORE`. Returns the CA PEM.
+fn check_existing(paths: &CertPaths, names: &[String]) -> Result<String, CertsError> {
+    let read = |p: &Path| {
+        fs::read(p).map_err(|e| CertsError::Io {
+            action: "reading",
+            path: p.to_path_buf(),
+            source: e,
+        })
+    };
+    let ca_pem = String::from_utf8(read(&paths.ca)?).map_err(|_| CertsError::CaNotText)?;
     let cert_pem = read(&paths.cert)?;
     let key_pem = read(&paths.key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let key = super::tls::certified_key(&cert_pem, &key_pem, &provider)?;
+    let key = certified_key(&cert_pem, &key_pem, &provider)?;
     let mut roots = RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots
-            .add(c.context("ca.crt: bad PEM")?)
-            .context("ca.crt: not a usable CA certificate")?;
+            .add(c.map_err(CertsError::CaPem)?)
+            .map_err(CertsError::CaUnusable)?;
     }
     if roots.is_empty() {
-        bail!("ca.crt holds no certificate");
+        return Err(CertsError::NoCa);
     }
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
-        .context("building a verifier for ca.crt")?;
+        .map_err(CertsError::Verifier)?;
     let at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .context("the clock is before 1970")?
+        .map_err(|_| CertsError::Clock)?
         + RENEW_BEFORE;
     let (leaf, chain) = key
         .cert
         .split_first()
-        .context("tls.crt holds no certificate")?;
+        .ok_or(CertsError::Pair(TlsError::NoCertificate))?;
     for name in names {
-        let server_name = ServerName::try_from(name.clone())
-            .with_context(|| format!("{name:?} is not a DNS name or IP address"))?;
+        let server_name =
+            ServerName::try_from(name.clone()).map_err(|_| CertsError::BadName(name.clone()))?;
         verifier
             .verify_server_cert(
                 leaf,
@@ -321,11 +368,10 @@ pub fn check_existing(paths: &CertPaths, names: &[String]) -> anyhow::Result<Str
                 &[],
                 UnixTime::since_unix_epoch(at),
             )
-            .with_context(|| {
-                format!(
-                    "tls.crt is not valid for {name} under ca.crt for {} more days",
-                    RENEW_BEFORE.as_secs() / 86400
-                )
+            .map_err(|source| CertsError::NotValidFor {
+                name: name.clone(),
+                days: RENEW_BEFORE.as_secs() / 86400,
+                source,
             })?;
     }
     Ok(ca_pem)
@@ -333,7 +379,7 @@ pub fn check_existing(paths: &CertPaths, names: &[String]) -> anyhow::Result<Str
 
 /// Writes `path` through a temporary file and a rename, so a reader never sees half a file.
 /// `secret` files are created mode 0600.
-pub fn write_atomic(path: &Path, contents: &[u8], secret: bool) -> anyhow::Result<()> {
+pub fn write_atomic(path: &Path, contents: &[u8], secret: bool) -> Result<(), CertsError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -349,14 +395,24 @@ pub fn write_atomic(path: &Path, contents: &[u8], secret: bool) -> anyhow::Resul
     }
     #[cfg(not(unix))]
     let _ = secret;
-    let mut f = opts
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
+    let mut f = opts.open(&tmp).map_err(|e| CertsError::Io {
+        action: "creating",
+        path: tmp.clone(),
+        source: e,
+    })?;
     f.write_all(contents)
         .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
+        .map_err(|e| CertsError::Io {
+            action: "writing",
+            path: tmp.clone(),
+            source: e,
+        })?;
     drop(f);
-    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    fs::rename(&tmp, path).map_err(|e| CertsError::Io {
+        action: "renaming to",
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     Ok(())
 }
 
@@ -397,7 +453,7 @@ mod tests {
             .write_to(dir.path())
             .unwrap();
         let err = check_existing(&CertPaths::in_dir(dir.path()), &names).unwrap_err();
-        assert!(format!("{err:#}").contains("not valid"), "{err:#}");
+        assert!(err.to_string().contains("not valid"), "{err}");
         assert!(!ensure(dir.path(), &names).unwrap().reused);
 
         fs::write(dir.path().join(KEY_FILE), "garbage").unwrap();

@@ -6,7 +6,7 @@
 //! many bytes before reading any of its body; a request without one reserves as its frames
 //! arrive. While a request waits for bytes its body is not read, so HTTP/2 flow control
 //! (and TCP for HTTP/1) holds the client back. A request that cannot get its bytes within
-//! the budget wait is refused (503, see `server::inject`). The bytes are returned when the
+//! the budget wait is refused (503, see `server::body`). The bytes are returned when the
 //! reply has been built.
 
 use std::sync::Arc;
@@ -21,11 +21,11 @@ const STREAM_CHUNK: usize = 64 * 1024;
 /// Requests that may wait for room at once; more are refused at once. A waiting request
 /// holds what its client sent before the server stopped reading (at most an HTTP/2 stream
 /// window, 64 KiB), outside the budget: this caps that at 32 MiB.
-pub const MAX_WAITING: usize = 512;
+pub(crate) const MAX_WAITING: usize = 512;
 
 /// The global budget of request-body bytes held at once.
 #[derive(Debug)]
-pub struct BodyBudget {
+pub(crate) struct BodyBudget {
     sem: Arc<Semaphore>,
     total: usize,
     wait: Duration,
@@ -36,13 +36,13 @@ pub struct BodyBudget {
 
 /// The request could not get its bytes within the wait.
 #[derive(Debug)]
-pub struct OverBudget {
-    pub wanted: usize,
+pub(crate) struct OverBudget {
+    pub(crate) wanted: usize,
 }
 
 /// Bytes reserved by one request; returned on drop.
 #[derive(Debug)]
-pub struct BodyPermit {
+pub(crate) struct BodyPermit {
     permit: Option<OwnedSemaphorePermit>,
     bytes: usize,
     gauge: IntGauge,
@@ -52,7 +52,12 @@ impl BodyBudget {
     /// `total` bytes in all, each reservation waiting at most `wait`; `gauge` tracks the
     /// bytes reserved (`meshrev_inflight_body_bytes`), `waiting_gauge` the requests waiting
     /// for room (`meshrev_inflight_body_waiting`).
-    pub fn new(total: usize, wait: Duration, gauge: IntGauge, waiting_gauge: IntGauge) -> Self {
+    pub(crate) fn new(
+        total: usize,
+        wait: Duration,
+        gauge: IntGauge,
+        waiting_gauge: IntGauge,
+    ) -> Self {
         let total = total.min(Semaphore::MAX_PERMITS);
         BodyBudget {
             sem: Arc::new(Semaphore::new(total)),
@@ -64,12 +69,12 @@ impl BodyBudget {
         }
     }
 
-    pub fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.total
     }
 
     /// A permit holding nothing yet.
-    pub fn permit(&self) -> BodyPermit {
+    pub(crate) fn permit(&self) -> BodyPermit {
         BodyPermit {
             permit: None,
             bytes: 0,
@@ -79,7 +84,7 @@ impl BodyBudget {
 
     /// Grows `permit` to hold at least `bytes` in all, waiting at most the budget wait.
     /// `streamed`: the size is not known in advance, so reserve at least a chunk ahead.
-    pub async fn reserve(
+    pub(crate) async fn reserve(
         &self,
         permit: &mut BodyPermit,
         bytes: usize,
@@ -134,7 +139,7 @@ impl BodyBudget {
 }
 
 impl BodyPermit {
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 }
@@ -147,27 +152,27 @@ impl Drop for BodyPermit {
 
 /// Slots for open connections on the TLS listener (`--max-connections`).
 #[derive(Debug, Clone)]
-pub struct ConnSlots {
+pub(crate) struct ConnSlots {
     sem: Arc<Semaphore>,
     gauge: IntGauge,
 }
 
 /// One open connection; frees its slot on drop.
 #[derive(Debug)]
-pub struct ConnSlot {
+pub(crate) struct ConnSlot {
     _permit: OwnedSemaphorePermit,
     gauge: IntGauge,
 }
 
 impl ConnSlots {
-    pub fn new(max: usize, gauge: IntGauge) -> Self {
+    pub(crate) fn new(max: usize, gauge: IntGauge) -> Self {
         ConnSlots {
             sem: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
             gauge,
         }
     }
     /// A slot if one is free.
-    pub fn try_take(&self) -> Option<ConnSlot> {
+    pub(crate) fn try_take(&self) -> Option<ConnSlot> {
         let permit = self.sem.clone().try_acquire_owned().ok()?;
         self.gauge.inc();
         Some(ConnSlot {
@@ -186,7 +191,7 @@ impl Drop for ConnSlot {
 /// Request activity of one connection: what the idle timeout looks at. HTTP/2 pings and
 /// other frames are not activity; only requests are.
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     born: Instant,
     inflight: AtomicUsize,
     seen: AtomicBool,
@@ -195,10 +200,10 @@ pub struct Activity {
 }
 
 /// Marks one request in progress; ends it on drop.
-pub struct Busy(Arc<Activity>);
+pub(crate) struct Busy(Arc<Activity>);
 
 impl Activity {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Activity {
             born: Instant::now(),
             inflight: AtomicUsize::new(0),
@@ -206,18 +211,18 @@ impl Activity {
             last_ms: AtomicU64::new(0),
         })
     }
-    pub fn begin(self: &Arc<Self>) -> Busy {
+    pub(crate) fn begin(self: &Arc<Self>) -> Busy {
         self.seen.store(true, Ordering::Relaxed);
         self.inflight.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
     }
     /// Whether a request ever started.
-    pub fn seen(&self) -> bool {
+    pub(crate) fn seen(&self) -> bool {
         self.seen.load(Ordering::Relaxed)
     }
     /// When the connection, if nothing starts before, has been idle for `timeout`; `None`
     /// while a request is in progress.
-    pub fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+    pub(crate) fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
         if self.inflight.load(Ordering::Acquire) > 0 {
             return None;
         }

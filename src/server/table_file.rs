@@ -20,10 +20,43 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, bail};
-
 use super::metrics::Metrics;
-use crate::table::{Table, TableBuilder, TableStore};
+use crate::config::ParseError;
+use crate::table::{BuildError, Table, TableBuilder, TableStore};
+
+/// Why a table file was not served.
+#[derive(Debug, thiserror::Error)]
+pub enum TableFileError {
+    #[error("reading table file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("table file {}: {source}", path.display())]
+    Unusable { path: PathBuf, source: ReadError },
+    #[error("table file {}", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: BuildFileError,
+    },
+}
+
+/// Why a table file's content does not make a table.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildFileError {
+    #[error("not UTF-8 text: {0}")]
+    NotUtf8(std::str::Utf8Error),
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error(
+        "no MeshRevision in it ({0} bytes: an empty or cut-off file?); a table file needs at least one MeshRevision"
+    )]
+    NoRevision(usize),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
 
 /// The gap between the two reads of a changed file: half the poll interval, at most 250ms.
 pub(super) fn settle(interval: Duration) -> Duration {
@@ -51,11 +84,13 @@ pub(super) fn snapshot(path: &Path) -> io::Result<Snapshot> {
 
 /// Why a read was not usable.
 #[derive(Debug)]
-pub(super) enum ReadError {
+pub enum ReadError {
     Io(io::Error),
     /// The file changed between the two reads: it is probably being written.
     Unstable,
 }
+
+impl std::error::Error for ReadError {}
 
 impl std::fmt::Display for ReadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,32 +124,39 @@ pub(super) fn load(
     path: &Path,
     builder: &mut TableBuilder,
     interval: Duration,
-) -> anyhow::Result<(Table, Vec<u8>)> {
+) -> Result<(Table, Vec<u8>), TableFileError> {
     let pause = settle(interval).max(Duration::from_millis(20));
     let mut attempts = 0;
     let content = loop {
         attempts += 1;
         let mut read = || snapshot(path);
-        let first = read().with_context(|| format!("reading table file {}", path.display()))?;
+        let first = read().map_err(|source| TableFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         match confirm(first, &mut read, &|| std::thread::sleep(pause)) {
             Ok(c) => break c,
             Err(ReadError::Unstable) if attempts < 5 => continue,
-            Err(e) => bail!("table file {}: {e}", path.display()),
+            Err(source) => {
+                return Err(TableFileError::Unusable {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         }
     };
-    let table =
-        build(&content, builder).with_context(|| format!("table file {}", path.display()))?;
+    let table = build(&content, builder).map_err(|source| TableFileError::Invalid {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok((table, content))
 }
 
-fn build(content: &[u8], builder: &mut TableBuilder) -> anyhow::Result<Table> {
-    let text = std::str::from_utf8(content).context("not UTF-8 text")?;
+fn build(content: &[u8], builder: &mut TableBuilder) -> Result<Table, BuildFileError> {
+    let text = std::str::from_utf8(content).map_err(BuildFileError::NotUtf8)?;
     let objects = crate::config::parse_objects(text)?;
     if objects.revisions.is_empty() {
-        bail!(
-            "no MeshRevision in it ({} bytes: an empty or cut-off file?); a table file needs at least one MeshRevision",
-            content.len()
-        );
+        return Err(BuildFileError::NoRevision(content.len()));
     }
     Ok(builder.build(&objects)?)
 }
@@ -165,7 +207,7 @@ pub(super) async fn watch(
             Ok(Poll::Unchanged) | Err(_) => continue,
             Ok(Poll::Changed(c)) => c,
             Ok(Poll::Failed(ReadError::Unstable)) => {
-                metrics.table_reload(false);
+                metrics.table_reloads.count(false);
                 tracing::warn!(
                     "table file {} not reloaded, keeping the last good table: {}",
                     path.display(),
@@ -175,7 +217,7 @@ pub(super) async fn watch(
             }
             Ok(Poll::Failed(ReadError::Io(e))) => {
                 if seen.is_some() {
-                    metrics.table_reload(false);
+                    metrics.table_reloads.count(false);
                     tracing::warn!(
                         "table file {} not reloaded, keeping the last good table: {e}",
                         path.display()
@@ -188,7 +230,7 @@ pub(super) async fn watch(
         match build(&content, &mut builder) {
             Ok(table) => {
                 let generation = store.publish(table);
-                metrics.table_reload(true);
+                metrics.table_reloads.count(true);
                 metrics.observe_table(&store.load());
                 tracing::info!(
                     "table file {} reloaded (generation {generation})",
@@ -196,10 +238,11 @@ pub(super) async fn watch(
                 );
             }
             Err(e) => {
-                metrics.table_reload(false);
+                metrics.table_reloads.count(false);
                 tracing::warn!(
-                    "table file {} not reloaded, keeping the last good table: {e:#}",
-                    path.display()
+                    "table file {} not reloaded, keeping the last good table: {}",
+                    path.display(),
+                    crate::errors::Chain(&e)
                 );
             }
         }

@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -27,51 +26,105 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use super::metrics::Metrics;
+use super::metrics::ReloadCounters;
+use super::{ServeError, TlsSource, certs};
+use crate::errors::Chain;
+
+/// Why a serving pair was not loaded or not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("reading {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The certificate file is not PEM.
+    #[error("certificate file: bad PEM")]
+    CertPem(#[source] rustls::pki_types::pem::Error),
+    /// The certificate file holds no certificate.
+    #[error("certificate file holds no CERTIFICATE block")]
+    NoCertificate,
+    /// The key file holds no private key rustls can use.
+    #[error("key file: no usable private key")]
+    NoKey(#[source] rustls::pki_types::pem::Error),
+    /// The key is not the certificate's.
+    #[error("the certificate and the private key do not form a usable pair")]
+    Mismatch(#[source] rustls::Error),
+    /// The leaf certificate does not parse.
+    #[error("the certificate does not parse as X.509: {0}")]
+    X509(String),
+    /// notBefore is this many seconds in the future.
+    #[error(
+        "the certificate is not valid yet (notBefore is {0} s in the future); install it once it is, or check the clock"
+    )]
+    NotYetValid(i64),
+    /// notAfter was this many seconds ago.
+    #[error("the certificate expired {0} s ago (notAfter); issue a new one")]
+    Expired(i64),
+    /// The new certificate drops names the one in service covers.
+    #[error(
+        "the certificate does not cover {missing} which the certificate in service covers (it covers {covers}); issue it for every name the webhook is called by"
+    )]
+    NamesNotCovered {
+        /// The names dropped.
+        missing: String,
+        /// The names the new certificate covers.
+        covers: String,
+    },
+    /// The certificate in service does not parse (cannot happen for one that loaded).
+    #[error("the certificate in service: {0}")]
+    InService(Box<TlsError>),
+    /// rustls refused the protocol versions.
+    #[error("TLS protocol versions")]
+    Protocol(#[source] rustls::Error),
+}
 
 /// The ALPN protocols offered, in preference order.
-pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// The crypto provider of the server (ring).
-pub fn provider() -> Arc<CryptoProvider> {
+fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Parses a PEM certificate chain (leaf first) and its private key, and checks that they
 /// belong together.
-pub fn certified_key(
+pub(super) fn certified_key(
     cert_pem: &[u8],
     key_pem: &[u8],
     provider: &CryptoProvider,
-) -> anyhow::Result<CertifiedKey> {
+) -> Result<CertifiedKey, TlsError> {
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .context("certificate file: bad PEM")?;
+        .map_err(TlsError::CertPem)?;
     if chain.is_empty() {
-        bail!("certificate file holds no CERTIFICATE block");
+        return Err(TlsError::NoCertificate);
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).context("key file: no usable private key")?;
-    CertifiedKey::from_der(chain, key, provider)
-        .context("the certificate and the private key do not form a usable pair")
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(TlsError::NoKey)?;
+    CertifiedKey::from_der(chain, key, provider).map_err(TlsError::Mismatch)
 }
 
 /// What a leaf certificate says about where and when it is valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeafInfo {
+struct LeafInfo {
     /// Seconds since the Unix epoch.
-    pub not_before: i64,
-    pub not_after: i64,
+    not_before: i64,
+    not_after: i64,
     /// Subject alternative names: DNS names (lowercase) and IP addresses.
-    pub dns: Vec<String>,
-    pub ips: Vec<IpAddr>,
+    dns: Vec<String>,
+    ips: Vec<IpAddr>,
 }
 
 impl LeafInfo {
     /// Parses a DER certificate.
-    pub fn parse(der: &[u8]) -> anyhow::Result<Self> {
+    fn parse(der: &[u8]) -> Result<Self, TlsError> {
         use x509_parser::extensions::GeneralName;
-        let (_, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| anyhow::anyhow!("the certificate does not parse as X.509: {e}"))?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::X509(e.to_string()))?;
         let validity = cert.validity();
         let mut info = LeafInfo {
             not_before: validity.not_before.timestamp(),
@@ -79,15 +132,19 @@ impl LeafInfo {
             dns: Vec::new(),
             ips: Vec::new(),
         };
-        let san = cert
-            .subject_alternative_name()
-            .map_err(|e| anyhow::anyhow!("the subjectAltName extension does not parse: {e}"))?;
+        let san = cert.subject_alternative_name().map_err(|e| {
+            TlsError::X509(format!("the subjectAltName extension does not parse: {e}"))
+        })?;
         for name in san.iter().flat_map(|s| s.value.general_names.iter()) {
             match name {
                 GeneralName::DNSName(d) => info.dns.push(d.to_ascii_lowercase()),
                 GeneralName::IPAddress(b) => match b.len() {
-                    4 => info.ips.push(IpAddr::from(<[u8; 4]>::try_from(*b)?)),
-                    16 => info.ips.push(IpAddr::from(<[u8; 16]>::try_from(*b)?)),
+                    4 => info
+                        .ips
+                        .extend(<[u8; 4]>::try_from(*b).ok().map(IpAddr::from)),
+                    16 => info
+                        .ips
+                        .extend(<[u8; 16]>::try_from(*b).ok().map(IpAddr::from)),
                     _ => {}
                 },
                 _ => {}
@@ -98,7 +155,7 @@ impl LeafInfo {
 
     /// Whether the certificate is valid for the DNS name `name` (wildcards cover one
     /// label) or the IP address it spells.
-    pub fn covers(&self, name: &str) -> bool {
+    fn covers(&self, name: &str) -> bool {
         if let Ok(ip) = name.parse::<IpAddr>() {
             return self.ips.contains(&ip);
         }
@@ -113,7 +170,7 @@ impl LeafInfo {
     }
 
     /// Every name this certificate covers, as written in it.
-    pub fn names(&self) -> Vec<String> {
+    fn names(&self) -> Vec<String> {
         let mut v = self.dns.clone();
         v.extend(self.ips.iter().map(IpAddr::to_string));
         v
@@ -121,7 +178,7 @@ impl LeafInfo {
 }
 
 /// Now, in seconds since the Unix epoch.
-pub fn unix_now() -> i64 {
+fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -130,68 +187,55 @@ pub fn unix_now() -> i64 {
 /// Checks that `new` may replace the pair in service, whose leaf is `current` (DER): the
 /// new leaf is valid at `now` (Unix seconds) and covers every name the current one covers.
 /// (That the key belongs to the certificate is checked by [`certified_key`].)
-pub fn check_replacement(
-    new: &CertifiedKey,
-    current: Option<&[u8]>,
-    now: i64,
-) -> anyhow::Result<()> {
-    let leaf = new
-        .cert
-        .first()
-        .context("the certificate file holds no certificate")?;
+fn check_replacement(new: &CertifiedKey, current: Option<&[u8]>, now: i64) -> Result<(), TlsError> {
+    let leaf = new.cert.first().ok_or(TlsError::NoCertificate)?;
     let info = LeafInfo::parse(leaf)?;
     if now < info.not_before {
-        bail!(
-            "the certificate is not valid yet (notBefore is {} s in the future); install it once it is, or check the clock",
-            info.not_before - now
-        );
+        return Err(TlsError::NotYetValid(info.not_before - now));
     }
     if now > info.not_after {
-        bail!(
-            "the certificate expired {} s ago (notAfter); issue a new one",
-            now - info.not_after
-        );
+        return Err(TlsError::Expired(now - info.not_after));
     }
     if let Some(current) = current {
-        let old = LeafInfo::parse(current).context("the certificate in service")?;
+        let old = LeafInfo::parse(current).map_err(|e| TlsError::InService(Box::new(e)))?;
         let missing: Vec<String> = old
             .names()
             .into_iter()
             .filter(|n| !info.covers(n))
             .collect();
         if !missing.is_empty() {
-            bail!(
-                "the certificate does not cover {} which the certificate in service covers (it covers {}); issue it for every name the webhook is called by",
-                missing.join(", "),
-                if info.names().is_empty() {
+            return Err(TlsError::NamesNotCovered {
+                missing: missing.join(", "),
+                covers: if info.names().is_empty() {
                     "no subjectAltName".to_string()
                 } else {
                     info.names().join(", ")
-                }
-            );
+                },
+            });
         }
     }
     Ok(())
 }
 
-/// The server's certificate, replaceable while connections are being accepted.
+/// The server's certificate, replaceable while connections are being accepted. Created by
+/// [`super::serve_with`]; replaced only by [`watch_files`]; read by every handshake.
 #[derive(Debug)]
-pub struct CertResolver {
+struct CertResolver {
     current: ArcSwap<CertifiedKey>,
 }
 
 impl CertResolver {
-    pub fn new(key: CertifiedKey) -> Self {
+    fn new(key: CertifiedKey) -> Self {
         CertResolver {
             current: ArcSwap::from_pointee(key),
         }
     }
     /// Serves `key` from the next handshake on.
-    pub fn set(&self, key: CertifiedKey) {
+    fn set(&self, key: CertifiedKey) {
         self.current.store(Arc::new(key));
     }
     /// The leaf certificate being served (DER).
-    pub fn current_leaf(&self) -> Option<CertificateDer<'static>> {
+    fn current_leaf(&self) -> Option<CertificateDer<'static>> {
         self.current.load().cert.first().cloned()
     }
 }
@@ -204,21 +248,83 @@ impl ResolvesServerCert for CertResolver {
 
 /// The rustls configuration: TLS 1.2 and 1.3, no client auth, ALPN `h2` then `http/1.1`,
 /// the certificate from `resolver`.
-pub fn server_config(resolver: Arc<CertResolver>) -> anyhow::Result<rustls::ServerConfig> {
+fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
+        .map_err(TlsError::Protocol)?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 
+/// Loads the serving pair of `source` (generating the self-signed files first when that
+/// is the source) and returns the acceptor that serves it, the CA clients must trust
+/// (self-signed mode only), and the poller that swaps in a changed pair every
+/// `interval`, for the server to run as long as it serves.
+pub(crate) fn load(
+    source: TlsSource,
+    interval: Duration,
+    reloads: ReloadCounters,
+) -> Result<
+    (
+        tokio_rustls::TlsAcceptor,
+        Option<PathBuf>,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ),
+    ServeError,
+> {
+    let (cert, key, ca_path) = match source {
+        TlsSource::Files { cert, key } => (cert, key, None),
+        TlsSource::SelfSigned { dir } => {
+            let got = certs::ensure(&dir, &certs::default_names()).map_err(|source| {
+                ServeError::SelfSigned {
+                    dir: dir.clone(),
+                    source,
+                }
+            })?;
+            tracing::info!(
+                "{} self-signed certificates in {}",
+                if got.reused { "reusing" } else { "generated" },
+                dir.display()
+            );
+            (got.paths.cert, got.paths.key, Some(got.paths.ca))
+        }
+    };
+    let loaded = load_files(&cert, &key).and_then(|initial| {
+        certified_key(&initial.0, &initial.1, &provider()).map(|k| (initial, k))
+    });
+    let (initial, key_pair) = match loaded {
+        Ok(l) => l,
+        Err(source) => return Err(ServeError::Certificate { cert, key, source }),
+    };
+    if let Err(e) = check_replacement(&key_pair, None, unix_now()) {
+        // Nothing better to serve: start, and say it loudly (reloads will not accept such
+        // a pair).
+        tracing::warn!(
+            "serving certificate {}: {e}; serving it anyway until a valid pair is installed",
+            cert.display()
+        );
+    }
+    let resolver = Arc::new(CertResolver::new(key_pair));
+    let config = server_config(resolver.clone()).map_err(ServeError::Tls)?;
+    let reload = watch_files(cert, key, initial, interval, resolver, reloads);
+    Ok((
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        ca_path,
+        reload,
+    ))
+}
+
 /// Reads the serving pair from files.
-pub fn load_files(cert: &Path, key: &Path) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
-    let c = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-    let k = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-    Ok((c, k))
+fn load_files(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    Ok((read(cert)?, read(key)?))
 }
 
 /// What the poller last saw in the files.
@@ -232,13 +338,13 @@ enum Seen {
 /// and, if [`check_replacement`] accepts it, swaps it into `resolver`, counting `meshrev_tls_reloads_total{result}`. A pair that
 /// does not load (or files that cannot be read) is counted once as a failure and the
 /// previous certificate stays in service. `initial` is the content being served already.
-pub async fn watch_files(
+async fn watch_files(
     cert: PathBuf,
     key: PathBuf,
     initial: (Vec<u8>, Vec<u8>),
     interval: Duration,
     resolver: Arc<CertResolver>,
-    metrics: Arc<Metrics>,
+    reloads: ReloadCounters,
 ) {
     let provider = provider();
     let mut seen = Seen::Content(initial.0, initial.1);
@@ -253,8 +359,8 @@ pub async fn watch_files(
             Ok(Ok((c, k))) => Seen::Content(c, k),
             Ok(Err(e)) => {
                 if seen != Seen::Unreadable {
-                    tracing::warn!("serving certificate not reloaded: {e:#}");
-                    metrics.tls_reload(false);
+                    tracing::warn!("serving certificate not reloaded: {}", Chain(&e));
+                    reloads.count(false);
                 }
                 Seen::Unreadable
             }
@@ -270,14 +376,15 @@ pub async fn watch_files(
             match checked {
                 Ok(ck) => {
                     resolver.set(ck);
-                    metrics.tls_reload(true);
+                    reloads.count(true);
                     tracing::info!("serving certificate reloaded from {}", cert.display());
                 }
                 Err(e) => {
-                    metrics.tls_reload(false);
+                    reloads.count(false);
                     tracing::warn!(
-                        "serving certificate {} not reloaded, keeping the previous one: {e:#}",
-                        cert.display()
+                        "serving certificate {} not reloaded, keeping the previous one: {}",
+                        cert.display(),
+                        Chain(&e)
                     );
                 }
             }

@@ -1,11 +1,15 @@
 //! The Kubernetes calls of the upgrade tooling: LISTs that build a [`MeshView`], the patches
 //! each step makes, rolling restarts and the injector probe.
+//!
+//! This is the seam between the upgrade operations (`upgrade::ops`) and the API server:
+//! every call goes through the [`kube::Client`] it is given, so unit tests drive it with a
+//! mock API server (a client over `tower_test::mock::pair`, see `ops`' tests). Nothing here
+//! keeps state between calls; the cluster owns every object, and each function changes only
+//! the object it names. Failures are [`ClusterError`]s, classified by status code.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::path::Path;
 
-use anyhow::{Context, bail};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodTemplateSpec};
 use kube::api::{Api, DeleteParams, ListParams, ObjectList, Patch, PatchParams, PostParams};
@@ -26,35 +30,10 @@ use super::view::{
 };
 
 /// Field manager of meshrev's writes.
-pub const FIELD_MANAGER: &str = "meshrev-upgrade";
+pub(crate) const FIELD_MANAGER: &str = "meshrev-upgrade";
 /// Pods that count: everything but completed and failed pods.
-pub const COUNTED_PODS: &str = "status.phase!=Succeeded,status.phase!=Failed";
+pub(crate) const COUNTED_PODS: &str = "status.phase!=Succeeded,status.phase!=Failed";
 const PAGE: u32 = 500;
-
-/// A client: from `kubeconfig` when given, else the usual inference (`$KUBECONFIG`,
-/// `~/.kube/config`, in-cluster).
-pub async fn client(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Result<Client> {
-    let options = kube::config::KubeConfigOptions {
-        context: context.map(str::to_string),
-        ..Default::default()
-    };
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &options)
-                .await
-                .with_context(|| format!("kubeconfig {}", path.display()))?
-        }
-        None if context.is_some() => kube::Config::from_kubeconfig(&options)
-            .await
-            .context("loading the kubeconfig ($KUBECONFIG or ~/.kube/config)")?,
-        None => kube::Config::infer().await.context(
-            "no cluster configured: pass --kubeconfig PATH, set KUBECONFIG, or run inside a pod",
-        )?,
-    };
-    Ok(Client::try_from(config)?)
-}
 
 /// How much of the pods a view needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,7 +95,7 @@ where
 }
 
 /// LIST, every page.
-pub async fn list_all<K>(api: &Api<K>, lp: &ListParams) -> kube::Result<Vec<K>>
+pub(crate) async fn list_all<K>(api: &Api<K>, lp: &ListParams) -> kube::Result<Vec<K>>
 where
     K: Clone + DeserializeOwned + Debug,
 {
@@ -133,7 +112,7 @@ where
 }
 
 /// Metadata-only LIST, every page.
-pub async fn list_meta<K>(
+pub(crate) async fn list_meta<K>(
     api: &Api<K>,
     lp: &ListParams,
 ) -> kube::Result<Vec<kube::api::PartialObjectMeta<K>>>
@@ -152,17 +131,97 @@ where
     }
 }
 
-fn crd_context(e: kube::Error, what: &str) -> anyhow::Error {
-    match &e {
-        kube::Error::Api(s) if s.code == 404 => anyhow::anyhow!(
-            "listing {what}: the meshrev.io CRDs are not installed in this cluster (kubectl apply -f manifests/crds.yaml)"
-        ),
-        _ => anyhow::Error::new(e).context(format!("listing {what}")),
+/// A failed Kubernetes call of the upgrade tooling. Each names the object and the fix.
+///
+/// The message carries the API server's own message (which, for a refusal by a webhook,
+/// names its blockers and fix); the `kube::Error` is kept for classification by status
+/// code rather than repeated as a `source`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClusterError {
+    /// Listing meshrev's own resources got 404: the CRDs are not installed.
+    #[error(
+        "listing {kind}: the meshrev.io CRDs are not installed in this cluster (kubectl apply -f manifests/crds.yaml)"
+    )]
+    CrdsMissing {
+        /// `MeshRevisions` or `RevisionTags`.
+        kind: &'static str,
+    },
+    /// An API call failed: `action` names it and its object (`relabelling namespace
+    /// default`, `listing pods`).
+    #[error("{action}: {}{}", describe(error), fix(error))]
+    Api { action: String, error: kube::Error },
+    /// A workload without a `spec` (the API server never returns one).
+    #[error("{workload} has no spec; fix: check it with kubectl get {} -o yaml", workload.kind.as_str().to_ascii_lowercase())]
+    NoSpec { workload: WorkloadId },
+}
+
+impl ClusterError {
+    fn api(action: impl Into<String>, error: kube::Error) -> Self {
+        ClusterError::Api {
+            action: action.into(),
+            error,
+        }
+    }
+
+    /// What went wrong, without the action: the API server's message when it answered.
+    pub fn detail(&self) -> String {
+        match self {
+            ClusterError::Api { error, .. } => describe(error),
+            other => other.to_string(),
+        }
     }
 }
 
+/// The API server's message, or for a call that got no answer, the whole error chain.
+fn describe(e: &kube::Error) -> String {
+    if let kube::Error::Api(s) = e {
+        return s.message.clone();
+    }
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// The fix for failures that are not the API server's refusal: it could not be reached,
+/// or refused the credentials. (A refusal carries its own fix in its message.)
+fn fix(e: &kube::Error) -> &'static str {
+    match e {
+        kube::Error::Api(s) if s.code == 401 => {
+            "\nfix: the kubeconfig's credentials were refused; log in again (or pass --kubeconfig/--context)"
+        }
+        kube::Error::Api(_) => "",
+        _ => {
+            "\nfix: check that the cluster is reachable with this kubeconfig (kubectl cluster-info)"
+        }
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+fn crd_context(e: kube::Error, kind: &'static str) -> ClusterError {
+    if is_not_found(&e) {
+        ClusterError::CrdsMissing { kind }
+    } else {
+        ClusterError::api(format!("listing {kind}"), e)
+    }
+}
+
+fn listing(what: &'static str) -> impl FnOnce(kube::Error) -> ClusterError {
+    move |e| ClusterError::api(format!("listing {what}"), e)
+}
+
 /// Builds a view with LIST calls (as many as `needs` asks for).
-pub async fn load_view(client: &Client, needs: &Needs) -> anyhow::Result<MeshView> {
+pub(crate) async fn load_view(client: &Client, needs: &Needs) -> Result<MeshView, ClusterError> {
     let mut view = MeshView::default();
     let ns = needs.namespace.as_deref();
     let all = ListParams::default();
@@ -170,18 +229,11 @@ pub async fn load_view(client: &Client, needs: &Needs) -> anyhow::Result<MeshVie
         Api::<MeshRevision>::all(client.clone()),
         Api::<RevisionTag>::all(client.clone()),
     );
-    let (revs, tags) = futures::try_join!(
-        async {
-            list_all(&rev_api, &all)
-                .await
-                .map_err(|e| crd_context(e, "MeshRevisions"))
-        },
-        async {
-            list_all(&tag_api, &all)
-                .await
-                .map_err(|e| crd_context(e, "RevisionTags"))
-        },
-    )?;
+    // Both LISTs run at once; when both fail, the revisions' error is the one reported
+    // (not whichever failed first), so the message does not depend on timing.
+    let (revs, tags) = futures::join!(list_all(&rev_api, &all), list_all(&tag_api, &all));
+    let revs = revs.map_err(|e| crd_context(e, "MeshRevisions"))?;
+    let tags = tags.map_err(|e| crd_context(e, "RevisionTags"))?;
     for r in &revs {
         view.revisions.insert(
             r.metadata.name.clone().unwrap_or_default(),
@@ -200,7 +252,7 @@ pub async fn load_view(client: &Client, needs: &Needs) -> anyhow::Result<MeshVie
             &ListParams::default(),
         )
         .await
-        .context("listing namespaces")?;
+        .map_err(listing("namespaces"))?;
         for n in nss {
             let ns = Namespace {
                 metadata: n.metadata,
@@ -216,7 +268,7 @@ pub async fn load_view(client: &Client, needs: &Needs) -> anyhow::Result<MeshVie
         PodDetail::Metadata => {
             let pods = list_meta(&api::<Pod>(client, ns), &counted)
                 .await
-                .context("listing pods")?;
+                .map_err(listing("pods"))?;
             view.pods = pods
                 .iter()
                 .map(|p| PodInfo::from_meta(&p.metadata, false, &|_, _| None))
@@ -227,12 +279,12 @@ pub async fn load_view(client: &Client, needs: &Needs) -> anyhow::Result<MeshVie
                 async {
                     list_all(&api::<Pod>(client, ns), &counted)
                         .await
-                        .context("listing pods")
+                        .map_err(listing("pods"))
                 },
                 async {
                     list_meta(&api::<ReplicaSet>(client, ns), &ListParams::default())
                         .await
-                        .context("listing replicasets")
+                        .map_err(listing("replicasets"))
                 },
             )?;
             let rs_owner: HashMap<(String, String), String> = rss
@@ -264,17 +316,17 @@ pub async fn load_view(client: &Client, needs: &Needs) -> anyhow::Result<MeshVie
             async {
                 list_all(&api::<Deployment>(client, ns), &lp)
                     .await
-                    .context("listing deployments")
+                    .map_err(listing("deployments"))
             },
             async {
                 list_all(&api::<StatefulSet>(client, ns), &lp)
                     .await
-                    .context("listing statefulsets")
+                    .map_err(listing("statefulsets"))
             },
             async {
                 list_all(&api::<DaemonSet>(client, ns), &lp)
                     .await
-                    .context("listing daemonsets")
+                    .map_err(listing("daemonsets"))
             },
         )?;
         view.workloads
@@ -287,25 +339,12 @@ pub async fn load_view(client: &Client, needs: &Needs) -> anyhow::Result<MeshVie
     Ok(view)
 }
 
-/// An API error as one line, keeping the API server's message (which carries the
-/// webhook's refusal and its blockers).
-pub fn api_error(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => s.message.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
-}
-
 /// Sets a namespace's injection labels (a `None` removes the label).
-pub async fn set_namespace_labels(
+pub(crate) async fn set_namespace_labels(
     client: &Client,
     namespace: &str,
     labels: &NamespaceLabels,
-) -> anyhow::Result<()> {
+) -> Result<(), ClusterError> {
     let patch = json!({"metadata": {"labels": {
         LABEL_INJECTION: labels.injection,
         LABEL_REV: labels.rev,
@@ -313,26 +352,30 @@ pub async fn set_namespace_labels(
     Api::<Namespace>::all(client.clone())
         .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(|e| anyhow::anyhow!("relabelling namespace {namespace}: {}", api_error(&e)))?;
+        .map_err(|e| ClusterError::api(format!("relabelling namespace {namespace}"), e))?;
     Ok(())
 }
 
 /// Creates a MeshRevision.
-pub async fn create_revision(
+pub(crate) async fn create_revision(
     client: &Client,
     name: &str,
     spec: MeshRevisionSpec,
-) -> anyhow::Result<()> {
+) -> Result<(), ClusterError> {
     let rev = MeshRevision::new(name, spec);
     Api::<MeshRevision>::all(client.clone())
         .create(&pp(), &rev)
         .await
-        .map_err(|e| anyhow::anyhow!("creating MeshRevision {name}: {}", api_error(&e)))?;
+        .map_err(|e| ClusterError::api(format!("creating MeshRevision {name}"), e))?;
     Ok(())
 }
 
 /// Creates a RevisionTag.
-pub async fn create_tag(client: &Client, tag: &str, revision: &str) -> anyhow::Result<()> {
+pub(crate) async fn create_tag(
+    client: &Client,
+    tag: &str,
+    revision: &str,
+) -> Result<(), ClusterError> {
     let t = RevisionTag::new(
         tag,
         RevisionTagSpec {
@@ -342,19 +385,17 @@ pub async fn create_tag(client: &Client, tag: &str, revision: &str) -> anyhow::R
     Api::<RevisionTag>::all(client.clone())
         .create(&pp(), &t)
         .await
-        .map_err(|e| {
-            anyhow::anyhow!("creating RevisionTag {tag} → {revision}: {}", api_error(&e))
-        })?;
+        .map_err(|e| ClusterError::api(format!("creating RevisionTag {tag} → {revision}"), e))?;
     Ok(())
 }
 
 /// Points `tag` at `revision` and records `promoted_from`, in one patch.
-pub async fn move_tag(
+pub(crate) async fn move_tag(
     client: &Client,
     tag: &str,
     revision: &str,
     promoted_from: Option<&str>,
-) -> anyhow::Result<()> {
+) -> Result<(), ClusterError> {
     let mut patch = json!({"spec": {"revision": revision}});
     if let Some(prev) = promoted_from {
         patch["metadata"] = json!({"annotations": {ANNOTATION_PROMOTED_FROM: prev}});
@@ -362,27 +403,29 @@ pub async fn move_tag(
     Api::<RevisionTag>::all(client.clone())
         .patch(tag, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(|e| {
-            anyhow::anyhow!("moving RevisionTag {tag} to {revision}: {}", api_error(&e))
-        })?;
+        .map_err(|e| ClusterError::api(format!("moving RevisionTag {tag} to {revision}"), e))?;
     Ok(())
 }
 
 /// Deletes a tag; `Ok(false)` when it was already gone.
-pub async fn delete_tag(client: &Client, tag: &str) -> anyhow::Result<bool> {
+pub(crate) async fn delete_tag(client: &Client, tag: &str) -> Result<bool, ClusterError> {
     match Api::<RevisionTag>::all(client.clone())
         .delete(tag, &DeleteParams::default())
         .await
     {
         Ok(_) => Ok(true),
         Err(e) if is_not_found(&e) => Ok(false),
-        Err(e) => bail!("deleting RevisionTag {tag}: {}", api_error(&e)),
+        Err(e) => Err(ClusterError::api(format!("deleting RevisionTag {tag}"), e)),
     }
 }
 
 /// Deletes a revision; with `force`, first annotates it so the validating webhook lets pods
 /// that still run it not block. `Ok(false)` when it was already gone.
-pub async fn delete_revision(client: &Client, name: &str, force: bool) -> anyhow::Result<bool> {
+pub(crate) async fn delete_revision(
+    client: &Client,
+    name: &str,
+    force: bool,
+) -> Result<bool, ClusterError> {
     let api = Api::<MeshRevision>::all(client.clone());
     if force {
         let patch = json!({"metadata": {"annotations": {ANNOTATION_FORCE_DELETE: "true"}}});
@@ -392,13 +435,21 @@ pub async fn delete_revision(client: &Client, name: &str, force: bool) -> anyhow
         {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => return Ok(false),
-            Err(e) => bail!("annotating MeshRevision {name}: {}", api_error(&e)),
+            Err(e) => {
+                return Err(ClusterError::api(
+                    format!("annotating MeshRevision {name}"),
+                    e,
+                ));
+            }
         }
     }
     match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(true),
         Err(e) if is_not_found(&e) => Ok(false),
-        Err(e) => bail!("deleting MeshRevision {name}: {}", api_error(&e)),
+        Err(e) => Err(ClusterError::api(
+            format!("deleting MeshRevision {name}"),
+            e,
+        )),
     }
 }
 
@@ -411,7 +462,7 @@ fn pp() -> PostParams {
 
 /// `kubectl rollout restart`: sets the pod-template annotation
 /// `kubectl.kubernetes.io/restartedAt` to now.
-pub async fn restart(client: &Client, id: &WorkloadId) -> anyhow::Result<()> {
+pub(crate) async fn restart(client: &Client, id: &WorkloadId) -> Result<(), ClusterError> {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {ANNOTATION_RESTARTED_AT: now}}}}});
     let params = PatchParams::default();
@@ -430,11 +481,11 @@ pub async fn restart(client: &Client, id: &WorkloadId) -> anyhow::Result<()> {
             .await
             .map(drop),
     };
-    r.map_err(|e| anyhow::anyhow!("restarting {id}: {}", api_error(&e)))
+    r.map_err(|e| ClusterError::api(format!("restarting {id}"), e))
 }
 
 /// Where a workload's rollout stands.
-pub async fn progress(client: &Client, id: &WorkloadId) -> anyhow::Result<Progress> {
+pub(crate) async fn progress(client: &Client, id: &WorkloadId) -> Result<Progress, ClusterError> {
     let ns = Some(id.namespace.as_str());
     let r = match id.kind {
         WorkloadKind::Deployment => api::<Deployment>(client, ns)
@@ -450,11 +501,14 @@ pub async fn progress(client: &Client, id: &WorkloadId) -> anyhow::Result<Progre
             .await
             .map(|d| rollout::daemonset(&d)),
     };
-    r.map_err(|e| anyhow::anyhow!("reading {id}: {}", api_error(&e)))
+    r.map_err(|e| ClusterError::api(format!("reading {id}"), e))
 }
 
 /// A workload's pod template.
-pub async fn template(client: &Client, id: &WorkloadId) -> anyhow::Result<PodTemplateSpec> {
+pub(crate) async fn template(
+    client: &Client,
+    id: &WorkloadId,
+) -> Result<PodTemplateSpec, ClusterError> {
     let ns = Some(id.namespace.as_str());
     let r = match id.kind {
         WorkloadKind::Deployment => api::<Deployment>(client, ns)
@@ -470,18 +524,20 @@ pub async fn template(client: &Client, id: &WorkloadId) -> anyhow::Result<PodTem
             .await
             .map(|d| d.spec.map(|s| s.template)),
     };
-    r.map_err(|e| anyhow::anyhow!("reading {id}: {}", api_error(&e)))?
-        .with_context(|| format!("{id} has no spec"))
+    r.map_err(|e| ClusterError::api(format!("reading {id}"), e))?
+        .ok_or_else(|| ClusterError::NoSpec {
+            workload: id.clone(),
+        })
 }
 
 /// Asks the API server what the sidecar injector would do to a new pod of this template
 /// right now: a server-side dry-run CREATE goes through the mutating webhooks without
 /// storing anything. Returns the injected revision (`None`: not injected).
-pub async fn probe_injection(
+pub(crate) async fn probe_injection(
     client: &Client,
     namespace: &str,
     template: &PodTemplateSpec,
-) -> kube::Result<Option<String>> {
+) -> Result<Option<String>, ClusterError> {
     let mut meta = template.metadata.clone().unwrap_or_default();
     meta.name = None;
     meta.generate_name = Some("meshrev-probe-".into());
@@ -497,6 +553,7 @@ pub async fn probe_injection(
     };
     let created = api::<Pod>(client, Some(namespace))
         .create(&params, &pod)
-        .await?;
+        .await
+        .map_err(|e| ClusterError::api(format!("dry-run creating a pod in {namespace}"), e))?;
     Ok(injected_revision(&created.metadata))
 }

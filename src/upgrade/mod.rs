@@ -22,10 +22,10 @@
 //! - [`status`]: the phase and the per-namespace, per-workload report;
 //! - [`rollout`]: rollout completion, the way `kubectl rollout status` judges it;
 //! - [`cluster`]: the Kubernetes calls (LISTs that build a view, patches, dry-run probes);
-//! - [`args`]: the subcommands' flags, read by [`cli`] (dispatch) and [`ops`] (the steps);
-//! - [`ops`] and [`cli`]: the subcommands.
+//! - [`ops`]: each step as plan → execute → outcome, over a `kube::Client` (unit-tested
+//!   against a mock API server), no clap and no printing;
+//! - [`cli`]: the flags, and the rendering of plans, events and outcomes.
 
-pub mod args;
 pub mod cli;
 pub mod cluster;
 pub mod ops;

@@ -1,200 +1,638 @@
-//! The `meshrev upgrade` subcommands: load a view, check the guard, make the change, say
-//! what happened and what comes next. Results go to stdout; a refusal is an error (the
-//! binary prints it on stderr and exits 1).
+//! The `meshrev upgrade` operations as plan → execute → report.
+//!
+//! Each step has a `plan_*` function that reads the cluster (through [`cluster`]), checks
+//! the step's guard ([`guards`]) and returns a plan: the mutating API calls it will make and
+//! why ([`PlannedCall`]), plus what the report needs. `execute_*` makes those calls,
+//! reporting each one as an [`Event`] to a sink as it happens (a rollout takes minutes),
+//! and returns an outcome: what changed. Read-only steps (`status`, `verify`) return a
+//! report. Nothing here prints, parses flags or knows clap: the CLI (`upgrade::cli`) builds
+//! the options, renders events and outcomes, and asks for confirmation.
+//!
+//! State: none is kept between calls. The cluster owns every object; a plan is a snapshot
+//! of what the cluster held when it was made, owned by the caller, and `execute_*` mutates
+//! only the objects its plan names.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::fmt;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+// tokio's clock, so that tests with a paused clock pass deadlines without waiting.
+use tokio::time::Instant;
+
 use kube::Client;
 
 use crate::config::MeshRevisionSpec;
-use crate::core::validate;
-use crate::core::{LABEL_REV, TAG_CANARY, TAG_STABLE};
+use crate::core::{TAG_CANARY, TAG_STABLE};
 
-use super::args::{CanaryArgs, Output, RolloutArgs};
-use super::cluster::{self, Needs, PodDetail};
-use super::guards;
+use super::cluster::{self, ClusterError, Needs, PodDetail};
+use super::guards::{self, Refusal};
 use super::rollout::Progress;
-use super::status::{self, StatusReport};
-use super::view::{MeshView, WorkloadKind, WorkloadState};
+use super::status::StatusReport;
+use super::view::{MeshView, NamespaceLabels, PodInfo, WorkloadId, WorkloadKind, WorkloadState};
 
 /// How long to wait for the injector to pick up a label or tag change before restarting.
-pub const INJECTOR_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const INJECTOR_DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(500);
 
-/// `status`.
-pub async fn status(client: &Client, output: Output) -> anyhow::Result<()> {
-    let view = cluster::load_view(client, &Needs::all()).await?;
-    let report = StatusReport::new(&view);
-    match output {
-        Output::Table => print!("{}", report.render_table()),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Output::Yaml => print!("{}", crate::yaml::to_string_of(&report)?),
-    }
-    Ok(())
+/// Why an operation stopped. Each names the objects concerned and the fix.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpError {
+    /// A guard refused the step (its blockers and fix are in the refusal).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// A Kubernetes call failed.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(
+        "no canary to verify: tag canary does not exist (deploy one: meshrev upgrade canary --revision R --version V)"
+    )]
+    NoCanary,
+    #[error(
+        "the canary {canary} is being promoted already; finish with meshrev upgrade promote --yes"
+    )]
+    CanaryBeingPromoted { canary: String },
+    #[error(
+        "no pod runs canary revision {canary} yet: switch a namespace (meshrev upgrade switch NAMESPACE --to canary) and redeploy a workload in it"
+    )]
+    NoCanaryPods { canary: String },
+    #[error(
+        "{} of {total} pod(s) on canary revision {canary} are not ready: {}\nfix: find out why (kubectl describe pod, the istio-proxy logs); if the canary is at fault: meshrev upgrade rollback NAMESPACE --restart",
+        not_ready.len(),
+        not_ready.join(", ")
+    )]
+    CanaryNotReady {
+        canary: String,
+        total: usize,
+        /// `namespace/pod (phase)`.
+        not_ready: Vec<String>,
+    },
+    #[error("namespace {namespace} does not exist\nfix: check the name (kubectl get namespaces)")]
+    NamespaceNotFound { namespace: String },
+    #[error("{}/{name} not found in the mesh{} (see meshrev upgrade status)", kind.as_str().to_ascii_lowercase(), namespace.as_ref().map(|n| format!(" in namespace {n}")).unwrap_or_default())]
+    WorkloadNotFound {
+        kind: WorkloadKind,
+        name: String,
+        namespace: Option<String>,
+    },
+    #[error("{}/{name} exists in {} namespaces ({}): pass --namespace", kind.as_str().to_ascii_lowercase(), namespaces.len(), namespaces.join(", "))]
+    WorkloadAmbiguous {
+        kind: WorkloadKind,
+        name: String,
+        namespaces: Vec<String>,
+    },
+    #[error(
+        "not restarting {workload}: new pods would not get revision {expected}: {last} (checked with a dry-run pod for {}s)\nfix: check that meshrev is running and its MutatingWebhookConfiguration is installed, and meshrev upgrade status",
+        INJECTOR_DEADLINE.as_secs()
+    )]
+    InjectorNotReady {
+        workload: WorkloadId,
+        expected: String,
+        /// What the last dry-run pod showed.
+        last: String,
+    },
+    #[error(
+        "rollout of {workload} failed: {why}\nfix: see kubectl rollout status and the pods' events; rerun meshrev upgrade rollout once it is fixed"
+    )]
+    RolloutFailed { workload: WorkloadId, why: String },
+    #[error(
+        "timed out after {}s waiting for: {}\nfix: see kubectl rollout status and the pods' events; rerun meshrev upgrade rollout to continue",
+        after.as_secs(),
+        pending.join(", ")
+    )]
+    RolloutTimeout {
+        after: Duration,
+        /// `kind namespace/name (last progress)`.
+        pending: Vec<String>,
+    },
+    #[error(
+        "rolled out, but these pods do not run the expected revision: {}\nfix: check the injector (meshrev's logs and /metrics), then run meshrev upgrade rollout again",
+        pods.join(", ")
+    )]
+    WrongRevision {
+        /// `namespace/pod (revision)`.
+        pods: Vec<String>,
+    },
 }
 
-/// `canary`.
-pub async fn canary(client: &Client, args: CanaryArgs) -> anyhow::Result<()> {
-    if let Some(img) = &args.proxy_image {
-        validate::image(img).map_err(|e| anyhow::anyhow!("--proxy-image {e}"))?;
+/// The object a planned call acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Object {
+    MeshRevision(String),
+    RevisionTag(String),
+    Namespace(String),
+    Workload(WorkloadId),
+}
+
+impl fmt::Display for Object {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Object::MeshRevision(n) => write!(f, "MeshRevision {n}"),
+            Object::RevisionTag(n) => write!(f, "RevisionTag {n}"),
+            Object::Namespace(n) => write!(f, "namespace {n}"),
+            Object::Workload(id) => write!(f, "{id}"),
+        }
     }
+}
+
+/// The HTTP method of a planned call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verb {
+    Create,
+    Patch,
+    Delete,
+}
+
+impl Verb {
+    /// The HTTP method.
+    pub fn method(self) -> &'static str {
+        match self {
+            Verb::Create => "POST",
+            Verb::Patch => "PATCH",
+            Verb::Delete => "DELETE",
+        }
+    }
+}
+
+/// One mutating API call a plan will make, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PlannedCall {
+    pub verb: Verb,
+    pub object: Object,
+    pub why: String,
+}
+
+impl PlannedCall {
+    fn new(verb: Verb, object: Object, why: impl Into<String>) -> Self {
+        PlannedCall {
+            verb,
+            object,
+            why: why.into(),
+        }
+    }
+}
+
+impl fmt::Display for PlannedCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.verb.method(), self.object, self.why)
+    }
+}
+
+/// What happened during `execute_*`, reported as it happens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    RevisionCreated {
+        name: String,
+        version: String,
+        proxy_image: String,
+    },
+    RevisionExists {
+        name: String,
+    },
+    TagCreated {
+        tag: String,
+        revision: String,
+    },
+    TagExists {
+        tag: String,
+        revision: String,
+    },
+    /// A namespace's injection labels changed; new pods get `revision`.
+    Relabelled {
+        namespace: String,
+        before: NamespaceLabels,
+        after: NamespaceLabels,
+        revision: String,
+    },
+    /// A namespace had the labels already.
+    LabelsUnchanged {
+        namespace: String,
+        labels: NamespaceLabels,
+        revision: String,
+    },
+    /// The workloads of `namespace` that must be redeployed for the change to reach them.
+    Redeploy {
+        namespace: String,
+        targets: Vec<WorkloadState>,
+    },
+    /// Promotion step 1: tag stable moved (`previous`: where it pointed).
+    StableMoved {
+        revision: String,
+        previous: String,
+    },
+    /// Promotion step 1 was done by an earlier run.
+    StableAlreadyMoved {
+        revision: String,
+    },
+    /// Promotion step 2: no namespace to relabel.
+    NoCanaryNamespaces,
+    /// Promotion step 2: a namespace relabelled `istio.io/rev=stable`.
+    NamespacePromoted {
+        namespace: String,
+    },
+    /// A tag deleted (`existed: false`: gone already).
+    TagDeleted {
+        tag: String,
+        existed: bool,
+    },
+    /// A revision deleted (`existed: false`: gone already).
+    RevisionDeleted {
+        name: String,
+        existed: bool,
+    },
+    /// Rolling restarts: batch `index` (1-based) of `count` starts.
+    Batch {
+        index: usize,
+        count: usize,
+    },
+    /// A workload left alone: `why`.
+    Skipped {
+        workload: String,
+        why: SkipWhy,
+    },
+    /// Restart `index` (1-based) of `total`: `workload` from revisions `from` to `to`.
+    Restarted {
+        index: usize,
+        total: usize,
+        workload: String,
+        from: String,
+        to: String,
+    },
+    /// A restarted workload completed its rollout, `after` the batch started.
+    RolledOut {
+        workload: WorkloadId,
+        after: Duration,
+    },
+    /// A restarted workload is still rolling (reported when the reason changes).
+    Waiting {
+        workload: WorkloadId,
+        why: String,
+    },
+}
+
+/// Why a rollout skipped a workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SkipWhy {
+    /// The Deployment is paused.
+    Paused,
+    /// `updateStrategy: OnDelete`.
+    OnDelete,
+}
+
+/// Where execution reports its [`Event`]s (the CLI prints them; tests collect them).
+pub(crate) type Sink<'a> = &'a mut (dyn FnMut(Event) + Send);
+
+/// `1-22-6`, or `1-22-6:1,1-23-6:2` when mixed: the revisions a workload's pods run.
+pub(crate) fn describe_revisions(w: &WorkloadState) -> String {
+    let m: BTreeMap<String, usize> = w
+        .revisions
+        .iter()
+        .map(|(r, n)| (r.clone().unwrap_or_else(|| "no sidecar".into()), *n))
+        .collect();
+    super::status::sidecars(&m)
+}
+
+// ---- status ----
+
+/// `status`: the phase, revisions, tags, namespaces and workloads.
+pub(crate) async fn status(client: &Client) -> Result<StatusReport, OpError> {
+    let view = cluster::load_view(client, &Needs::all()).await?;
+    Ok(StatusReport::new(&view))
+}
+
+// ---- canary ----
+
+/// What `canary` deploys.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CanaryOptions {
+    /// Name of the new MeshRevision (`1-23-6`).
+    pub revision: String,
+    /// Its version (`1.23.6`).
+    pub version: String,
+    /// Sidecar image; default `docker.io/istio/proxyv2:VERSION`.
+    pub proxy_image: Option<String>,
+    /// istiod's address; default `istiod-REVISION.istio-system.svc:15012`.
+    pub discovery_address: Option<String>,
+}
+
+impl CanaryOptions {
+    /// The sidecar image the revision gets.
+    pub fn proxy_image(&self) -> String {
+        self.proxy_image
+            .clone()
+            .unwrap_or_else(|| format!("docker.io/istio/proxyv2:{}", self.version))
+    }
+}
+
+/// The plan of `canary`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CanaryPlan {
+    pub options: CanaryOptions,
+    pub create_revision: bool,
+    pub create_tag: bool,
+    /// Stable's revision and version (for the report).
+    pub stable: String,
+    pub stable_version: String,
+}
+
+impl CanaryPlan {
+    /// The calls `execute_canary` makes.
+    pub fn calls(&self) -> Vec<PlannedCall> {
+        let o = &self.options;
+        let mut calls = Vec::new();
+        if self.create_revision {
+            calls.push(PlannedCall::new(
+                Verb::Create,
+                Object::MeshRevision(o.revision.clone()),
+                format!(
+                    "the canary control plane's revision (version {})",
+                    o.version
+                ),
+            ));
+        }
+        if self.create_tag {
+            calls.push(PlannedCall::new(
+                Verb::Create,
+                Object::RevisionTag(TAG_CANARY.into()),
+                format!("tag canary → {}", o.revision),
+            ));
+        }
+        calls
+    }
+}
+
+/// Plans `canary`: guarded by the skip policy and an existing canary.
+pub(crate) async fn plan_canary(
+    client: &Client,
+    options: CanaryOptions,
+) -> Result<CanaryPlan, OpError> {
     let view = cluster::load_view(client, &Needs::config()).await?;
-    let plan = guards::canary(&view, &args.revision, &args.version)?;
+    let plan = guards::canary(&view, &options.revision, &options.version)?;
     let stable = view.stable().unwrap_or_default().to_string();
     let stable_version = view
         .revisions
         .get(&stable)
         .map(|r| r.version.clone())
         .unwrap_or_default();
+    Ok(CanaryPlan {
+        options,
+        create_revision: plan.create_revision,
+        create_tag: plan.create_tag,
+        stable,
+        stable_version,
+    })
+}
+
+/// What `canary` created (`false`: it existed already).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CanaryOutcome {
+    pub revision_created: bool,
+    pub tag_created: bool,
+}
+
+/// Creates the canary's revision and tag (each only if the plan says so).
+pub(crate) async fn execute_canary(
+    client: &Client,
+    plan: &CanaryPlan,
+    sink: Sink<'_>,
+) -> Result<CanaryOutcome, OpError> {
+    let o = &plan.options;
     if plan.create_revision {
         let spec = MeshRevisionSpec {
-            version: args.version.clone(),
-            proxy_image: args.proxy_image.clone(),
-            discovery_address: args.discovery_address.clone(),
+            version: o.version.clone(),
+            proxy_image: o.proxy_image.clone(),
+            discovery_address: o.discovery_address.clone(),
             template: None,
             ..Default::default()
         };
-        cluster::create_revision(client, &args.revision, spec).await?;
-        println!(
-            "MeshRevision {} created (version {}, proxy image {})",
-            args.revision,
-            args.version,
-            args.proxy_image
-                .clone()
-                .unwrap_or_else(|| format!("docker.io/istio/proxyv2:{}", args.version))
-        );
+        cluster::create_revision(client, &o.revision, spec).await?;
+        sink(Event::RevisionCreated {
+            name: o.revision.clone(),
+            version: o.version.clone(),
+            proxy_image: o.proxy_image(),
+        });
     } else {
-        println!("MeshRevision {} exists already", args.revision);
+        sink(Event::RevisionExists {
+            name: o.revision.clone(),
+        });
     }
     if plan.create_tag {
-        cluster::create_tag(client, TAG_CANARY, &args.revision).await?;
-        println!("RevisionTag canary → {} created", args.revision);
+        cluster::create_tag(client, TAG_CANARY, &o.revision).await?;
+        sink(Event::TagCreated {
+            tag: TAG_CANARY.into(),
+            revision: o.revision.clone(),
+        });
     } else {
-        println!("RevisionTag canary → {} exists already", args.revision);
+        sink(Event::TagExists {
+            tag: TAG_CANARY.into(),
+            revision: o.revision.clone(),
+        });
     }
-    println!(
-        "Canary {} ({}) deployed next to stable {stable} ({stable_version}); no workload uses it yet.",
-        args.revision, args.version
-    );
-    println!("Next: meshrev upgrade switch NAMESPACE --to canary, then redeploy a workload in it.");
-    Ok(())
+    Ok(CanaryOutcome {
+        revision_created: plan.create_revision,
+        tag_created: plan.create_tag,
+    })
 }
 
-/// `switch NS --to TAG [--restart]`.
-pub async fn switch(
+// ---- switch and rollback ----
+
+/// The plan of `switch` and `rollback`: relabel one namespace, list (and optionally
+/// restart) the workloads that must be redeployed.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RelabelPlan {
+    pub namespace: String,
+    pub before: NamespaceLabels,
+    pub after: NamespaceLabels,
+    /// The revision new pods of the namespace get.
+    pub revision: String,
+    /// Workloads to redeploy (with the new labels in force).
+    pub targets: Vec<WorkloadState>,
+    /// Restart `targets` too.
+    pub restart: bool,
+}
+
+impl RelabelPlan {
+    /// The labels change (else the namespace has them already).
+    pub fn relabels(&self) -> bool {
+        self.before != self.after
+    }
+
+    /// The calls `execute_relabel` makes.
+    pub fn calls(&self) -> Vec<PlannedCall> {
+        let mut calls = Vec::new();
+        if self.relabels() {
+            calls.push(PlannedCall::new(
+                Verb::Patch,
+                Object::Namespace(self.namespace.clone()),
+                format!(
+                    "{} → {}: new pods get revision {}",
+                    self.before.describe(),
+                    self.after.describe(),
+                    self.revision
+                ),
+            ));
+        }
+        if self.restart {
+            calls.extend(restart_calls(&self.targets));
+        }
+        calls
+    }
+}
+
+fn restart_calls(targets: &[WorkloadState]) -> Vec<PlannedCall> {
+    targets
+        .iter()
+        .filter(|w| !w.paused && !w.on_delete)
+        .filter_map(|w| {
+            let id = w.id.clone()?;
+            let to = w.target.revision()?;
+            Some(PlannedCall::new(
+                Verb::Patch,
+                Object::Workload(id),
+                format!("rolling restart: {} → {to}", describe_revisions(w)),
+            ))
+        })
+        .collect()
+}
+
+/// Plans `switch NS --to TAG [--restart]`: the workloads whose pods run another revision
+/// than the namespace will select are to be redeployed.
+pub(crate) async fn plan_switch(
     client: &Client,
     namespace: &str,
     to: &str,
     restart: bool,
-) -> anyhow::Result<()> {
-    let mut view = cluster::load_view(client, &Needs::namespace(namespace)).await?;
+) -> Result<RelabelPlan, OpError> {
+    let view = cluster::load_view(client, &Needs::namespace(namespace)).await?;
     let labels = guards::switch(&view, namespace, to)?;
-    relabel(client, &mut view, namespace, labels).await?;
-    redeploy_list(client, &view, namespace, restart, |w| w.needs_upgrade()).await
+    Ok(relabel_plan(view, namespace, labels, restart, |w| {
+        w.needs_upgrade()
+    }))
 }
 
-/// `rollback NS [--restart]`.
-pub async fn rollback(client: &Client, namespace: &str, restart: bool) -> anyhow::Result<()> {
-    let mut view = cluster::load_view(client, &Needs::namespace(namespace)).await?;
+/// Plans `rollback NS [--restart]`: back to stable; the workloads that run the canary are
+/// to be redeployed.
+pub(crate) async fn plan_rollback(
+    client: &Client,
+    namespace: &str,
+    restart: bool,
+) -> Result<RelabelPlan, OpError> {
+    let view = cluster::load_view(client, &Needs::namespace(namespace)).await?;
     let labels = guards::rollback(&view, namespace)?;
     let canary = view.canary().unwrap_or_default().to_string();
-    relabel(client, &mut view, namespace, labels).await?;
-    redeploy_list(client, &view, namespace, restart, |w| w.runs(&canary)).await?;
-    println!(
-        "When no namespace uses the canary any more: meshrev upgrade revoke (see meshrev upgrade status)."
-    );
-    Ok(())
+    Ok(relabel_plan(view, namespace, labels, restart, |w| {
+        w.runs(&canary)
+    }))
 }
 
-async fn relabel(
-    client: &Client,
-    view: &mut MeshView,
+fn relabel_plan(
+    mut view: MeshView,
     namespace: &str,
-    labels: super::view::NamespaceLabels,
-) -> anyhow::Result<()> {
+    labels: NamespaceLabels,
+    restart: bool,
+    pick: impl Fn(&WorkloadState) -> bool,
+) -> RelabelPlan {
     let before = view.namespace(namespace);
-    let rev = labels
+    let revision = labels
         .rev
         .as_deref()
         .and_then(|t| view.tag_revision(t))
         .unwrap_or_default()
         .to_string();
-    if before == labels {
-        println!(
-            "namespace {namespace} has {} already (revision {rev})",
-            labels.describe()
-        );
-    } else {
-        cluster::set_namespace_labels(client, namespace, &labels).await?;
-        println!(
-            "namespace {namespace}: {} → {} (new pods get revision {rev})",
-            before.describe(),
-            labels.describe()
-        );
-    }
-    view.namespaces.insert(namespace.to_string(), labels);
-    Ok(())
-}
-
-/// Lists (and with `restart`, restarts) the workloads of `namespace` that `pick` selects.
-async fn redeploy_list(
-    client: &Client,
-    view: &MeshView,
-    namespace: &str,
-    restart: bool,
-    pick: impl Fn(&WorkloadState) -> bool,
-) -> anyhow::Result<()> {
-    let targets: Vec<WorkloadState> = view
+    view.namespaces
+        .insert(namespace.to_string(), labels.clone());
+    let targets = view
         .workload_states()
         .into_iter()
         .filter(|w| w.namespace == namespace && pick(w))
         .collect();
-    if targets.is_empty() {
-        println!("No workload in {namespace} needs a redeploy.");
-        return Ok(());
+    RelabelPlan {
+        namespace: namespace.to_string(),
+        before,
+        after: labels,
+        revision,
+        targets,
+        restart,
     }
-    println!(
-        "{} workload(s) in {namespace} must be redeployed for their pods to get the new sidecar:",
-        targets.len()
-    );
-    for w in &targets {
-        println!(
-            "  {}/{}: {} → {}",
-            w.kind.to_ascii_lowercase(),
-            w.name,
-            describe_revisions(w),
-            w.target.revision().unwrap_or("-")
-        );
+}
+
+/// What `switch`/`rollback` changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RelabelOutcome {
+    pub relabelled: bool,
+    /// Restarted workloads and the revision their new pods get.
+    pub restarted: Vec<(WorkloadId, String)>,
+}
+
+/// Relabels the namespace (if needed), reports the workloads to redeploy and, with
+/// `restart`, restarts them all at once (not waiting for them).
+pub(crate) async fn execute_relabel(
+    client: &Client,
+    plan: &RelabelPlan,
+    sink: Sink<'_>,
+) -> Result<RelabelOutcome, OpError> {
+    let mut outcome = RelabelOutcome::default();
+    if plan.relabels() {
+        cluster::set_namespace_labels(client, &plan.namespace, &plan.after).await?;
+        outcome.relabelled = true;
+        sink(Event::Relabelled {
+            namespace: plan.namespace.clone(),
+            before: plan.before.clone(),
+            after: plan.after.clone(),
+            revision: plan.revision.clone(),
+        });
+    } else {
+        sink(Event::LabelsUnchanged {
+            namespace: plan.namespace.clone(),
+            labels: plan.after.clone(),
+            revision: plan.revision.clone(),
+        });
     }
-    if restart {
-        let opts = RolloutOptions {
-            max_in_flight: targets.len(),
+    sink(Event::Redeploy {
+        namespace: plan.namespace.clone(),
+        targets: plan.targets.clone(),
+    });
+    if plan.restart && !plan.targets.is_empty() {
+        let options = RestartOptions {
+            max_in_flight: plan.targets.len(),
             wait: false,
             timeout: Duration::from_secs(600),
         };
-        restart_workloads(client, targets, &opts).await?;
-        println!("Follow with: meshrev upgrade status");
-    } else {
-        println!(
-            "Redeploy with: meshrev upgrade rollout --namespace {namespace} [--workload KIND/NAME] (or --restart here)"
-        );
+        outcome.restarted = restart_workloads(client, &plan.targets, &options, sink).await?;
     }
-    Ok(())
+    Ok(outcome)
 }
 
-fn describe_revisions(w: &WorkloadState) -> String {
-    let m: BTreeMap<String, usize> = w
-        .revisions
-        .iter()
-        .map(|(r, n)| (r.clone().unwrap_or_else(|| "no sidecar".into()), *n))
-        .collect();
-    status::sidecars(&m)
+// ---- verify ----
+
+/// What `verify` found: the pods on the canary revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct VerifyReport {
+    pub canary: String,
+    pub pods: Vec<PodInfo>,
 }
 
-/// `verify`.
-pub async fn verify(client: &Client) -> anyhow::Result<()> {
+impl VerifyReport {
+    /// `Ok` when every pod on the canary is ready; else the pods that are not.
+    pub fn check(&self) -> Result<(), OpError> {
+        let not_ready: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|p| !p.ready || p.terminating)
+            .map(|p| format!("{} ({})", p.key(), p.display_phase()))
+            .collect();
+        if not_ready.is_empty() {
+            return Ok(());
+        }
+        Err(OpError::CanaryNotReady {
+            canary: self.canary.clone(),
+            total: self.pods.len(),
+            not_ready,
+        })
+    }
+}
+
+/// `verify`: the pods on the canary revision (call [`VerifyReport::check`] for the verdict).
+pub(crate) async fn verify(client: &Client) -> Result<VerifyReport, OpError> {
     let needs = Needs {
         namespaces: false,
         pods: PodDetail::Full,
@@ -203,125 +641,143 @@ pub async fn verify(client: &Client) -> anyhow::Result<()> {
     };
     let view = cluster::load_view(client, &needs).await?;
     let Some(canary) = view.canary().map(str::to_string) else {
-        bail!(
-            "no canary to verify: tag canary does not exist (deploy one: meshrev upgrade canary --revision R --version V)"
-        );
+        return Err(OpError::NoCanary);
     };
     if view.stable() == Some(canary.as_str()) {
-        bail!(
-            "the canary {canary} is being promoted already; finish with meshrev upgrade promote --yes"
-        );
+        return Err(OpError::CanaryBeingPromoted { canary });
     }
-    let pods: Vec<_> = view.pods_on(&canary).collect();
+    let pods: Vec<PodInfo> = view.pods_on(&canary).cloned().collect();
     if pods.is_empty() {
-        bail!(
-            "no pod runs canary revision {canary} yet: switch a namespace (meshrev upgrade switch NAMESPACE --to canary) and redeploy a workload in it"
-        );
+        return Err(OpError::NoCanaryPods { canary });
     }
-    println!("Pods on canary revision {canary}:");
-    print!(
-        "{}",
-        status::table(
-            &["NAMESPACE", "POD", "WORKLOAD", "PHASE", "READY"],
-            pods.iter()
-                .map(|p| {
-                    vec![
-                        p.namespace.clone(),
-                        p.name.clone(),
-                        p.owner
-                            .as_ref()
-                            .map(|(k, n)| format!("{}/{n}", k.to_ascii_lowercase()))
-                            .unwrap_or_else(|| "-".into()),
-                        p.display_phase().to_string(),
-                        if p.ready { "true" } else { "false" }.to_string(),
-                    ]
-                })
-                .collect(),
-        )
-    );
-    let not_ready: Vec<String> = pods
-        .iter()
-        .filter(|p| !p.ready || p.terminating)
-        .map(|p| format!("{} ({})", p.key(), p.display_phase()))
-        .collect();
-    if !not_ready.is_empty() {
-        bail!(
-            "{} of {} pod(s) on canary revision {canary} are not ready: {}\nfix: find out why (kubectl describe pod, the istio-proxy logs); if the canary is at fault: meshrev upgrade rollback NAMESPACE --restart",
-            not_ready.len(),
-            pods.len(),
-            not_ready.join(", ")
-        );
-    }
-    println!(
-        "All {} pod(s) on canary revision {canary} are ready. Next: meshrev upgrade promote --yes",
-        pods.len()
-    );
-    Ok(())
+    Ok(VerifyReport { canary, pods })
 }
 
-/// `promote --yes`.
-pub async fn promote(client: &Client, yes: bool) -> anyhow::Result<()> {
+// ---- promote ----
+
+/// The plan of `promote`: the guard's plan and the namespaces' labels after step 2.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PromotePlan {
+    pub steps: guards::PromotePlan,
+    /// The labels each namespace of `steps.relabel` gets.
+    pub relabel: Vec<(String, NamespaceLabels)>,
+}
+
+impl PromotePlan {
+    /// An earlier run finished the promotion: nothing to do.
+    pub fn is_done(&self) -> bool {
+        self.steps.is_done()
+    }
+
+    /// The calls `execute_promote` makes.
+    pub fn calls(&self) -> Vec<PlannedCall> {
+        let s = &self.steps;
+        let mut calls = Vec::new();
+        if s.move_stable {
+            calls.push(PlannedCall::new(
+                Verb::Patch,
+                Object::RevisionTag(TAG_STABLE.into()),
+                format!("tag stable → {} (from {})", s.revision, s.previous),
+            ));
+        }
+        for (ns, _) in &self.relabel {
+            calls.push(PlannedCall::new(
+                Verb::Patch,
+                Object::Namespace(ns.clone()),
+                "istio.io/rev=canary → istio.io/rev=stable",
+            ));
+        }
+        if s.delete_canary {
+            calls.push(PlannedCall::new(
+                Verb::Delete,
+                Object::RevisionTag(TAG_CANARY.into()),
+                "the canary is stable now",
+            ));
+        }
+        calls
+    }
+}
+
+/// Plans `promote`; resumes where an interrupted promotion stopped.
+pub(crate) async fn plan_promote(client: &Client) -> Result<PromotePlan, OpError> {
     let view = cluster::load_view(client, &Needs::all()).await?;
-    let plan = guards::promote(&view)?;
-    if plan.is_done() {
-        println!(
-            "Promotion of {} is complete already (tag stable → {}, promoted from {}). Next: meshrev upgrade rollout --wait",
-            plan.revision, plan.revision, plan.previous
-        );
-        return Ok(());
-    }
-    if !yes {
-        bail!(
-            "promote makes canary {rev} the stable revision: tag stable → {rev} (from {prev}), the {n} namespace(s) labelled {LABEL_REV}=canary relabelled stable, and tag canary deleted. Every namespace on stable gets {rev} for its new pods at once, and the upgrade cannot be revoked afterwards (no rollback to {prev}).\nfix: verify first (meshrev upgrade verify), then run meshrev upgrade promote --yes",
-            rev = plan.revision,
-            prev = plan.previous,
-            n = plan.relabel.len()
-        );
-    }
-    println!(
-        "Promoting {} (from {}). This cannot be revoked afterwards.",
-        plan.revision, plan.previous
-    );
-    if plan.move_stable {
-        cluster::move_tag(client, TAG_STABLE, &plan.revision, Some(&plan.previous)).await?;
-        println!(
-            "[1/3] tag stable → {} (was {})",
-            plan.revision, plan.previous
-        );
+    let steps = guards::promote(&view)?;
+    let relabel = steps
+        .relabel
+        .iter()
+        .map(|ns| {
+            let mut labels = view.namespace(ns);
+            labels.rev = Some(TAG_STABLE.into());
+            (ns.clone(), labels)
+        })
+        .collect();
+    Ok(PromotePlan { steps, relabel })
+}
+
+/// What `promote` left to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PromoteOutcome {
+    /// Workloads whose pods still run an old revision.
+    pub needs_upgrade: usize,
+}
+
+/// Promotes: tag stable → the canary's revision (recording the previous one), the
+/// namespaces on tag canary relabelled stable, tag canary deleted.
+pub(crate) async fn execute_promote(
+    client: &Client,
+    plan: &PromotePlan,
+    sink: Sink<'_>,
+) -> Result<PromoteOutcome, OpError> {
+    let s = &plan.steps;
+    if s.move_stable {
+        cluster::move_tag(client, TAG_STABLE, &s.revision, Some(&s.previous)).await?;
+        sink(Event::StableMoved {
+            revision: s.revision.clone(),
+            previous: s.previous.clone(),
+        });
     } else {
-        println!("[1/3] tag stable → {}: done already", plan.revision);
+        sink(Event::StableAlreadyMoved {
+            revision: s.revision.clone(),
+        });
     }
     if plan.relabel.is_empty() {
-        println!("[2/3] no namespace is labelled {LABEL_REV}=canary");
+        sink(Event::NoCanaryNamespaces);
     }
-    for ns in &plan.relabel {
-        let mut labels = view.namespace(ns);
-        labels.rev = Some(TAG_STABLE.into());
-        cluster::set_namespace_labels(client, ns, &labels).await?;
-        println!("[2/3] namespace {ns}: {LABEL_REV}=canary → {LABEL_REV}=stable");
+    for (ns, labels) in &plan.relabel {
+        cluster::set_namespace_labels(client, ns, labels).await?;
+        sink(Event::NamespacePromoted {
+            namespace: ns.clone(),
+        });
     }
-    if cluster::delete_tag(client, TAG_CANARY).await? {
-        println!("[3/3] tag canary deleted");
-    } else {
-        println!("[3/3] tag canary: deleted already");
-    }
+    let existed = cluster::delete_tag(client, TAG_CANARY).await?;
+    sink(Event::TagDeleted {
+        tag: TAG_CANARY.into(),
+        existed,
+    });
     let after = cluster::load_view(client, &Needs::all()).await?;
-    let stale = after
+    let needs_upgrade = after
         .workload_states()
         .iter()
         .filter(|w| w.needs_upgrade())
         .count();
-    println!(
-        "Promoted: {} is stable. Existing pods keep their sidecar until restarted; {stale} workload(s) need upgrade.",
-        plan.revision
-    );
-    println!("Next: meshrev upgrade rollout --wait, then meshrev upgrade unpublish");
-    Ok(())
+    Ok(PromoteOutcome { needs_upgrade })
 }
 
-/// Options of a batch of rolling restarts.
-#[derive(Clone, Debug)]
-pub struct RolloutOptions {
+// ---- rollout ----
+
+/// What `rollout` restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RolloutOptions {
+    /// Only workloads in this namespace.
+    pub namespace: Option<String>,
+    /// Only this workload.
+    pub workload: Option<(WorkloadKind, String)>,
+    pub restart: RestartOptions,
+}
+
+/// How a batch of rolling restarts runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RestartOptions {
     pub max_in_flight: usize,
     /// Wait for the last batch too.
     pub wait: bool,
@@ -329,104 +785,132 @@ pub struct RolloutOptions {
     pub timeout: Duration,
 }
 
-/// `rollout`.
-pub async fn rollout(client: &Client, args: RolloutArgs) -> anyhow::Result<()> {
-    let timeout = validate::duration(&args.timeout)?;
-    let filter = match &args.workload {
-        Some(w) => {
-            let (kind, name) = w.split_once('/').with_context(|| {
-                format!("--workload {w:?}: expected KIND/NAME, e.g. deployment/reviews-v1")
-            })?;
-            let kind = WorkloadKind::parse(kind).with_context(|| {
-                format!("--workload {w:?}: kind must be deployment, statefulset or daemonset")
-            })?;
-            Some((kind, name.to_string()))
-        }
-        None => None,
-    };
-    let needs = match &args.namespace {
+/// The plan of `rollout`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RolloutPlan {
+    pub options: RolloutOptions,
+    /// Workloads on an old revision that `rollout` restarts, in order.
+    pub targets: Vec<WorkloadState>,
+    /// Workloads on an old revision that no Deployment, StatefulSet or DaemonSet owns.
+    pub unowned: Vec<WorkloadState>,
+    /// `--workload` names a workload that runs its target revision already.
+    pub up_to_date: Option<WorkloadState>,
+}
+
+impl RolloutPlan {
+    /// The calls `execute_rollout` makes (after a dry-run pod per workload checks the
+    /// injector).
+    pub fn calls(&self) -> Vec<PlannedCall> {
+        restart_calls(&self.targets)
+    }
+
+    /// The scope is narrowed by `--namespace` or `--workload`.
+    pub fn scoped(&self) -> bool {
+        self.options.namespace.is_some() || self.options.workload.is_some()
+    }
+}
+
+/// What `rollout` lists: one namespace, or the whole cluster.
+fn rollout_needs(namespace: Option<&str>) -> Needs {
+    match namespace {
         Some(ns) => Needs::namespace(ns),
         None => Needs::all(),
-    };
-    let view = cluster::load_view(client, &needs).await?;
-    if let Some(ns) = &args.namespace
+    }
+}
+
+/// Plans `rollout`: the workloads in scope whose pods run another revision than new pods
+/// would get.
+pub(crate) async fn plan_rollout(
+    client: &Client,
+    options: RolloutOptions,
+) -> Result<RolloutPlan, OpError> {
+    let view = cluster::load_view(client, &rollout_needs(options.namespace.as_deref())).await?;
+    if let Some(ns) = &options.namespace
         && !view.namespaces.contains_key(ns)
     {
-        bail!("namespace {ns} does not exist");
+        return Err(OpError::NamespaceNotFound {
+            namespace: ns.clone(),
+        });
     }
     let states: Vec<WorkloadState> = view
         .workload_states()
         .into_iter()
-        .filter(|w| args.namespace.as_ref().is_none_or(|ns| &w.namespace == ns))
         .filter(|w| {
-            filter.as_ref().is_none_or(|(k, n)| {
+            options
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| &w.namespace == ns)
+        })
+        .filter(|w| {
+            options.workload.as_ref().is_none_or(|(k, n)| {
                 w.id.as_ref()
                     .is_some_and(|id| id.kind == *k && &id.name == n)
             })
         })
         .collect();
-    if let Some((kind, name)) = &filter {
+    let mut plan = RolloutPlan {
+        options,
+        targets: Vec::new(),
+        unowned: Vec::new(),
+        up_to_date: None,
+    };
+    if let Some((kind, name)) = &plan.options.workload {
         match states.as_slice() {
-            [] => bail!(
-                "{}/{name} not found in the mesh{} (see meshrev upgrade status)",
-                kind.as_str().to_ascii_lowercase(),
-                args.namespace
-                    .as_ref()
-                    .map(|n| format!(" in namespace {n}"))
-                    .unwrap_or_default()
-            ),
+            [] => {
+                return Err(OpError::WorkloadNotFound {
+                    kind: *kind,
+                    name: name.clone(),
+                    namespace: plan.options.namespace.clone(),
+                });
+            }
             [one] if !one.needs_upgrade() => {
-                println!(
-                    "{} runs {} already: nothing to roll out",
-                    one.label(),
-                    one.target.revision().unwrap_or("no sidecar")
-                );
-                return Ok(());
+                plan.up_to_date = Some(one.clone());
+                return Ok(plan);
             }
             [_] => {}
-            many => bail!(
-                "{}/{name} exists in {} namespaces ({}): pass --namespace",
-                kind.as_str().to_ascii_lowercase(),
-                many.len(),
-                many.iter()
-                    .map(|w| w.namespace.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            many => {
+                return Err(OpError::WorkloadAmbiguous {
+                    kind: *kind,
+                    name: name.clone(),
+                    namespaces: many.iter().map(|w| w.namespace.clone()).collect(),
+                });
+            }
         }
     }
-    let (targets, loose): (Vec<WorkloadState>, Vec<WorkloadState>) = states
+    (plan.targets, plan.unowned) = states
         .into_iter()
         .filter(WorkloadState::needs_upgrade)
         .partition(WorkloadState::restartable);
-    for w in &loose {
-        println!(
-            "warning: {} runs an old revision but no Deployment, StatefulSet or DaemonSet owns it: recreate it by hand (pods {})",
-            w.label(),
-            w.stale_pods.join(", ")
-        );
-    }
-    if targets.is_empty() {
-        println!("Nothing to roll out: every workload runs the revision its namespace selects.");
-        return Ok(());
-    }
-    let opts = RolloutOptions {
-        max_in_flight: args.max_in_flight.max(1) as usize,
-        wait: args.wait,
-        timeout,
-    };
-    println!(
-        "Rolling out {} workload(s), at most {} at a time:",
-        targets.len(),
-        opts.max_in_flight
-    );
-    let restarted = restart_workloads(client, targets, &opts).await?;
+    Ok(plan)
+}
+
+/// What `rollout` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RolloutOutcome {
+    /// Restarted workloads and the revision their new pods get.
+    pub restarted: Vec<(WorkloadId, String)>,
+    /// With `wait`: workloads in scope still needing upgrade afterwards.
+    pub left: Option<usize>,
+}
+
+/// Restarts the plan's targets in batches; with `wait`, checks afterwards that the new
+/// pods run the expected revisions.
+pub(crate) async fn execute_rollout(
+    client: &Client,
+    plan: &RolloutPlan,
+    sink: Sink<'_>,
+) -> Result<RolloutOutcome, OpError> {
+    let opts = &plan.options.restart;
+    let restarted = restart_workloads(client, &plan.targets, opts, sink).await?;
     if !opts.wait {
-        println!("Follow with: meshrev upgrade status (or rerun with --wait)");
-        return Ok(());
+        return Ok(RolloutOutcome {
+            restarted,
+            left: None,
+        });
     }
     // Every rollout completed: check the new pods run the revision that was expected.
-    let after = cluster::load_view(client, &needs).await?;
+    let after =
+        cluster::load_view(client, &rollout_needs(plan.options.namespace.as_deref())).await?;
     let mut wrong = Vec::new();
     for (id, expected) in &restarted {
         for p in after
@@ -444,29 +928,17 @@ pub async fn rollout(client: &Client, args: RolloutArgs) -> anyhow::Result<()> {
         }
     }
     if !wrong.is_empty() {
-        bail!(
-            "rolled out, but these pods do not run the expected revision: {}\nfix: check the injector (meshrev's logs and /metrics), then run meshrev upgrade rollout again",
-            wrong.join(", ")
-        );
+        return Err(OpError::WrongRevision { pods: wrong });
     }
     let left = after
         .workload_states()
         .iter()
         .filter(|w| w.needs_upgrade())
         .count();
-    println!(
-        "Rolled out {} workload(s); {left} still need upgrade{}.",
-        restarted.len(),
-        if args.namespace.is_some() || args.workload.is_some() {
-            " in this scope"
-        } else {
-            ""
-        }
-    );
-    if left == 0 && args.workload.is_none() && args.namespace.is_none() {
-        println!("Next: meshrev upgrade unpublish");
-    }
-    Ok(())
+    Ok(RolloutOutcome {
+        restarted,
+        left: Some(left),
+    })
 }
 
 /// Restarts `targets` in batches of `max_in_flight`, waiting for each batch to complete
@@ -474,19 +946,22 @@ pub async fn rollout(client: &Client, args: RolloutArgs) -> anyhow::Result<()> {
 /// dry-run pod of the workload gets the expected revision from the injector, so a label or
 /// tag change the injector has not seen yet cannot give new pods the old sidecar.
 /// Returns the restarted workloads with their expected revision.
-pub async fn restart_workloads(
+async fn restart_workloads(
     client: &Client,
-    targets: Vec<WorkloadState>,
-    opts: &RolloutOptions,
-) -> anyhow::Result<Vec<(super::view::WorkloadId, String)>> {
+    targets: &[WorkloadState],
+    opts: &RestartOptions,
+    sink: Sink<'_>,
+) -> Result<Vec<(WorkloadId, String)>, OpError> {
     let mut restarted = Vec::new();
     let batches: Vec<&[WorkloadState]> = targets.chunks(opts.max_in_flight.max(1)).collect();
     let n = batches.len();
     let total = targets.len();
-    let mut done = 0usize;
     for (i, batch) in batches.into_iter().enumerate() {
         if n > 1 {
-            println!("batch {}/{n}:", i + 1);
+            sink(Event::Batch {
+                index: i + 1,
+                count: n,
+            });
         }
         let mut in_flight = Vec::new();
         for w in batch {
@@ -494,35 +969,35 @@ pub async fn restart_workloads(
             let Some(expected) = w.target.revision().map(str::to_string) else {
                 continue;
             };
-            if w.paused {
-                println!(
-                    "  skipped {}: the Deployment is paused (kubectl rollout resume, then rerun)",
-                    w.label()
-                );
-                continue;
-            }
-            if w.on_delete {
-                println!(
-                    "  skipped {}: updateStrategy OnDelete; delete its pods by hand to upgrade them",
-                    w.label()
-                );
+            let skip = if w.paused {
+                Some(SkipWhy::Paused)
+            } else if w.on_delete {
+                Some(SkipWhy::OnDelete)
+            } else {
+                None
+            };
+            if let Some(why) = skip {
+                sink(Event::Skipped {
+                    workload: w.label(),
+                    why,
+                });
                 continue;
             }
             wait_for_injector(client, &id, &expected).await?;
             cluster::restart(client, &id).await?;
-            println!(
-                "  [{}/{total}] restarted {}: {} → {expected}",
-                done + in_flight.len() + 1,
-                w.label(),
-                describe_revisions(w)
-            );
+            sink(Event::Restarted {
+                index: restarted.len() + in_flight.len() + 1,
+                total,
+                workload: w.label(),
+                from: describe_revisions(w),
+                to: expected.clone(),
+            });
             in_flight.push((id, expected));
         }
         let last = i + 1 == n;
         if !in_flight.is_empty() && (!last || opts.wait) {
-            wait_batch(client, &in_flight, opts.timeout).await?;
+            wait_batch(client, &in_flight, opts.timeout, sink).await?;
         }
-        done += in_flight.len();
         restarted.extend(in_flight);
     }
     Ok(restarted)
@@ -530,9 +1005,9 @@ pub async fn restart_workloads(
 
 async fn wait_for_injector(
     client: &Client,
-    id: &super::view::WorkloadId,
+    id: &WorkloadId,
     expected: &str,
-) -> anyhow::Result<()> {
+) -> Result<(), OpError> {
     let template = cluster::template(client, id).await?;
     let deadline = Instant::now() + INJECTOR_DEADLINE;
     loop {
@@ -540,13 +1015,14 @@ async fn wait_for_injector(
             Ok(Some(r)) if r == expected => return Ok(()),
             Ok(Some(r)) => format!("it injects {r}"),
             Ok(None) => "it does not inject the pod".to_string(),
-            Err(e) => format!("the dry-run pod was refused: {}", cluster::api_error(&e)),
+            Err(e) => format!("the dry-run pod was refused: {}", e.detail()),
         };
         if Instant::now() >= deadline {
-            bail!(
-                "not restarting {id}: new pods would not get revision {expected}: {last} (checked with a dry-run pod for {}s)\nfix: check that meshrev is running and its MutatingWebhookConfiguration is installed, and meshrev upgrade status",
-                INJECTOR_DEADLINE.as_secs()
-            );
+            return Err(OpError::InjectorNotReady {
+                workload: id.clone(),
+                expected: expected.to_string(),
+                last,
+            });
         }
         tokio::time::sleep(POLL).await;
     }
@@ -554,25 +1030,34 @@ async fn wait_for_injector(
 
 async fn wait_batch(
     client: &Client,
-    batch: &[(super::view::WorkloadId, String)],
+    batch: &[(WorkloadId, String)],
     timeout: Duration,
-) -> anyhow::Result<()> {
+    sink: Sink<'_>,
+) -> Result<(), OpError> {
     let start = Instant::now();
-    let mut pending: Vec<&super::view::WorkloadId> = batch.iter().map(|(id, _)| id).collect();
+    let mut pending: Vec<&WorkloadId> = batch.iter().map(|(id, _)| id).collect();
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     while !pending.is_empty() {
         let mut still = Vec::new();
         for id in pending {
             match cluster::progress(client, id).await? {
-                Progress::Done => println!(
-                    "      {id}: rolled out ({:.1}s)",
-                    start.elapsed().as_secs_f64()
-                ),
-                Progress::Failed(why) => bail!("rollout of {id} failed: {why}"),
+                Progress::Done => sink(Event::RolledOut {
+                    workload: id.clone(),
+                    after: start.elapsed(),
+                }),
+                Progress::Failed(why) => {
+                    return Err(OpError::RolloutFailed {
+                        workload: id.clone(),
+                        why,
+                    });
+                }
                 Progress::Waiting(why) => {
                     let key = id.to_string();
                     if last.get(&key) != Some(&why) {
-                        println!("      {id}: {why}");
+                        sink(Event::Waiting {
+                            workload: id.clone(),
+                            why: why.clone(),
+                        });
                         last.insert(key, why);
                     }
                     still.push(id);
@@ -584,70 +1069,180 @@ async fn wait_batch(
             break;
         }
         if start.elapsed() >= timeout {
-            bail!(
-                "timed out after {}s waiting for: {}\nfix: see kubectl rollout status and the pods' events; rerun meshrev upgrade rollout to continue",
-                timeout.as_secs(),
-                pending
+            return Err(OpError::RolloutTimeout {
+                after: timeout,
+                pending: pending
                     .iter()
-                    .map(|id| format!(
-                        "{id} ({})",
-                        last.get(&id.to_string()).cloned().unwrap_or_default()
-                    ))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+                    .map(|id| {
+                        format!(
+                            "{id} ({})",
+                            last.get(&id.to_string()).cloned().unwrap_or_default()
+                        )
+                    })
+                    .collect(),
+            });
         }
         tokio::time::sleep(POLL).await;
     }
     Ok(())
 }
 
-/// `unpublish [--revision R] [--force]`.
-pub async fn unpublish(client: &Client, revision: Option<&str>, force: bool) -> anyhow::Result<()> {
+// ---- unpublish ----
+
+/// The plan of `unpublish`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct UnpublishPlan {
+    pub stable: String,
+    /// Revisions to delete, each with whether it is forced (pods still run it).
+    pub revisions: Vec<(String, bool)>,
+    /// With `force`: the pods that lose their control plane.
+    pub warnings: Vec<String>,
+}
+
+impl UnpublishPlan {
+    /// The calls `execute_unpublish` makes.
+    pub fn calls(&self) -> Vec<PlannedCall> {
+        let mut calls = Vec::new();
+        for (r, forced) in &self.revisions {
+            if *forced {
+                calls.push(PlannedCall::new(
+                    Verb::Patch,
+                    Object::MeshRevision(r.clone()),
+                    "annotate meshrev.io/force-delete: pods still run it",
+                ));
+            }
+            calls.push(PlannedCall::new(
+                Verb::Delete,
+                Object::MeshRevision(r.clone()),
+                format!("older than stable {}, and no tag points at it", self.stable),
+            ));
+        }
+        calls
+    }
+}
+
+/// Plans `unpublish [--revision R] [--force]`: refused while pods run an old revision,
+/// unless forced.
+pub(crate) async fn plan_unpublish(
+    client: &Client,
+    revision: Option<&str>,
+    force: bool,
+) -> Result<UnpublishPlan, OpError> {
     let needs = Needs {
         workloads: false,
         ..Needs::all()
     };
     let view = cluster::load_view(client, &needs).await?;
     let plan = guards::unpublish(&view, revision, force)?;
-    let stable = view.stable().unwrap_or_default();
-    if plan.revisions.is_empty() {
-        println!("Nothing to unpublish: no revision older than stable ({stable}) is left.");
-        return Ok(());
-    }
-    for w in &plan.warnings {
-        println!("warning: {w}");
-    }
-    for r in &plan.revisions {
-        let forced = force && view.pods_on(r).next().is_some();
-        if cluster::delete_revision(client, r, forced).await? {
-            println!("MeshRevision {r} deleted");
-        } else {
-            println!("MeshRevision {r}: deleted already");
-        }
-    }
-    println!("The upgrade is complete: {stable} is the only revision in use.");
-    Ok(())
+    Ok(UnpublishPlan {
+        stable: view.stable().unwrap_or_default().to_string(),
+        revisions: plan
+            .revisions
+            .into_iter()
+            .map(|r| {
+                let forced = force && view.pods_on(&r).next().is_some();
+                (r, forced)
+            })
+            .collect(),
+        warnings: plan.warnings,
+    })
 }
 
-/// `revoke`.
-pub async fn revoke(client: &Client) -> anyhow::Result<()> {
-    let view = cluster::load_view(client, &Needs::all()).await?;
-    let Some(plan) = guards::revoke(&view)? else {
-        println!("Nothing to revoke: there is no canary.");
-        return Ok(());
-    };
-    if plan.delete_tag {
-        cluster::delete_tag(client, TAG_CANARY).await?;
-        println!("RevisionTag canary deleted");
+/// Deletes the plan's revisions; returns those this run deleted (the others were gone
+/// already).
+pub(crate) async fn execute_unpublish(
+    client: &Client,
+    plan: &UnpublishPlan,
+    sink: Sink<'_>,
+) -> Result<Vec<String>, OpError> {
+    let mut deleted = Vec::new();
+    for (r, forced) in &plan.revisions {
+        let existed = cluster::delete_revision(client, r, *forced).await?;
+        if existed {
+            deleted.push(r.clone());
+        }
+        sink(Event::RevisionDeleted {
+            name: r.clone(),
+            existed,
+        });
     }
-    if cluster::delete_revision(client, &plan.revision, false).await? {
-        println!("MeshRevision {} deleted", plan.revision);
-    }
-    println!(
-        "Canary {} revoked; stable stays {}. To try again: meshrev upgrade canary --revision R --version V",
-        plan.revision,
-        view.stable().unwrap_or_default()
-    );
-    Ok(())
+    Ok(deleted)
 }
+
+// ---- revoke ----
+
+/// The plan of `revoke`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RevokePlan {
+    pub steps: guards::RevokePlan,
+    pub stable: String,
+}
+
+impl RevokePlan {
+    /// The calls `execute_revoke` makes.
+    pub fn calls(&self) -> Vec<PlannedCall> {
+        let mut calls = Vec::new();
+        if self.steps.delete_tag {
+            calls.push(PlannedCall::new(
+                Verb::Delete,
+                Object::RevisionTag(TAG_CANARY.into()),
+                "the canary is revoked",
+            ));
+        }
+        calls.push(PlannedCall::new(
+            Verb::Delete,
+            Object::MeshRevision(self.steps.revision.clone()),
+            "the canary's revision; nothing uses it",
+        ));
+        calls
+    }
+}
+
+/// Plans `revoke`: `None` when there is no canary. Refused after promotion and while
+/// namespaces or pods use the canary.
+pub(crate) async fn plan_revoke(client: &Client) -> Result<Option<RevokePlan>, OpError> {
+    let view = cluster::load_view(client, &Needs::all()).await?;
+    let Some(steps) = guards::revoke(&view)? else {
+        return Ok(None);
+    };
+    Ok(Some(RevokePlan {
+        steps,
+        stable: view.stable().unwrap_or_default().to_string(),
+    }))
+}
+
+/// What `revoke` deleted (`false`: gone already, or not planned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RevokeOutcome {
+    pub tag_deleted: bool,
+    pub revision_deleted: bool,
+}
+
+/// Deletes tag canary and the canary's revision.
+pub(crate) async fn execute_revoke(
+    client: &Client,
+    plan: &RevokePlan,
+    sink: Sink<'_>,
+) -> Result<RevokeOutcome, OpError> {
+    let mut tag_deleted = false;
+    if plan.steps.delete_tag {
+        tag_deleted = cluster::delete_tag(client, TAG_CANARY).await?;
+        sink(Event::TagDeleted {
+            tag: TAG_CANARY.into(),
+            existed: tag_deleted,
+        });
+    }
+    let revision_deleted = cluster::delete_revision(client, &plan.steps.revision, false).await?;
+    sink(Event::RevisionDeleted {
+        name: plan.steps.revision.clone(),
+        existed: revision_deleted,
+    });
+    Ok(RevokeOutcome {
+        tag_deleted,
+        revision_deleted,
+    })
+}
+
+#[cfg(test)]
+#[path = "ops_tests.rs"]
+mod tests;

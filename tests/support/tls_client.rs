@@ -386,9 +386,9 @@ impl TestServer {
     pub async fn stop_within(&mut self, within: Duration) -> Result<()> {
         self.trigger_shutdown();
         let handle = self.handle.take().context("already stopped")?;
-        tokio::time::timeout(within, handle.wait())
+        Ok(tokio::time::timeout(within, handle.wait())
             .await
-            .context("the server did not stop in time")?
+            .context("the server did not stop in time")??)
     }
     pub async fn stop(mut self) {
         self.stop_within(Duration::from_secs(10))

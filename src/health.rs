@@ -1,8 +1,17 @@
-//! Liveness and readiness.
+//! Liveness and readiness, shared by the server (which answers `/healthz` and `/readyz`
+//! from it) and the controller (which registers and opens gates); neither imports the other.
 //!
 //! `/healthz` answers 200 while the process serves at all. `/readyz` answers 200 only when
 //! a table is loaded, every registered [`Gate`] is ready, and the server is not shutting
 //! down; otherwise 503 with the reasons (e.g. the names of the gates not ready yet).
+//!
+//! Ownership: one [`Readiness`] per server, created by the server
+//! (`server::serve_with`).
+//! The server sets "table loaded" and "shutting down"; each gate is opened by whoever
+//! registered it (the controller opens one per watch once it has listed, and
+//! [`CONTROLLER_GATE`] once it has published its first table). Gates never close again.
+
+#![deny(missing_docs)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,22 +38,18 @@ pub struct Gate {
 }
 
 impl Gate {
+    /// Opens the gate, for good.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
     }
-    pub fn set_not_ready(&self) {
-        self.ready.store(false, Ordering::Release);
-    }
-    pub fn is_ready(&self) -> bool {
+    /// Whether the gate is open.
+    fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
-    }
-    pub fn name(&self) -> &str {
-        &self.name
     }
 }
 
 impl Readiness {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
@@ -64,27 +69,19 @@ impl Readiness {
     }
 
     /// Marks the table as loaded (the server does, once it has one to serve).
-    pub fn set_table_loaded(&self) {
+    pub(crate) fn set_table_loaded(&self) {
         self.table_loaded.store(true, Ordering::Release);
     }
 
     /// Marks the server as draining: never ready again.
-    pub fn set_shutting_down(&self) {
+    pub(crate) fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::Release);
     }
 
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Acquire)
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.status().is_ok()
-    }
-
     /// `Ok` when ready, else why not (one line, for the `/readyz` body).
-    pub fn status(&self) -> Result<(), String> {
+    pub(crate) fn status(&self) -> Result<(), String> {
         let mut reasons = Vec::new();
-        if self.is_shutting_down() {
+        if self.shutting_down.load(Ordering::Acquire) {
             reasons.push("shutting down".to_string());
         }
         if !self.table_loaded.load(Ordering::Acquire) {
@@ -94,7 +91,7 @@ impl Readiness {
         let waiting: Vec<&str> = gates
             .iter()
             .filter(|g| !g.is_ready())
-            .map(|g| g.name())
+            .map(|g| &*g.name)
             .collect();
         if !waiting.is_empty() {
             reasons.push(format!("gates not ready: {}", waiting.join(", ")));
@@ -116,12 +113,12 @@ mod tests {
         let r = Readiness::new();
         assert_eq!(r.status().unwrap_err(), "no table loaded");
         r.set_table_loaded();
-        assert!(r.is_ready());
+        assert!(r.status().is_ok());
         let g = r.gate(CONTROLLER_GATE);
         let err = r.status().unwrap_err();
         assert!(err.contains("gates not ready: table"), "{err}");
         r.gate(CONTROLLER_GATE).set_ready();
-        assert!(g.is_ready() && r.is_ready());
+        assert!(g.is_ready() && r.status().is_ok());
         r.set_shutting_down();
         assert_eq!(r.status().unwrap_err(), "shutting down");
     }
