@@ -19,8 +19,8 @@ use super::body::{self, BodyLimits};
 use super::respond::{self, Reply};
 use crate::admission;
 
-/// Buckets of `meshrev_validate_duration_seconds`: 1ms to 10s (a review may list from the
-/// API server).
+/// Buckets of `meshrev_validate_duration_seconds`: 1ms to 10s (a review reads the
+/// controller's index, but a slow client's body read counts too).
 const DURATION_BUCKETS: [f64; 13] = [
     0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
