@@ -10,9 +10,9 @@
 //! into the injection [`Table`]: revision and tag specs, namespace injection labels, the
 //! nodes' native-sidecar support) and the **status** projection (what the status writer
 //! computes from: the routing projection, pods per revision, the statuses last observed). An
-//! annotation or finalizer on a namespace, a pod restart that keeps its revision, a new
-//! unlabelled namespace dirty neither, so they neither republish the table nor wake the
-//! status writer.
+//! annotation or finalizer on a namespace, a pod update that keeps its revision (labels,
+//! conditions), a new unlabelled namespace dirty neither, so they neither republish the
+//! table nor wake the status writer.
 //!
 //! ## Pods: what is kept, and why no phase or readiness
 //!
