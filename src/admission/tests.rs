@@ -296,3 +296,25 @@ fn patches_apply_to_sparse_pods() {
         json_patch::patch(&mut pod, &patch).unwrap();
     }
 }
+
+#[test]
+fn invalid_utf8_is_refused_with_the_uid_and_the_byte() {
+    let t = table();
+    let mut body = fixture().to_string().into_bytes();
+    // Inside a string the pod view skips (managedFields): still refused, since JSON is UTF-8.
+    let at = body
+        .windows(4)
+        .position(|w| w == b"\"f:m")
+        .or_else(|| body.windows(5).position(|w| w == b"image"))
+        .expect("fixture has a string to corrupt");
+    body[at + 1] = 0xff;
+    let (v, result) = answer(&t, &body);
+    assert_eq!(result, ReviewResult::Error);
+    assert_eq!(v["response"]["uid"], "3f0c1a52-7e4b-4c1d-9a55-2b8f6d1e0c11");
+    assert_eq!(v["response"]["allowed"], false);
+    let msg = v["response"]["status"]["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("not valid UTF-8") && msg.contains(&format!("byte {}", at + 1)),
+        "{msg}"
+    );
+}
