@@ -6,18 +6,20 @@
 //! a tag or revision while namespaces or pods use it. A refusal is `allowed: false` with
 //! `status.code` 403 and a `status.message` that lists the blocking objects.
 //!
-//! Not the injection hot path: each review LISTs what its change needs (revisions and
-//! tags; for a DELETE also namespaces and the metadata of pods that are not
-//! `Succeeded`/`Failed`). Changes that cannot break a rule (a status write, a label, an
-//! annotation) are allowed without any call.
-
-use std::time::Duration;
+//! Not the injection hot path, and no API call: a guarded review is judged against a
+//! [`MeshView`] snapshot of the controller's index (revisions, tags, every namespace, the
+//! live pods), which the watches keep current. Changes that cannot break a rule (a status
+//! write, a label, an annotation) are allowed without taking a snapshot.
+//!
+//! The index trails the API server by the watch latency (usually milliseconds): a change
+//! made just before a guarded request may not be seen by it. The guards protect against
+//! mistakes, not against concurrent writers, as they did with LISTs (a LIST raced the same
+//! way).
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{GROUP, MeshRevision, RevisionTag};
-use crate::upgrade::cluster::{self, Needs, PodDetail};
 use crate::upgrade::{MeshView, guards};
 
 use super::write_reply;
@@ -47,19 +49,22 @@ pub enum Change {
     Unguarded,
 }
 
+/// How much of the cluster a guard reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Revisions and tags.
+    Config,
+    /// Also every namespace and the live pods (what still uses a tag or revision).
+    Usage,
+}
+
 impl Change {
-    /// The LISTs needed to judge it.
+    /// What judging it reads; `None` when no guard judges it.
     pub fn needs(&self) -> Option<Needs> {
-        let deleting = Needs {
-            namespaces: true,
-            pods: PodDetail::Metadata,
-            workloads: false,
-            namespace: None,
-        };
         match self {
             Change::Unguarded => None,
-            Change::TagWrite { .. } | Change::RevisionWrite { .. } => Some(Needs::config()),
-            Change::TagDelete { .. } | Change::RevisionDelete { .. } => Some(deleting),
+            Change::TagWrite { .. } | Change::RevisionWrite { .. } => Some(Needs::Config),
+            Change::TagDelete { .. } | Change::RevisionDelete { .. } => Some(Needs::Usage),
         }
     }
 
@@ -284,14 +289,13 @@ pub fn reply_with_view(parsed: &Parsed, view: &MeshView) -> Vec<u8> {
     out
 }
 
-/// How long building the view may take (the webhook's timeout is 10 s).
-pub const VIEW_TIMEOUT: Duration = Duration::from_secs(8);
-
 /// Answers one `/validate` review: the body of the HTTP reply (an AdmissionReview, always
-/// well-formed; `application/json`, status 200). Lists what the change needs with `client`;
-/// when the cluster cannot be read, refuses (code 500) rather than allow a change it could
-/// not check (the webhook's `failurePolicy` is `Fail` too).
-pub async fn validate(client: &kube::Client, body: &[u8]) -> Vec<u8> {
+/// well-formed; `application/json`, status 200). `view` gives the controller's snapshot of
+/// what the change [`Needs`], or `None` while its watches have not all listed; it is
+/// called only for a guarded change.
+/// Without a view the change is refused (code 500) rather than allowed unchecked (the
+/// webhook's `failurePolicy` is `Fail` too).
+pub fn validate(body: &[u8], view: impl FnOnce(Needs) -> Option<MeshView>) -> Vec<u8> {
     let parsed = match parse(body) {
         Ok(p) => p,
         Err((version, uid, message)) => {
@@ -313,12 +317,11 @@ pub async fn validate(client: &kube::Client, body: &[u8]) -> Vec<u8> {
         write_reply(&mut out, parsed.version, &parsed.uid, true, None, None, &[]);
         return out;
     };
-    match tokio::time::timeout(VIEW_TIMEOUT, cluster::load_view(client, &needs)).await {
-        Ok(Ok(view)) => reply_with_view(&parsed, &view),
-        Ok(Err(e)) => unavailable(&parsed, &format!("{e:#}")),
-        Err(_) => unavailable(
+    match view(needs) {
+        Some(view) => reply_with_view(&parsed, &view),
+        None => unavailable(
             &parsed,
-            &format!("reading the cluster took over {}s", VIEW_TIMEOUT.as_secs()),
+            "the controller has not listed the cluster yet (its watches are starting or failing)",
         ),
     }
 }
@@ -326,7 +329,7 @@ pub async fn validate(client: &kube::Client, body: &[u8]) -> Vec<u8> {
 fn unavailable(parsed: &Parsed, why: &str) -> Vec<u8> {
     tracing::warn!(error = why, "upgrade guard could not read the cluster");
     let message = format!(
-        "meshrev could not check this change against the upgrade guards ({why}); retry, and check meshrev's RBAC (list namespaces, pods, meshrevisions, revisiontags)"
+        "meshrev could not check this change against the upgrade guards ({why}); retry, and check meshrev's RBAC (list and watch namespaces, pods, nodes, meshrevisions, revisiontags)"
     );
     let mut out = Vec::with_capacity(256 + message.len());
     write_reply(
@@ -446,7 +449,7 @@ mod tests {
                 force: true
             }
         );
-        assert_eq!(p.change.needs().unwrap().pods, PodDetail::Metadata);
+        assert_eq!(p.change.needs(), Some(Needs::Usage));
         let e = parse(b"{}").unwrap_err();
         assert!(e.2.contains("apiVersion"), "{e:?}");
         let mut pod: Value = serde_json::from_slice(&review(
@@ -553,12 +556,11 @@ mod tests {
         assert!(a["response"].get("status").is_none());
     }
 
-    #[tokio::test]
-    async fn bad_bodies_get_a_400_without_calls() {
-        // A client that is never used: parse errors and unguarded changes answer first.
-        let cfg = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
-        let client = kube::Client::try_from(cfg).unwrap();
-        let r: Value = serde_json::from_slice(&validate(&client, b"not json").await).unwrap();
+    #[test]
+    fn bad_bodies_get_a_400_without_a_view() {
+        // Parse errors and unguarded changes answer without asking for a view.
+        let never = |_: Needs| -> Option<MeshView> { panic!("no view may be taken") };
+        let r: Value = serde_json::from_slice(&validate(b"not json", never)).unwrap();
         assert_eq!(r["response"]["status"]["code"], 400);
         let body = review(
             "RevisionTag",
@@ -567,9 +569,9 @@ mod tests {
             tag("canary", "1-23-6"),
             tag("canary", "1-23-6"),
         );
-        let r: Value = serde_json::from_slice(&validate(&client, &body).await).unwrap();
+        let r: Value = serde_json::from_slice(&validate(&body, never)).unwrap();
         assert_eq!(r["response"]["allowed"], true);
-        // A change that needs the cluster, which cannot be reached: refused, code 500.
+        // A change that needs the cluster before the index has listed: refused, code 500.
         let body = review(
             "RevisionTag",
             "DELETE",
@@ -577,8 +579,29 @@ mod tests {
             Value::Null,
             tag("canary", "1-23-6"),
         );
-        let r: Value = serde_json::from_slice(&validate(&client, &body).await).unwrap();
+        let r: Value = serde_json::from_slice(&validate(&body, |_| None)).unwrap();
         assert_eq!(r["response"]["allowed"], false);
         assert_eq!(r["response"]["status"]["code"], 500);
+        // With the view: judged (default uses the canary tag).
+        let r: Value = serde_json::from_slice(&validate(&body, |needs| {
+            assert_eq!(needs, Needs::Usage);
+            Some(view())
+        }))
+        .unwrap();
+        assert_eq!(r["response"]["status"]["code"], 403);
+        // A tag write reads revisions and tags only.
+        let body = review(
+            "RevisionTag",
+            "CREATE",
+            "prod",
+            tag("prod", "1-24-0"),
+            Value::Null,
+        );
+        let r: Value = serde_json::from_slice(&validate(&body, |needs| {
+            assert_eq!(needs, Needs::Config);
+            Some(view())
+        }))
+        .unwrap();
+        assert_eq!(r["response"]["allowed"], true);
     }
 }

@@ -1,7 +1,58 @@
-//! The controller: kube-rs watches on MeshRevision, RevisionTag and Namespace that rebuild
-//! the revision table and publish it with one atomic swap (see [`run`]).
+//! The controller: kube-rs watches feed one [`Index`] of the cluster; its routing projection
+//! becomes the injection table (one atomic swap in the [`crate::table::TableStore`]), its
+//! [`MeshView`] is what `/validate` judges with, and the status writer (the replica holding
+//! the [`LeaseHandle`]'s Lease) writes MeshRevision and RevisionTag status from it (see
+//! [`run`]).
+//!
+//! Ownership: [`ClusterView`] shares the index. Only the controller's watch drivers mutate
+//! it; `/validate` and the status writer read it.
 
+#[cfg(test)]
+mod fake_api;
+mod index;
+pub mod lease;
 mod run;
 pub mod status;
 
+use std::sync::{Arc, Mutex};
+
+pub use index::{
+    COUNTED_PODS, Dirty, Index, Key, Kind, Object, Observed, OwnerKind, PodEntry, PodSelection,
+};
+pub use lease::{Identity, LeaseHandle};
 pub use run::run;
+
+use crate::upgrade::MeshView;
+
+/// A handle on the controller's [`Index`]; clones share it. Made by whoever wires the
+/// controller (before the server starts, so `/validate` can hold it), filled by [`run`].
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView {
+    index: Arc<Mutex<Index>>,
+}
+
+impl ClusterView {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A snapshot for the upgrade guards, once every watch has listed; `None` before.
+    pub fn view(&self) -> Option<MeshView> {
+        self.with(|ix| ix.synced().then(|| ix.view()))
+    }
+
+    /// Revisions and tags only (what a guard of a write reads), once every watch has
+    /// listed; `None` before.
+    pub fn config_view(&self) -> Option<MeshView> {
+        self.with(|ix| ix.synced().then(|| ix.config_view()))
+    }
+
+    /// Runs `f` on the index under its lock (never across an `.await`).
+    pub fn with<R>(&self, f: impl FnOnce(&mut Index) -> R) -> R {
+        // The index's methods do not panic; if one did, the poison is ignored rather than
+        // taking `/validate` and the status writer down with it (the index may then be off
+        // until the next relist of that kind).
+        let mut ix = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut ix)
+    }
+}

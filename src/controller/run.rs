@@ -1,38 +1,53 @@
-//! The watches that keep the revision table in step with the cluster.
+//! The watches that keep the [`Index`] (and through it the revision table and status) in
+//! step with the cluster.
 //!
-//! Four kube-rs reflectors (MeshRevision, RevisionTag, Namespace metadata, and Nodes cut down
-//! to their kubelet version, for Istio's native-sidecar `auto`) feed their
-//! stores; every change wakes one builder task, which reads the three stores whole, builds
-//! a [`Table`] and publishes it with one [`TableStore::publish`]. The reflector applies a
-//! relist to its store only at `InitDone`, so a rebuild never sees half a relist.
+//! Five kube-rs watches, one driver task each: MeshRevision, RevisionTag, Namespace
+//! metadata, Nodes (projected to their kubelet version at once, for Istio's native-sidecar
+//! `auto`) and pod metadata (metadata-only watches, kube 5's form of `metadata_watcher`; only pods that are not Succeeded/Failed,
+//! projected to a [`super::PodEntry`]). A driver applies each event to the index; a relist is
+//! collected and swapped in whole at `InitDone`, so the index never holds half a relist.
 //!
-//! Ownership: the builder task is the table's only writer in cluster mode; the stores are
-//! written only by their reflectors.
+//! One builder task waits for changes. When the index reports the routing projection dirty
+//! it builds a [`Table`] from it and publishes it with one [`TableStore::publish`]; when the
+//! status projection is dirty it wakes the status writer. Anything else (an annotation on a
+//! namespace, a pod that keeps its revision) costs one index update and nothing more.
+//!
+//! Steady state: the watches stay open; no LIST, no status write. The status writer renews
+//! its Lease every [`super::lease::RENEW_EVERY`].
+//!
+//! Ownership: the builder task is the table's only writer in cluster mode; the index is
+//! written only by the drivers.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::Client;
 use kube::api::{Api, PartialObjectMeta};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::{WatchStreamExt, watcher as watch};
-use kube::{Client, Resource};
-use prometheus::{IntCounterVec, Opts};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher as watch};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use tokio::sync::Notify;
 
-use super::status;
+use super::index::{COUNTED_PODS, Key, Kind, Object};
+use super::{ClusterView, LeaseHandle, status};
 use crate::config::{MeshRevision, RevisionTag};
 use crate::health::{CONTROLLER_GATE, Gate, Readiness};
-use crate::table::{NamespaceLabels, Problem, Table, TableBuilder, TableStore};
+use crate::table::{Problem, TableBuilder, TableStore};
 use crate::telemetry::Telemetry;
+
+#[cfg(doc)]
+use super::Index;
+#[cfg(doc)]
+use crate::table::Table;
 
 /// Controller-side metrics, registered next to the server's.
 #[derive(Clone)]
 struct WatchMetrics {
     errors: IntCounterVec,
+    /// Objects indexed, by resource.
+    objects: IntGaugeVec,
     last_sync: Arc<std::sync::Mutex<Instant>>,
 }
 
@@ -45,8 +60,15 @@ impl WatchMetrics {
             ),
             &["resource"],
         )?;
-        for r in ["meshrevisions", "revisiontags", "namespaces", "nodes"] {
-            errors.with_label_values(&[r]);
+        let objects = IntGaugeVec::new(
+            Opts::new(
+                "meshrev_index_objects",
+                "Objects in the controller's index, by resource (pods: live pods only).",
+            ),
+            &["resource"],
+        )?;
+        for k in Kind::ALL {
+            errors.with_label_values(&[k.resource()]);
         }
         let last_sync = Arc::new(std::sync::Mutex::new(Instant::now()));
         let since = last_sync.clone();
@@ -55,8 +77,13 @@ impl WatchMetrics {
             "Seconds since a watch last delivered an event or completed a list.",
         )?;
         registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(objects.clone()))?;
         registry.register(Box::new(SinceCollector { gauge, since }))?;
-        Ok(WatchMetrics { errors, last_sync })
+        Ok(WatchMetrics {
+            errors,
+            objects,
+            last_sync,
+        })
     }
     fn synced(&self) {
         if let Ok(mut t) = self.last_sync.lock() {
@@ -86,242 +113,204 @@ impl prometheus::core::Collector for SinceCollector {
     }
 }
 
-/// Runs the watches and the table builder until the client's streams end (never, normally).
+/// Runs the watches, the table builder and the status writer until the watches end
+/// (never, normally). `cluster` is filled from the watches; `lease` elects the status
+/// writer (release it on shutdown).
 pub async fn run(
     client: Client,
     store: Arc<TableStore>,
     telemetry: Telemetry,
     readiness: Arc<Readiness>,
+    cluster: ClusterView,
+    lease: LeaseHandle,
 ) -> anyhow::Result<()> {
     let wm = WatchMetrics::new(&telemetry.registry)?;
     let changed = Arc::new(Notify::new());
-
-    let (revs, rev_writer) = reflector::store::<MeshRevision>();
-    let (tags, tag_writer) = reflector::store::<RevisionTag>();
-    let (nss, ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
     let cfg = watcher::Config::default();
-    let rev_stream = watch(Api::<MeshRevision>::all(client.clone()), cfg.clone())
-        .default_backoff()
-        .reflect(rev_writer);
-    let tag_stream = watch(Api::<RevisionTag>::all(client.clone()), cfg.clone())
-        .default_backoff()
-        .reflect(tag_writer);
-    let ns_stream = watch(
-        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-        cfg.clone(),
-    )
-    .default_backoff()
-    .reflect(ns_writer);
-    // Nodes are kept as their name and kubelet version only.
-    let (nodes, node_writer) = reflector::store::<Node>();
-    let node_stream = watch(Api::<Node>::all(client.clone()), cfg)
-        .default_backoff()
-        .modify(slim_node)
-        .reflect(node_writer);
-
+    let d = Driver {
+        cluster: cluster.clone(),
+        changed: changed.clone(),
+        wm: wm.clone(),
+    };
     let drivers = [
-        tokio::spawn(drive(
-            rev_stream,
-            "meshrevisions",
+        tokio::spawn(d.clone().drive(
+            watch(Api::<MeshRevision>::all(client.clone()), cfg.clone()).default_backoff(),
+            Kind::Revisions,
             readiness.gate("watch:meshrevisions"),
-            changed.clone(),
-            wm.clone(),
+            Object::revision,
         )),
-        tokio::spawn(drive(
-            tag_stream,
-            "revisiontags",
+        tokio::spawn(d.clone().drive(
+            watch(Api::<RevisionTag>::all(client.clone()), cfg.clone()).default_backoff(),
+            Kind::Tags,
             readiness.gate("watch:revisiontags"),
-            changed.clone(),
-            wm.clone(),
+            Object::tag,
         )),
-        tokio::spawn(drive(
-            ns_stream,
-            "namespaces",
-            readiness.gate("watch:namespaces"),
-            changed.clone(),
-            wm.clone(),
-        )),
-        tokio::spawn(drive(
-            node_stream,
-            "nodes",
+        tokio::spawn(
+            d.clone().drive(
+                watch(
+                    Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                    cfg.clone(),
+                )
+                .default_backoff(),
+                Kind::Namespaces,
+                readiness.gate("watch:namespaces"),
+                |n| Object::namespace(&n),
+            ),
+        ),
+        tokio::spawn(d.clone().drive(
+            watch(Api::<Node>::all(client.clone()), cfg.clone()).default_backoff(),
+            Kind::Nodes,
             readiness.gate("watch:nodes"),
-            changed.clone(),
-            wm.clone(),
+            |n| Object::node(&n),
         )),
+        // Completed and failed pods never count: the API server leaves them out, and a
+        // pod that completes leaves the watch as a deletion.
+        tokio::spawn(
+            d.clone().drive(
+                watch(
+                    Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+                    cfg.fields(COUNTED_PODS),
+                )
+                .default_backoff(),
+                Kind::Pods,
+                readiness.gate("watch:pods"),
+                |p| Object::pod(&p),
+            ),
+        ),
     ];
     let table_gate = readiness.gate(CONTROLLER_GATE);
     let problems_shared: Arc<std::sync::Mutex<Vec<Problem>>> = Arc::default();
     let status_changed = Arc::new(Notify::new());
-    let ns_reader = nss.clone();
     tokio::spawn(status::run(
         client.clone(),
         store.clone(),
-        move || {
-            ns_reader
-                .state()
-                .iter()
-                .filter_map(|n| n.meta().name.clone())
-                .collect()
-        },
+        cluster.clone(),
         problems_shared.clone(),
         status_changed.clone(),
-        status::Identity::from_env(),
+        lease,
     ));
-
-    // Publish nothing until every watch has listed once: a table built from a partial view
-    // would route pods wrongly.
-    let _ = revs.wait_until_ready().await;
-    let _ = tags.wait_until_ready().await;
-    let _ = nss.wait_until_ready().await;
-    let _ = nodes.wait_until_ready().await;
 
     let mut builder = TableBuilder::new();
     let mut last_problems: Vec<Problem> = Vec::new();
+    let mut published = false;
     loop {
-        let (mut table, problems) = build(&mut builder, &revs, &tags, &nss);
-        table.nodes_support_native_sidecars = Some(nodes_support_native_sidecars(
-            nodes.state().iter().map(|n| {
-                n.status
-                    .as_ref()
-                    .and_then(|s| s.node_info.as_ref())
-                    .map(|i| i.kubelet_version.as_str())
-            }),
-        ));
-        if problems != last_problems {
-            for p in &problems {
-                tracing::warn!(%p, "configuration object left out of the revision table");
-            }
-            if let Ok(mut shared) = problems_shared.lock() {
-                shared.clone_from(&problems);
-            }
-            last_problems = problems;
-        }
-        let generation = store.publish(table);
-        telemetry.table.observe(&store.load());
-        tracing::debug!(generation, "revision table published");
-        table_gate.set_ready();
-        status_changed.notify_one();
         changed.notified().await;
         if drivers.iter().all(|d| d.is_finished()) {
             anyhow::bail!("all watches ended");
         }
+        // Publish nothing until every watch has listed once: a table built from a partial
+        // view would route pods wrongly.
+        let step = cluster.with(|ix| {
+            if !ix.synced() {
+                return None;
+            }
+            let dirty = ix.take_dirty();
+            for k in Kind::ALL {
+                wm.objects
+                    .with_label_values(&[k.resource()])
+                    .set(i64::try_from(ix.count(k)).unwrap_or(i64::MAX));
+            }
+            let table = (dirty.routing || !published).then(|| ix.table(&mut builder));
+            Some((dirty, table))
+        });
+        let Some((dirty, table)) = step else {
+            continue;
+        };
+        if let Some((table, problems)) = table {
+            if problems != last_problems {
+                for p in &problems {
+                    tracing::warn!(%p, "configuration object left out of the revision table");
+                }
+                if let Ok(mut shared) = problems_shared.lock() {
+                    shared.clone_from(&problems);
+                }
+                last_problems = problems;
+            }
+            let generation = store.publish(table);
+            telemetry.table.observe(&store.load());
+            tracing::debug!(generation, "revision table published");
+            table_gate.set_ready();
+            published = true;
+            status_changed.notify_one();
+        } else if dirty.status {
+            status_changed.notify_one();
+        }
     }
 }
 
-/// Keeps only what native-sidecar detection reads: the name and the kubelet version.
-fn slim_node(n: &mut Node) {
-    let version = n
-        .status
-        .as_ref()
-        .and_then(|s| s.node_info.as_ref())
-        .map(|i| i.kubelet_version.clone());
-    n.metadata.managed_fields = None;
-    n.metadata.annotations = None;
-    n.metadata.labels = None;
-    n.spec = None;
-    n.status = version.map(|v| k8s_openapi::api::core::v1::NodeStatus {
-        node_info: Some(k8s_openapi::api::core::v1::NodeSystemInfo {
-            kubelet_version: v,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-}
-
-/// Istio's native-sidecar `auto`: every node's kubelet is 1.33 or newer (where sidecar
-/// containers are stable); a node whose version does not parse counts as too old. No nodes:
-/// supported.
-pub fn nodes_support_native_sidecars<'a>(versions: impl Iterator<Item = Option<&'a str>>) -> bool {
-    const MIN_MINOR: u64 = 33;
-    versions.into_iter().all(|v| {
-        v.and_then(|v| {
-            let mut parts = v.trim_start_matches('v').split(['.', '-', '+']);
-            let major: u64 = parts.next()?.parse().ok()?;
-            let minor: u64 = parts.next()?.parse().ok()?;
-            Some(major > 1 || minor >= MIN_MINOR)
-        })
-        .unwrap_or(false)
-    })
-}
-
-/// Builds a table from the revision, tag and namespace stores (each read whole).
-fn build(
-    builder: &mut TableBuilder,
-    revs: &Store<MeshRevision>,
-    tags: &Store<RevisionTag>,
-    nss: &Store<PartialObjectMeta<Namespace>>,
-) -> (Table, Vec<Problem>) {
-    let revs = revs.state();
-    let tags = tags.state();
-    let namespaces: HashMap<String, NamespaceLabels> = nss
-        .state()
-        .iter()
-        .filter_map(|ns| {
-            let meta = ns.meta();
-            let labels = meta.labels.as_ref()?;
-            let l = NamespaceLabels::from_labels(|k| labels.get(k).map(String::as_str));
-            (!l.is_empty()).then(|| (meta.name.clone().unwrap_or_default(), l))
-        })
-        .collect();
-    builder.build_lenient(
-        revs.iter().map(|r| r.as_ref()),
-        tags.iter().map(|t| t.as_ref()),
-        namespaces,
-    )
-}
-
-/// Drives one reflector stream: wakes the builder on every applied change, marks the gate
-/// ready after the first complete list, and counts errors (the watcher backs off and
-/// relists by itself, including after 410 Gone).
-async fn drive<K>(
-    stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
-    resource: &'static str,
-    gate: Gate,
+/// What every watch driver shares.
+#[derive(Clone)]
+struct Driver {
+    cluster: ClusterView,
     changed: Arc<Notify>,
     wm: WatchMetrics,
-) {
-    futures::pin_mut!(stream);
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(Event::InitDone) => {
-                gate.set_ready();
-                wm.synced();
-                changed.notify_one();
-                tracing::debug!(resource, "watch listed");
-            }
-            Ok(Event::Apply(_) | Event::Delete(_)) => {
-                wm.synced();
-                changed.notify_one();
-            }
-            Ok(Event::Init | Event::InitApply(_)) => {}
-            Err(e) => {
-                wm.errors.with_label_values(&[resource]).inc();
-                let text = e.to_string();
-                if resource != "namespaces" && (text.contains("404") || text.contains("not found"))
-                {
-                    tracing::warn!(
-                        resource,
-                        error = %e,
-                        "watch error: are meshrev's CRDs installed? `meshrev crd | kubectl apply -f -` (or kubectl apply -f manifests/crds.yaml); backing off"
+}
+
+impl Driver {
+    /// Drives one watch into the index: applies changes as they come, swaps a relist in
+    /// whole at `InitDone`, marks the gate ready after the first complete list, wakes the
+    /// builder when something it reads changed, and counts errors (the watcher backs off
+    /// and relists by itself, including after 410 Gone).
+    async fn drive<K>(
+        self,
+        stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+        kind: Kind,
+        gate: Gate,
+        project: impl Fn(K) -> Object,
+    ) {
+        let resource = kind.resource();
+        futures::pin_mut!(stream);
+        let mut relist: Vec<Object> = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(Event::Init) => relist.clear(),
+                Ok(Event::InitApply(o)) => relist.push(project(o)),
+                Ok(Event::InitDone) => {
+                    let objects = std::mem::take(&mut relist);
+                    let n = objects.len();
+                    self.cluster.with(|ix| ix.reset(kind, objects));
+                    gate.set_ready();
+                    self.wm.synced();
+                    // Always: the builder may be waiting for the last kind to list.
+                    self.changed.notify_one();
+                    tracing::debug!(resource, objects = n, "watch listed");
+                }
+                Ok(Event::Apply(o)) => {
+                    let d = self.cluster.with(|ix| ix.apply(project(o)));
+                    self.wm.synced();
+                    if d.any() {
+                        self.changed.notify_one();
+                    }
+                }
+                Ok(Event::Delete(o)) => {
+                    let key = Key::from(&project(o));
+                    let d = self.cluster.with(|ix| ix.delete(&key));
+                    self.wm.synced();
+                    if d.any() {
+                        self.changed.notify_one();
+                    }
+                }
+                Err(e) => {
+                    self.wm.errors.with_label_values(&[resource]).inc();
+                    let missing = matches!(
+                        &e,
+                        watcher::Error::InitialListFailed(kube::Error::Api(s))
+                            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+                            if s.code == 404
                     );
-                } else {
-                    tracing::warn!(resource, error = %e, "watch error; backing off");
+                    if missing && matches!(kind, Kind::Revisions | Kind::Tags) {
+                        tracing::warn!(
+                            resource,
+                            error = %e,
+                            "watch error: are meshrev's CRDs installed? `meshrev crd | kubectl apply -f -` (or kubectl apply -f manifests/crds.yaml); backing off"
+                        );
+                    } else {
+                        tracing::warn!(resource, error = %e, "watch error; backing off");
+                    }
                 }
             }
         }
-    }
-    changed.notify_one();
-    tracing::error!(resource, "watch stream ended");
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn native_sidecars_need_every_kubelet_at_1_33() {
-        use super::nodes_support_native_sidecars as f;
-        assert!(f([Some("v1.33.0"), Some("v1.34.1-gke.2")].into_iter()));
-        assert!(!f([Some("v1.33.0"), Some("v1.28.0")].into_iter()));
-        assert!(!f([None].into_iter()));
-        assert!(f(std::iter::empty()));
+        self.changed.notify_one();
+        tracing::error!(resource, "watch stream ended");
     }
 }

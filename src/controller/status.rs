@@ -1,139 +1,44 @@
 //! Status of MeshRevisions and RevisionTags, written off the webhook path by one replica.
 //!
-//! Ownership: only the replica holding the Lease writes status; it recomputes from the
-//! published table and a LIST of live pods (Succeeded and Failed pods do not count) every
-//! [`RESYNC`] and whenever the table changes, and patches only what changed.
+//! Ownership: only the replica holding the Lease ([`LeaseHandle`]) writes status. It
+//! computes the desired status from the published table, the problems the last build
+//! found, and the index (namespaces, live pods per revision), and compares it with the
+//! status the index last observed on each object: only a difference is written, by
+//! server-side apply with field manager [`FIELD_MANAGER`] on the status subresource. So with
+//! nothing changing it writes nothing and calls nothing but the Lease renewal.
+//!
+//! It recomputes when the builder wakes it (the routing or status projection changed), at
+//! most once per [`MIN_INTERVAL`] (a rollout's pod events are folded together), after it
+//! becomes leader, and every [`RESYNC`] (from the index: no API call unless something
+//! differs).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
+use super::lease::RENEW_EVERY;
+use super::{ClusterView, LeaseHandle, Observed};
 use crate::config::{Condition, MeshRevision, MeshRevisionStatus, RevisionTag, RevisionTagStatus};
 use crate::router;
 use crate::table::{Problem, Table, TableStore};
 
-/// How often status is recomputed without a table change (pods come and go).
-pub const RESYNC: Duration = Duration::from_secs(10);
-const LEASE_NAME: &str = "meshrev-status-writer";
-const LEASE_SECONDS: i32 = 15;
-
-/// Who this replica is, and where the Lease lives.
-#[derive(Clone, Debug)]
-pub struct Identity {
-    pub holder: String,
-    pub namespace: String,
-}
-
-impl Identity {
-    /// `POD_NAME`/`POD_NAMESPACE` (downward API), else the host name and `meshrev-system`.
-    pub fn from_env() -> Self {
-        let holder = std::env::var("POD_NAME")
-            .ok()
-            .or_else(|| {
-                std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .ok()
-                    .map(|h| h.trim().to_string())
-            })
-            .unwrap_or_else(|| "meshrev".into());
-        Identity {
-            holder: format!("{holder}-{}", std::process::id()),
-            namespace: std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "meshrev-system".into()),
-        }
-    }
-}
-
-/// Tries to take or renew the Lease; true while this replica holds it.
-async fn hold_lease(api: &Api<Lease>, me: &str) -> kube::Result<bool> {
-    match api.get_opt(LEASE_NAME).await? {
-        None => {
-            let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
-            let lease = Lease {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(LEASE_NAME.into()),
-                    ..Default::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(me.to_string()),
-                    lease_duration_seconds: Some(LEASE_SECONDS),
-                    acquire_time: Some(now.clone()),
-                    renew_time: Some(now),
-                    lease_transitions: Some(0),
-                    ..Default::default()
-                }),
-            };
-            match api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            }
-        }
-        Some(mut lease) => {
-            let spec = lease.spec.get_or_insert_with(Default::default);
-            let mine = spec.holder_identity.as_deref() == Some(me);
-            let expired = spec.renew_time.as_ref().is_none_or(|t| {
-                let age = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
-                age.as_secs() > i64::from(spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS))
-            });
-            if !mine && !expired {
-                return Ok(false);
-            }
-            if !mine {
-                spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-                spec.acquire_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
-            }
-            spec.holder_identity = Some(me.to_string());
-            spec.lease_duration_seconds = Some(LEASE_SECONDS);
-            spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
-            // A replace carries the resourceVersion: two replicas cannot both win.
-            match api
-                .replace(LEASE_NAME, &PostParams::default(), &lease)
-                .await
-            {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            }
-        }
-    }
-}
-
-/// Set once the process gives its Lease up: the writer must not take it again.
-static RELEASED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Gives the Lease up if this replica holds it (on shutdown), so another replica takes
-/// over at its next renewal instead of after the lease expires.
-pub async fn release(client: &Client, me: &Identity) {
-    RELEASED.store(true, std::sync::atomic::Ordering::Release);
-    let api: Api<Lease> = Api::namespaced(client.clone(), &me.namespace);
-    let Ok(Some(mut lease)) = api.get_opt(LEASE_NAME).await else {
-        return;
-    };
-    let Some(spec) = lease.spec.as_mut() else {
-        return;
-    };
-    if spec.holder_identity.as_deref() != Some(me.holder.as_str()) {
-        return;
-    }
-    spec.holder_identity = None;
-    spec.renew_time = None;
-    match api
-        .replace(LEASE_NAME, &PostParams::default(), &lease)
-        .await
-    {
-        Ok(_) => tracing::info!("status writer: lease released"),
-        Err(e) => {
-            tracing::warn!(error = %e, "status writer: releasing the lease failed; it will expire")
-        }
-    }
-}
+/// The field manager of status writes.
+pub const FIELD_MANAGER: &str = "meshrev";
+/// How often the writer recomputes without a wake-up (from the index; a write only if the
+/// observed status differs, e.g. someone else edited it).
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// The least time between two recomputations.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a write of ours that the watch has not shown yet is taken as in flight (not
+/// written again); after that the observed status decides again, so someone else's edit
+/// made meanwhile is corrected.
+pub const IN_FLIGHT: Duration = Duration::from_secs(5);
 
 /// Desired status of every revision and tag, from a table and the live pods' revisions.
 pub fn compute(
@@ -232,126 +137,213 @@ fn condition(type_: &str, status: bool, reason: &str, message: &str) -> Conditio
     }
 }
 
-/// Counts live pods by the revision they run ([`crate::core::pod_revision`]).
-async fn pod_revisions(client: &Client) -> kube::Result<BTreeMap<String, u32>> {
-    let api: Api<PartialObjectMeta<Pod>> = Api::all(client.clone());
-    // Field selectors work on metadata lists too: Succeeded and Failed pods are left out.
-    let lp = ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed");
-    let mut out = BTreeMap::new();
-    for p in api.list_metadata(&lp).await?.items {
-        let annotations = p.annotations();
-        if let Some(rev) = crate::core::pod_revision(|k| annotations.get(k).map(String::as_str)) {
-            *out.entry(rev.into_owned()).or_default() += 1;
-        }
-    }
-    Ok(out)
-}
-
-/// Runs the status writer: waits for the Lease, then keeps status in step.
+/// Runs the status writer: takes part in the election, and while leading keeps status in
+/// step. Returns once the Lease is released (shutdown).
 pub async fn run(
     client: Client,
     store: Arc<TableStore>,
-    namespaces: impl Fn() -> Vec<String> + Send + 'static,
+    cluster: ClusterView,
     problems: Arc<std::sync::Mutex<Vec<Problem>>>,
     changed: Arc<Notify>,
-    me: Identity,
+    lease: LeaseHandle,
 ) {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &me.namespace);
-    let revs: Api<MeshRevision> = Api::all(client.clone());
-    let tags: Api<RevisionTag> = Api::all(client.clone());
-    let mut written_revs: BTreeMap<String, MeshRevisionStatus> = BTreeMap::new();
-    let mut written_tags: BTreeMap<String, RevisionTagStatus> = BTreeMap::new();
+    let mut w = Writer {
+        revs: Api::all(client.clone()),
+        tags: Api::all(client),
+        written_revs: BTreeMap::new(),
+        written_tags: BTreeMap::new(),
+    };
     let mut leader = false;
+    let mut pending = true;
+    let now = Instant::now();
+    let (mut renew_at, mut resync_at, mut write_after) = (now, now + RESYNC, now);
     loop {
-        if RELEASED.load(std::sync::atomic::Ordering::Acquire) {
+        if lease.is_released().await {
             return;
         }
-        match hold_lease(&leases, &me.holder).await {
-            Ok(true) => {
-                if !leader {
-                    tracing::info!(holder = %me.holder, namespace = %me.namespace, "status writer: leading");
-                    written_revs.clear();
-                    written_tags.clear();
+        let now = Instant::now();
+        if now >= renew_at {
+            renew_at = now + RENEW_EVERY;
+            let was = leader;
+            leader = match lease.hold().await {
+                Ok(held) => held,
+                Err(e) => {
+                    tracing::warn!(error = %e, "status writer: lease unavailable");
+                    false
                 }
-                leader = true;
-            }
-            Ok(false) => {
-                if leader {
-                    tracing::info!("status writer: lost the lease");
-                }
-                leader = false;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, namespace = %me.namespace, "status writer: lease unavailable");
-                leader = false;
+            };
+            if leader && !was {
+                tracing::info!(holder = lease.holder(), "status writer: leading");
+                w.forget();
+                pending = true;
+            } else if was && !leader {
+                tracing::info!("status writer: lost the lease");
             }
         }
-        if leader
-            && let Err(e) = write_once(
-                &client,
-                &store,
-                &namespaces,
-                &problems,
-                &revs,
-                &tags,
-                &mut written_revs,
-                &mut written_tags,
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "status writer: update failed; retrying");
-            written_revs.clear();
-            written_tags.clear();
+        if now >= resync_at {
+            resync_at = now + RESYNC;
+            w.forget();
+            pending = true;
         }
-        let wait = Duration::from_secs(u64::try_from(LEASE_SECONDS / 3).unwrap_or(5)).min(RESYNC);
-        let _ = tokio::time::timeout(wait, changed.notified()).await;
+        if leader && pending && now >= write_after && cluster.with(|ix| ix.synced()) {
+            pending = false;
+            write_after = now + MIN_INTERVAL;
+            let problems = problems.lock().map(|p| p.clone()).unwrap_or_default();
+            match w.write(&store.load_full(), &cluster, &problems).await {
+                Ok(Recheck(false)) => {}
+                // Look again once our writes in flight have had time to show.
+                Ok(Recheck(true)) => {
+                    pending = true;
+                    write_after = now + IN_FLIGHT;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "status writer: update failed; retrying");
+                    w.forget();
+                    pending = true;
+                }
+            }
+        }
+        let wake = if leader && pending {
+            renew_at.min(write_after)
+        } else {
+            renew_at
+        }
+        .min(resync_at);
+        tokio::select! {
+            () = changed.notified() => pending = true,
+            () = tokio::time::sleep_until(wake) => {}
+        }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn write_once(
-    client: &Client,
-    store: &TableStore,
-    namespaces: &impl Fn() -> Vec<String>,
-    problems: &std::sync::Mutex<Vec<Problem>>,
-    revs: &Api<MeshRevision>,
-    tags: &Api<RevisionTag>,
-    written_revs: &mut BTreeMap<String, MeshRevisionStatus>,
-    written_tags: &mut BTreeMap<String, RevisionTagStatus>,
-) -> anyhow::Result<()> {
-    let table = store.load_full();
-    let pods = pod_revisions(client).await?;
-    let problems = problems.lock().map(|p| p.clone()).unwrap_or_default();
-    let (want_revs, want_tags) = compute(&table, &namespaces(), &pods, &problems);
-    let pp = PatchParams::default();
-    for (name, status) in &want_revs {
-        if written_revs.get(name) != Some(status) {
-            match revs
-                .patch_status(name, &pp, &Patch::Merge(json!({"status": status})))
-                .await
-            {
-                Ok(_) => {
-                    written_revs.insert(name.clone(), status.clone());
-                }
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
+/// A status this replica wrote: to which object (uid), and when.
+#[derive(Clone, Debug)]
+pub struct Written<S> {
+    pub uid: Option<String>,
+    pub status: S,
+    pub at: Instant,
+}
+
+/// True when a write was skipped as in flight: look again after [`IN_FLIGHT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Recheck(bool);
+
+/// The status writer's API handles and what it wrote, so that a wake-up before the watch
+/// has delivered its own write does not write it again.
+struct Writer {
+    revs: Api<MeshRevision>,
+    tags: Api<RevisionTag>,
+    written_revs: BTreeMap<String, Written<MeshRevisionStatus>>,
+    written_tags: BTreeMap<String, Written<RevisionTagStatus>>,
+}
+
+impl Writer {
+    fn forget(&mut self) {
+        self.written_revs.clear();
+        self.written_tags.clear();
+    }
+
+    async fn write(
+        &mut self,
+        table: &Table,
+        cluster: &ClusterView,
+        problems: &[Problem],
+    ) -> kube::Result<Recheck> {
+        let (namespaces, pods, seen_revs, seen_tags) = cluster.with(|ix| {
+            (
+                ix.labelled_namespaces(),
+                ix.pods_per_revision(),
+                ix.revision_statuses(),
+                ix.tag_statuses(),
+            )
+        });
+        let (want_revs, want_tags) = compute(table, &namespaces, &pods, problems);
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let now = Instant::now();
+        let (revs, recheck_revs) = to_write(&want_revs, &seen_revs, &self.written_revs, now);
+        let (tags, recheck_tags) = to_write(&want_tags, &seen_tags, &self.written_tags, now);
+        for (name, status) in revs {
+            let body = json!({
+                "apiVersion": "meshrev.io/v1alpha1",
+                "kind": "MeshRevision",
+                "metadata": {"name": name},
+                "status": status,
+            });
+            if applied(
+                self.revs
+                    .patch_status(name, &pp, &Patch::Apply(&body))
+                    .await,
+            )? {
+                let uid = seen_revs.get(name).and_then(|o| o.uid.clone());
+                self.written_revs.insert(name.clone(), written(uid, status));
             }
         }
-    }
-    for (name, status) in &want_tags {
-        if written_tags.get(name) != Some(status) {
-            // `resolvedRevision: null` clears a stale value under a merge patch.
-            let body = json!({"status": {"resolvedRevision": status.resolved_revision, "message": status.message}});
-            match tags.patch_status(name, &pp, &Patch::Merge(body)).await {
-                Ok(_) => {
-                    written_tags.insert(name.clone(), status.clone());
-                }
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
+        for (name, status) in tags {
+            // Under apply, a field this manager set before and leaves out now is removed
+            // (a tag that stops resolving loses its `resolvedRevision`).
+            let body = json!({
+                "apiVersion": "meshrev.io/v1alpha1",
+                "kind": "RevisionTag",
+                "metadata": {"name": name},
+                "status": status,
+            });
+            if applied(
+                self.tags
+                    .patch_status(name, &pp, &Patch::Apply(&body))
+                    .await,
+            )? {
+                let uid = seen_tags.get(name).and_then(|o| o.uid.clone());
+                self.written_tags.insert(name.clone(), written(uid, status));
             }
         }
+        Ok(Recheck(recheck_revs || recheck_tags))
     }
-    Ok(())
+}
+
+fn written<S: Clone>(uid: Option<String>, status: &S) -> Written<S> {
+    Written {
+        uid,
+        status: status.clone(),
+        at: Instant::now(),
+    }
+}
+
+/// The statuses to write: desired, on an object the index knows, and neither observed
+/// there already nor written by us to that very object less than [`IN_FLIGHT`] ago. The
+/// flag is true when a write was skipped as in flight.
+pub fn to_write<'a, S: PartialEq>(
+    want: &'a BTreeMap<String, S>,
+    seen: &BTreeMap<String, Observed<S>>,
+    written: &BTreeMap<String, Written<S>>,
+    now: Instant,
+) -> (Vec<(&'a String, &'a S)>, bool) {
+    let mut in_flight = false;
+    let out = want
+        .iter()
+        .filter(|(name, status)| {
+            let Some(seen) = seen.get(*name) else {
+                return false;
+            };
+            if seen.status.as_ref() == Some(*status) {
+                return false;
+            }
+            let flying = written.get(*name).is_some_and(|w| {
+                w.uid == seen.uid && w.status == **status && now.duration_since(w.at) < IN_FLIGHT
+            });
+            in_flight |= flying;
+            !flying
+        })
+        .collect();
+    (out, in_flight)
+}
+
+/// Ok(true) when written; Ok(false) when the object is gone (404).
+fn applied<T>(r: kube::Result<T>) -> kube::Result<bool> {
+    match r {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -403,5 +395,145 @@ mod tests {
         assert_eq!(canary.conditions[0].status, "True");
         assert_eq!(tags["canary"].resolved_revision.as_deref(), Some("1-23-6"));
         assert!(tags["old"].resolved_revision.is_none() && tags["old"].message.contains("x"));
+    }
+
+    #[test]
+    fn writes_only_what_differs_from_what_was_observed_or_written() {
+        let st = |pods: u32| MeshRevisionStatus {
+            pods,
+            ..Default::default()
+        };
+        let seen = |uid: &str, status: Option<MeshRevisionStatus>| Observed {
+            uid: Some(uid.to_string()),
+            status,
+        };
+        let want = BTreeMap::from([
+            ("same".to_string(), st(1)),
+            ("differs".to_string(), st(2)),
+            ("never-written".to_string(), st(3)),
+            ("in-flight".to_string(), st(4)),
+            ("recreated".to_string(), st(5)),
+            ("not-indexed".to_string(), st(6)),
+        ]);
+        let observed = BTreeMap::from([
+            ("same".to_string(), seen("u1", Some(st(1)))),
+            ("differs".to_string(), seen("u2", Some(st(0)))),
+            ("never-written".to_string(), seen("u3", None)),
+            ("in-flight".to_string(), seen("u4", Some(st(0)))),
+            ("recreated".to_string(), seen("u5-new", None)),
+        ]);
+        let now = Instant::now();
+        let w = |uid: &str, status| Written {
+            uid: Some(uid.to_string()),
+            status,
+            at: now,
+        };
+        let written = BTreeMap::from([
+            ("in-flight".to_string(), w("u4", st(4))),
+            ("recreated".to_string(), w("u5", st(5))),
+        ]);
+        let (names, recheck) = to_write(&want, &observed, &written, now);
+        let names: Vec<&str> = names.into_iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["differs", "never-written", "recreated"]);
+        assert!(recheck, "in-flight was skipped: look again later");
+        // Long after: the write never showed (someone else wrote meanwhile): written again.
+        let (names, recheck) = to_write(&want, &observed, &written, now + IN_FLIGHT);
+        assert_eq!(names.len(), 4);
+        assert!(!recheck);
+    }
+
+    /// The writer against a fake API server: server-side apply of what differs, with
+    /// field manager `meshrev` and force, on the status subresource; nothing once the
+    /// watch shows it; nothing for an object the index does not know.
+    #[tokio::test]
+    async fn applies_only_differences_by_server_side_apply() {
+        use crate::config::{MeshRevisionSpec, RevisionTagSpec};
+        use crate::controller::fake_api::fake;
+        use crate::controller::{Kind, Object};
+        use crate::table::TableBuilder;
+
+        let rev = |status: Option<MeshRevisionStatus>| {
+            let mut r = MeshRevision::new(
+                "1-22-6",
+                MeshRevisionSpec {
+                    version: "1.22.6".into(),
+                    ..Default::default()
+                },
+            );
+            r.metadata.uid = Some("uid-1".into());
+            r.status = status;
+            Object::revision(r)
+        };
+        let tag = |status: Option<RevisionTagStatus>| {
+            let mut t = RevisionTag::new(
+                "stable",
+                RevisionTagSpec {
+                    revision: "1-22-6".into(),
+                },
+            );
+            t.metadata.uid = Some("uid-2".into());
+            t.status = status;
+            Object::tag(t)
+        };
+        let cluster = ClusterView::new();
+        cluster.with(|ix| {
+            ix.reset(Kind::Revisions, vec![rev(None)]);
+            ix.reset(Kind::Tags, vec![tag(None)]);
+            for k in [Kind::Namespaces, Kind::Nodes, Kind::Pods] {
+                ix.reset(k, Vec::new());
+            }
+        });
+        let (table, problems) = cluster.with(|ix| ix.table(&mut TableBuilder::new()));
+        let (want_revs, want_tags) = compute(&table, &[], &BTreeMap::new(), &problems);
+
+        let reply = |o: Object| match o {
+            Object::Revision(r) => serde_json::to_value(*r).unwrap(),
+            Object::Tag(t) => serde_json::to_value(*t).unwrap(),
+            _ => unreachable!(),
+        };
+        let (client, api) = fake(vec![(200, reply(rev(None))), (200, reply(tag(None)))]);
+        let mut w = Writer {
+            revs: Api::all(client.clone()),
+            tags: Api::all(client),
+            written_revs: BTreeMap::new(),
+            written_tags: BTreeMap::new(),
+        };
+        w.write(&table, &cluster, &problems).await.unwrap();
+        let calls = api.requests();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        let base = "/apis/meshrev.io/v1alpha1";
+        assert_eq!(
+            (calls[0].method.as_str(), calls[0].path.as_str()),
+            ("PATCH", &*format!("{base}/meshrevisions/1-22-6/status"))
+        );
+        assert_eq!(calls[1].path, format!("{base}/revisiontags/stable/status"));
+        for c in &calls {
+            assert!(
+                c.query.contains("fieldManager=meshrev") && c.query.contains("force=true"),
+                "{}",
+                c.query
+            );
+        }
+        assert_eq!(calls[0].body["kind"], "MeshRevision");
+        assert_eq!(calls[0].body["metadata"]["name"], "1-22-6");
+        assert_eq!(calls[1].body["status"]["resolvedRevision"], "1-22-6");
+
+        // Before the watch delivers the write: not written again, but looked at later.
+        assert_eq!(
+            w.write(&table, &cluster, &problems).await.unwrap(),
+            Recheck(true)
+        );
+        assert_eq!(api.requests().len(), 2);
+        // The watch shows it; even after forgetting what was written, nothing to do.
+        cluster.with(|ix| {
+            ix.apply(rev(Some(want_revs["1-22-6"].clone())));
+            ix.apply(tag(Some(want_tags["stable"].clone())));
+        });
+        w.forget();
+        assert_eq!(
+            w.write(&table, &cluster, &problems).await.unwrap(),
+            Recheck(false)
+        );
+        assert_eq!(api.requests().len(), 2, "no call at steady state");
     }
 }

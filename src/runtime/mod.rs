@@ -53,8 +53,17 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), RuntimeError> {
         } => Some(kube_client(Some(path.clone())).await?),
         _ => None,
     };
+    // The controller's index (read by /validate) and the status writer's Lease (released
+    // on shutdown), made before the server so both can hold them.
+    let wiring = client.map(|c| {
+        let lease = crate::controller::LeaseHandle::new(
+            c.clone(),
+            &crate::controller::Identity::from_env(),
+        );
+        (c, crate::controller::ClusterView::new(), lease)
+    });
     let mut cfg = args.to_config();
-    cfg.validator = client.clone();
+    cfg.validator = wiring.as_ref().map(|(_, view, _)| view.clone());
     let table_desc = match &cfg.table {
         TableSource::File(p) => format!("table file {} (reloaded on change)", p.display()),
         TableSource::Controller => "from the cluster (controller)".to_string(),
@@ -86,15 +95,16 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), RuntimeError> {
         t.tags()
     );
     drop(t);
-    let releaser = client.clone();
-    let controller = client.map(|client| {
+    let releaser = wiring.as_ref().map(|(_, _, lease)| lease.clone());
+    let controller = wiring.map(|(client, cluster, lease)| {
         let (store, telemetry, readiness) = (
             server.store.clone(),
             server.metrics.telemetry().clone(),
             server.readiness.clone(),
         );
         tokio::spawn(async move {
-            let result = crate::controller::run(client, store, telemetry, readiness).await;
+            let result =
+                crate::controller::run(client, store, telemetry, readiness, cluster, lease).await;
             match &result {
                 Ok(()) => tracing::warn!("the controller stopped; shutting down"),
                 Err(e) => tracing::error!("the controller failed, shutting down: {e:#}"),
@@ -104,8 +114,9 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), RuntimeError> {
         })
     });
     server.wait().await?;
-    if let Some(client) = releaser {
-        release_lease(&client).await;
+    if let Some(lease) = releaser {
+        // Hand the status writer's Lease over now instead of after it expires.
+        lease.release().await;
     }
     if let Some(c) = controller
         && c.is_finished()
@@ -115,13 +126,6 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), RuntimeError> {
             .map_err(RuntimeError::Controller)?;
     }
     Ok(())
-}
-
-/// Hands the status writer's Lease over now instead of after it expires. The one place
-/// the runtime touches the controller's lease code.
-async fn release_lease(client: &Client) {
-    crate::controller::status::release(client, &crate::controller::status::Identity::from_env())
-        .await;
 }
 
 /// The client of `--kubeconfig PATH`, or of the pod's service account (`None`).

@@ -194,8 +194,8 @@ pub struct ServeConfig {
     pub shutdown_delay: Duration,
     /// Longest wait for in-flight requests when draining.
     pub drain_timeout: Duration,
-    /// The Kubernetes client of the `/validate` guards (cluster mode).
-    pub validator: Option<kube::Client>,
+    /// The controller's index the `/validate` guards judge with (cluster mode).
+    pub validator: Option<crate::controller::ClusterView>,
     /// Bench only: answer `/inject` with these bytes (after reading the body) instead of
     /// reviewing it — the floor of TLS + HTTP + body read.
     pub fixed_inject_body: Option<Bytes>,
@@ -474,7 +474,7 @@ pub async fn serve_with(
             fixed_body: cfg.fixed_inject_body,
         },
         validate: ValidateService {
-            client: cfg.validator,
+            cluster: cfg.validator,
             metrics: metrics.validate.clone(),
             deadline: cfg.validate_timeout,
         },
