@@ -42,6 +42,18 @@ use super::Index;
 #[cfg(doc)]
 use crate::table::Table;
 
+/// Why the controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// Registering the watch metrics failed (a name already registered, an invalid
+    /// label): a programming error caught at startup.
+    #[error("registering the controller's metrics")]
+    Metrics(#[from] prometheus::Error),
+    /// Every watch stream ended; the index can no longer follow the cluster.
+    #[error("all watches ended")]
+    WatchesEnded,
+}
+
 /// Controller-side metrics, registered next to the server's.
 #[derive(Clone)]
 struct WatchMetrics {
@@ -52,7 +64,7 @@ struct WatchMetrics {
 }
 
 impl WatchMetrics {
-    fn new(registry: &prometheus::Registry) -> anyhow::Result<Self> {
+    fn new(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
         let errors = IntCounterVec::new(
             Opts::new(
                 "meshrev_watch_errors_total",
@@ -123,7 +135,7 @@ pub async fn run(
     readiness: Arc<Readiness>,
     cluster: ClusterView,
     lease: LeaseHandle,
-) -> anyhow::Result<()> {
+) -> Result<(), ControllerError> {
     let wm = WatchMetrics::new(&telemetry.registry)?;
     let changed = Arc::new(Notify::new());
     let cfg = watcher::Config::default();
@@ -196,7 +208,7 @@ pub async fn run(
     loop {
         changed.notified().await;
         if drivers.iter().all(|d| d.is_finished()) {
-            anyhow::bail!("all watches ended");
+            return Err(ControllerError::WatchesEnded);
         }
         // Publish nothing until every watch has listed once: a table built from a partial
         // view would route pods wrongly.
@@ -312,5 +324,30 @@ impl Driver {
         }
         self.changed.notify_one();
         tracing::error!(resource, "watch stream ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A metrics registration failure reaches the runtime as a typed error whose chain
+    /// names the cause (the runtime logs it with `errors::Chain`).
+    #[test]
+    fn registering_the_metrics_twice_is_a_typed_error() {
+        let registry = prometheus::Registry::new();
+        assert!(WatchMetrics::new(&registry).is_ok());
+        let err = ControllerError::from(
+            WatchMetrics::new(&registry)
+                .err()
+                .expect("a second registration of the same names must fail"),
+        );
+        assert!(matches!(err, ControllerError::Metrics(_)), "{err:?}");
+        let chain = crate::errors::Chain(&err).to_string();
+        assert!(
+            chain.starts_with("registering the controller's metrics: "),
+            "{chain}"
+        );
+        assert!(chain.contains("Duplicate"), "{chain}");
     }
 }

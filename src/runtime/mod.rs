@@ -35,7 +35,7 @@ pub(crate) enum RuntimeError {
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error("the controller failed")]
-    Controller(#[source] anyhow::Error),
+    Controller(#[source] crate::controller::ControllerError),
     #[error("the controller task failed")]
     ControllerTask(#[source] tokio::task::JoinError),
 }
@@ -107,7 +107,10 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), RuntimeError> {
                 crate::controller::run(client, store, telemetry, readiness, cluster, lease).await;
             match &result {
                 Ok(()) => tracing::warn!("the controller stopped; shutting down"),
-                Err(e) => tracing::error!("the controller failed, shutting down: {e:#}"),
+                Err(e) => tracing::error!(
+                    "the controller failed, shutting down: {}",
+                    crate::errors::Chain(e)
+                ),
             }
             let _ = stop_tx.send(());
             result

@@ -237,8 +237,19 @@ impl TableBuilder {
     }
 }
 
+/// Why a table file's text did not become a table. The message is the underlying error's.
+#[derive(Debug, thiserror::Error)]
+pub enum TextError {
+    /// The text is not a valid set of configuration objects.
+    #[error(transparent)]
+    Parse(#[from] crate::config::ParseError),
+    /// The objects do not make a table (every problem listed).
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
 /// Builds a table from a table file's text (strict).
-pub fn from_text(text: &str) -> anyhow::Result<Table> {
+pub fn from_text(text: &str) -> Result<Table, TextError> {
     let objects = crate::config::parse_objects(text)?;
     Ok(TableBuilder::new().build(&objects)?)
 }
