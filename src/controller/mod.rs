@@ -16,9 +16,7 @@ pub mod status;
 
 use std::sync::{Arc, Mutex};
 
-pub use index::{
-    COUNTED_PODS, Dirty, Index, Key, Kind, Object, Observed, OwnerKind, PodEntry, PodSelection,
-};
+pub use index::{Index, Observed};
 pub use lease::{Identity, LeaseHandle};
 pub use run::{ControllerError, run};
 

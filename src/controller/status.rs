@@ -449,7 +449,7 @@ mod tests {
     async fn applies_only_differences_by_server_side_apply() {
         use crate::config::{MeshRevisionSpec, RevisionTagSpec};
         use crate::controller::fake_api::fake;
-        use crate::controller::{Kind, Object};
+        use crate::controller::index::{Kind, Object};
         use crate::table::TableBuilder;
 
         let rev = |status: Option<MeshRevisionStatus>| {

@@ -23,7 +23,7 @@ pub mod view;
 pub mod vocab;
 
 pub use labels::{NamespaceLabels, NamespaceSelect, NoLabels, PodLabels, pod_revision};
-pub use route::{Decision, Level, Namespaces, Revisions, SkipReason, Via, route};
+pub use route::{Decision, Namespaces, Revisions, SkipReason, Via, route};
 pub use vocab::*;
 
 /// What the core refuses. Messages name the offending value; callers add where it came from

@@ -39,8 +39,6 @@ const PAGE: u32 = 500;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PodDetail {
     None,
-    /// Labels and annotations only (a metadata-only LIST; phase unknown).
-    Metadata,
     /// Whole pods (phase, readiness, owners resolved to workloads).
     Full,
 }
@@ -265,15 +263,6 @@ pub(crate) async fn load_view(client: &Client, needs: &Needs) -> Result<MeshView
     let counted = ListParams::default().fields(COUNTED_PODS);
     match needs.pods {
         PodDetail::None => {}
-        PodDetail::Metadata => {
-            let pods = list_meta(&api::<Pod>(client, ns), &counted)
-                .await
-                .map_err(listing("pods"))?;
-            view.pods = pods
-                .iter()
-                .map(|p| PodInfo::from_meta(&p.metadata, false, &|_, _| None))
-                .collect();
-        }
         PodDetail::Full => {
             let (pods, rss) = futures::try_join!(
                 async {

@@ -34,6 +34,4 @@ pub mod status;
 pub mod view;
 
 pub use crate::core::guards;
-pub use guards::{Blocker, Refusal, skip_policy};
-pub use status::{Phase, StatusReport};
 pub use view::MeshView;

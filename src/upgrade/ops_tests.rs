@@ -462,7 +462,7 @@ fn writes_of(calls: &[Call]) -> Vec<&Call> {
 async fn status_lists_and_writes_nothing() {
     let (client, fake) = serve(canary_mesh());
     let report = status(&client).await.expect("status");
-    assert_eq!(report.phase, crate::upgrade::Phase::CanaryDeployed);
+    assert_eq!(report.phase, crate::upgrade::status::Phase::CanaryDeployed);
     assert_eq!(report.canary.as_deref(), Some("1-23-6"));
     // details in `other` is on stable's 1-22-6, as its namespace selects: not stale.
     assert_eq!(report.needs_upgrade, 1, "{report:?}");

@@ -15,7 +15,7 @@ use crate::core::vocab::{
 };
 
 pub use crate::core::view::*;
-pub use crate::core::{Level, NamespaceLabels, NamespaceSelect};
+pub use crate::core::{NamespaceLabels, NamespaceSelect};
 
 /// A label or annotation of `meta`.
 fn get<'m>(map: &'m Option<BTreeMap<String, String>>, key: &str) -> Option<&'m str> {
