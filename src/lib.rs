@@ -2,7 +2,7 @@
 //! tooling that makes control-plane canary upgrades safe.
 //!
 //! Where things live:
-//! - [`core`]: the kube-free domain core: Istio's vocabulary, the one router, the revision
+//! - `core`: the kube-free domain core: Istio's vocabulary, the one router, the revision
 //!   of a pod, validation, the version skip policy and the upgrade guards.
 //! - [`config`]: the kubectl-managed configuration model (the `MeshRevision` and
 //!   `RevisionTag` CRDs) and table files (multi-document YAML of those objects).
@@ -18,8 +18,8 @@
 //! - `runtime`: `meshrev serve` as a process (flags, client, signals, the controller,
 //!   the Lease hand-off); runtime → {server, controller}, never controller → server.
 //! - [`health`]: readiness gates, shared by the server and the controller.
-//! - [`telemetry`]: the metrics registry and table gauges, shared the same way.
-//! - [`controller`]: the kube-rs watches that rebuild the table from the cluster.
+//! - `telemetry`: the metrics registry and table gauges, shared the same way.
+//! - `controller`: the kube-rs watches that rebuild the table from the cluster.
 //! - [`cli`]: the `meshrev` command line.
 //! - [`yaml`]: YAML in (depth-limited, one document at a time) and out (YAML 1.1-safe).
 #![forbid(unsafe_code)]

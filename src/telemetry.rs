@@ -15,11 +15,11 @@ use crate::table::Table;
 /// The registry metrics are registered in, and the table gauges. Cloning gives another
 /// handle to the same registry and gauges.
 #[derive(Clone)]
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     /// Every collector of the process, gathered by the admin listener's `/metrics`.
-    pub registry: Registry,
+    pub(crate) registry: Registry,
     /// `meshrev_table_generation` and `meshrev_table_revisions`.
-    pub table: TableGauges,
+    pub(crate) table: TableGauges,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -39,7 +39,7 @@ impl Telemetry {
 
 /// The gauges describing the table being served; set by whoever publishes it.
 #[derive(Clone, Debug)]
-pub struct TableGauges {
+pub(crate) struct TableGauges {
     generation: IntGauge,
     revisions: IntGauge,
 }
@@ -63,7 +63,7 @@ impl TableGauges {
     }
 
     /// Records the table now being served. Call after every publish.
-    pub fn observe(&self, table: &Table) {
+    pub(crate) fn observe(&self, table: &Table) {
         self.generation
             .set(i64::try_from(table.generation).unwrap_or(i64::MAX));
         self.revisions

@@ -5,8 +5,8 @@
 //! It never panics on input and always produces a well-formed AdmissionReview.
 
 pub mod envelope;
-pub mod validate;
-pub use validate::validate;
+pub(crate) mod validate;
+pub(crate) use validate::validate;
 
 use serde::Deserialize;
 
@@ -48,8 +48,8 @@ pub struct Reply<'t> {
     /// The AdmissionReview JSON to send.
     pub body: Vec<u8>,
     pub result: ReviewResult,
-    pub skip: Option<SkipReason>,
-    pub injected: Option<(&'t Revision, Via<'t>)>,
+    pub(crate) skip: Option<SkipReason>,
+    pub(crate) injected: Option<(&'t Revision, Via<'t>)>,
     /// The error or denial message, when there is one (for logs).
     pub message: Option<String>,
 }

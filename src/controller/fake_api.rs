@@ -9,27 +9,27 @@ use serde_json::Value;
 
 /// One request as the fake saw it.
 #[derive(Clone, Debug)]
-pub struct Call {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub body: Value,
+pub(crate) struct Call {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) query: String,
+    pub(crate) body: Value,
 }
 
 /// The recorded requests of one fake.
-pub struct Fake {
+pub(crate) struct Fake {
     calls: Arc<Mutex<Vec<Call>>>,
 }
 
 impl Fake {
     /// "METHOD path" of every request, in order.
-    pub fn calls(&self) -> Vec<String> {
+    pub(crate) fn calls(&self) -> Vec<String> {
         self.requests()
             .into_iter()
             .map(|c| format!("{} {}", c.method, c.path))
             .collect()
     }
-    pub fn requests(&self) -> Vec<Call> {
+    pub(crate) fn requests(&self) -> Vec<Call> {
         self.calls
             .lock()
             .expect("the test's lock must not be poisoned")
@@ -38,7 +38,7 @@ impl Fake {
 }
 
 /// A client whose every request gets the next of `replies` (HTTP status, JSON body).
-pub fn fake(replies: Vec<(u16, Value)>) -> (Client, Fake) {
+pub(crate) fn fake(replies: Vec<(u16, Value)>) -> (Client, Fake) {
     let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
     let replies = Arc::new(Mutex::new(VecDeque::from(replies)));
     let seen = calls.clone();
@@ -75,7 +75,7 @@ pub fn fake(replies: Vec<(u16, Value)>) -> (Client, Fake) {
 }
 
 /// A `Status` error reply.
-pub fn status(code: u16, reason: &str) -> (u16, Value) {
+pub(crate) fn status(code: u16, reason: &str) -> (u16, Value) {
     (
         code,
         serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",

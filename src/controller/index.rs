@@ -47,15 +47,15 @@ use crate::upgrade::view::{
 };
 
 /// The pods that count: the field selector of the pod watch.
-pub const COUNTED_PODS: &str = "status.phase!=Succeeded,status.phase!=Failed";
+pub(crate) const COUNTED_PODS: &str = "status.phase!=Succeeded,status.phase!=Failed";
 
 /// What a change touched.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Dirty {
+pub(crate) struct Dirty {
     /// The injection table must be rebuilt and published.
-    pub routing: bool,
+    pub(crate) routing: bool,
     /// The status writer must recompute (implied by `routing`).
-    pub status: bool,
+    pub(crate) status: bool,
 }
 
 impl Dirty {
@@ -77,14 +77,14 @@ impl Dirty {
             status: self.status || other.status,
         }
     }
-    pub fn any(self) -> bool {
+    pub(crate) fn any(self) -> bool {
         self.routing || self.status
     }
 }
 
 /// The kinds the index reflects (one watch each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
+pub(crate) enum Kind {
     Revisions,
     Tags,
     Namespaces,
@@ -93,7 +93,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub(crate) const ALL: [Kind; 5] = [
         Kind::Revisions,
         Kind::Tags,
         Kind::Namespaces,
@@ -101,7 +101,7 @@ impl Kind {
         Kind::Pods,
     ];
     /// The resource name (metrics labels, readiness gates, logs).
-    pub fn resource(self) -> &'static str {
+    pub(crate) fn resource(self) -> &'static str {
         match self {
             Kind::Revisions => "meshrevisions",
             Kind::Tags => "revisiontags",
@@ -118,21 +118,21 @@ impl Kind {
 /// One live pod, as much as the status writer and the guards read (about 60 bytes plus
 /// the owner's name; the pod's name is the key).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PodEntry {
+pub(crate) struct PodEntry {
     /// The revision whose sidecar it runs ([`crate::core::pod_revision`]), interned.
-    pub revision: Option<Arc<str>>,
+    pub(crate) revision: Option<Arc<str>>,
     /// The controlling owner; a ReplicaSet that a Deployment made (its name is the
     /// Deployment's plus `-<pod-template-hash>`) is given as that Deployment.
-    pub owner: Option<(OwnerKind, Box<str>)>,
+    pub(crate) owner: Option<(OwnerKind, Box<str>)>,
     /// The pod's own injection labels, boxed: most pods have none.
-    pub selection: Option<Box<PodSelection>>,
+    pub(crate) selection: Option<Box<PodSelection>>,
     /// Being deleted.
-    pub terminating: bool,
+    pub(crate) terminating: bool,
 }
 
 /// The kind of a pod's controlling owner, without an allocation for the usual ones.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OwnerKind {
+pub(crate) enum OwnerKind {
     Deployment,
     ReplicaSet,
     StatefulSet,
@@ -152,7 +152,7 @@ impl OwnerKind {
             other => OwnerKind::Other(other.into()),
         }
     }
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             OwnerKind::Deployment => "Deployment",
             OwnerKind::ReplicaSet => "ReplicaSet",
@@ -166,19 +166,19 @@ impl OwnerKind {
 
 /// A pod's own injection labels and annotation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PodSelection {
+pub(crate) struct PodSelection {
     /// Label `istio.io/rev`.
-    pub rev_label: Option<Box<str>>,
+    pub(crate) rev_label: Option<Box<str>>,
     /// Label `sidecar.istio.io/inject`.
-    pub inject_label: Option<Box<str>>,
+    pub(crate) inject_label: Option<Box<str>>,
     /// Annotation `sidecar.istio.io/inject`.
-    pub inject_annotation: Option<Box<str>>,
+    pub(crate) inject_annotation: Option<Box<str>>,
 }
 
 impl PodEntry {
     /// Projects a pod's metadata. This is the one place the controller decides which
     /// revision a pod runs.
-    pub fn from_meta(meta: &ObjectMeta) -> Self {
+    pub(crate) fn from_meta(meta: &ObjectMeta) -> Self {
         let label = |k: &str| {
             meta.labels
                 .as_ref()
@@ -228,7 +228,7 @@ impl PodEntry {
 /// One object of a watched kind, projected; what [`Index::apply`] and [`Index::reset`]
 /// take.
 #[derive(Clone, Debug)]
-pub enum Object {
+pub(crate) enum Object {
     Revision(Box<MeshRevision>),
     Tag(Box<RevisionTag>),
     Namespace {
@@ -248,7 +248,7 @@ pub enum Object {
 }
 
 impl Object {
-    pub fn kind(&self) -> Kind {
+    pub(crate) fn kind(&self) -> Kind {
         match self {
             Object::Revision(_) => Kind::Revisions,
             Object::Tag(_) => Kind::Tags,
@@ -258,22 +258,22 @@ impl Object {
         }
     }
     /// A MeshRevision, without its managed fields.
-    pub fn revision(mut r: MeshRevision) -> Self {
+    pub(crate) fn revision(mut r: MeshRevision) -> Self {
         r.metadata.managed_fields = None;
         Object::Revision(Box::new(r))
     }
     /// A RevisionTag, without its managed fields.
-    pub fn tag(mut t: RevisionTag) -> Self {
+    pub(crate) fn tag(mut t: RevisionTag) -> Self {
         t.metadata.managed_fields = None;
         Object::Tag(Box::new(t))
     }
-    pub fn namespace(ns: &PartialObjectMeta<Namespace>) -> Self {
+    pub(crate) fn namespace(ns: &PartialObjectMeta<Namespace>) -> Self {
         Object::Namespace {
             name: ns.metadata.name.clone().unwrap_or_default(),
             labels: NamespaceLabels::from_map(ns.metadata.labels.as_ref()),
         }
     }
-    pub fn node(n: &Node) -> Self {
+    pub(crate) fn node(n: &Node) -> Self {
         Object::Node {
             name: n.metadata.name.clone().unwrap_or_default(),
             kubelet: n
@@ -283,7 +283,7 @@ impl Object {
                 .map(|i| i.kubelet_version.clone()),
         }
     }
-    pub fn pod(p: &PartialObjectMeta<Pod>) -> Self {
+    pub(crate) fn pod(p: &PartialObjectMeta<Pod>) -> Self {
         Object::Pod {
             namespace: p.metadata.namespace.clone().unwrap_or_default(),
             name: p.metadata.name.clone().unwrap_or_default(),
@@ -308,7 +308,7 @@ impl Object {
 
 /// The name of an object of a watched kind; what [`Index::delete`] takes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Key {
+pub(crate) enum Key {
     Revision(String),
     Tag(String),
     Namespace(String),
@@ -324,7 +324,7 @@ impl From<&Object> for Key {
 
 /// The reflected cluster. See the module docs.
 #[derive(Debug, Default)]
-pub struct Index {
+pub(crate) struct Index {
     revisions: BTreeMap<String, MeshRevision>,
     tags: BTreeMap<String, RevisionTag>,
     /// Every namespace, labelled or not (the guards list namespaces by name).
@@ -345,12 +345,13 @@ pub struct Index {
 }
 
 impl Index {
-    pub fn new() -> Self {
+    #[cfg(test)]
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Applies one watched object (created or changed).
-    pub fn apply(&mut self, obj: Object) -> Dirty {
+    pub(crate) fn apply(&mut self, obj: Object) -> Dirty {
         let d = match obj {
             Object::Revision(r) => {
                 let name = r.metadata.name.clone().unwrap_or_default();
@@ -399,7 +400,7 @@ impl Index {
     }
 
     /// Removes one watched object (deleted, or no longer matching the watch).
-    pub fn delete(&mut self, key: &Key) -> Dirty {
+    pub(crate) fn delete(&mut self, key: &Key) -> Dirty {
         let d = match key {
             Key::Revision(name) => match self.revisions.remove(name) {
                 Some(old) => revision_dirty(Some(&old), None),
@@ -443,7 +444,7 @@ impl Index {
 
     /// Replaces everything of `kind` with a complete relist, in one step, and marks `kind`
     /// as listed. Objects of another kind are ignored (a caller bug, logged).
-    pub fn reset(&mut self, kind: Kind, objects: Vec<Object>) -> Dirty {
+    pub(crate) fn reset(&mut self, kind: Kind, objects: Vec<Object>) -> Dirty {
         let d = match kind {
             Kind::Revisions => {
                 let old = std::mem::take(&mut self.revisions);
@@ -545,24 +546,24 @@ impl Index {
     }
 
     /// True once every kind has listed at least once.
-    pub fn synced(&self) -> bool {
+    pub(crate) fn synced(&self) -> bool {
         Kind::ALL.iter().all(|k| self.listed & k.bit() != 0)
     }
 
     /// What changed since the last call, and clears it.
-    pub fn take_dirty(&mut self) -> Dirty {
+    pub(crate) fn take_dirty(&mut self) -> Dirty {
         std::mem::take(&mut self.pending)
     }
 
     /// Istio's native-sidecar `auto`: every node's kubelet is 1.33 or newer (no nodes:
     /// supported).
-    pub fn native_sidecars(&self) -> bool {
+    pub(crate) fn native_sidecars(&self) -> bool {
         self.nodes_too_old == 0
     }
 
     /// The routing projection as an injection table (not yet published), and the objects
     /// left out of it.
-    pub fn table(&self, builder: &mut TableBuilder) -> (Table, Vec<Problem>) {
+    pub(crate) fn table(&self, builder: &mut TableBuilder) -> (Table, Vec<Problem>) {
         let namespaces: HashMap<String, NamespaceLabels> = self
             .namespaces
             .iter()
@@ -576,7 +577,7 @@ impl Index {
     }
 
     /// A [`MeshView`] of revisions and tags only (what the guards of a write read).
-    pub fn config_view(&self) -> MeshView {
+    pub(crate) fn config_view(&self) -> MeshView {
         MeshView {
             revisions: self
                 .revisions
@@ -595,7 +596,7 @@ impl Index {
     /// A [`MeshView`] of revisions, tags, every namespace and the live pods (no
     /// workloads; pods' phase empty, see the module docs). What `/validate` judges a
     /// deletion with.
-    pub fn view(&self) -> MeshView {
+    pub(crate) fn view(&self) -> MeshView {
         let mut view = self.config_view();
         view.namespaces = self.namespaces.clone();
         view.pods.reserve_exact(self.pod_count);
@@ -631,7 +632,7 @@ impl Index {
     }
 
     /// Live pods per revision they run.
-    pub fn pods_per_revision(&self) -> BTreeMap<String, u32> {
+    pub(crate) fn pods_per_revision(&self) -> BTreeMap<String, u32> {
         self.pods_per_revision
             .iter()
             .map(|(r, n)| (r.to_string(), *n))
@@ -639,7 +640,7 @@ impl Index {
     }
 
     /// Names of the namespaces with injection labels.
-    pub fn labelled_namespaces(&self) -> Vec<String> {
+    pub(crate) fn labelled_namespaces(&self) -> Vec<String> {
         self.namespaces
             .iter()
             .filter(|(_, l)| !l.is_empty())
@@ -648,7 +649,7 @@ impl Index {
     }
 
     /// The status last observed on each MeshRevision, with its uid.
-    pub fn revision_statuses(&self) -> BTreeMap<String, Observed<MeshRevisionStatus>> {
+    pub(crate) fn revision_statuses(&self) -> BTreeMap<String, Observed<MeshRevisionStatus>> {
         self.revisions
             .iter()
             .map(|(n, r)| (n.clone(), Observed::of(&r.metadata, r.status.clone())))
@@ -656,7 +657,7 @@ impl Index {
     }
 
     /// The status last observed on each RevisionTag, with its uid.
-    pub fn tag_statuses(&self) -> BTreeMap<String, Observed<RevisionTagStatus>> {
+    pub(crate) fn tag_statuses(&self) -> BTreeMap<String, Observed<RevisionTagStatus>> {
         self.tags
             .iter()
             .map(|(n, t)| (n.clone(), Observed::of(&t.metadata, t.status.clone())))
@@ -664,7 +665,7 @@ impl Index {
     }
 
     /// Objects indexed of `kind` (pods: live pods).
-    pub fn count(&self, kind: Kind) -> usize {
+    pub(crate) fn count(&self, kind: Kind) -> usize {
         match kind {
             Kind::Revisions => self.revisions.len(),
             Kind::Tags => self.tags.len(),
@@ -703,9 +704,9 @@ impl Index {
 
 /// A status as observed on an object, and which object (uid) carried it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Observed<S> {
-    pub uid: Option<String>,
-    pub status: Option<S>,
+pub(crate) struct Observed<S> {
+    pub(crate) uid: Option<String>,
+    pub(crate) status: Option<S>,
 }
 
 impl<S> Observed<S> {
@@ -719,7 +720,7 @@ impl<S> Observed<S> {
 
 /// Native sidecars are stable from kubelet 1.33; a version that does not parse counts as
 /// too old.
-pub fn node_supports_native_sidecars(version: Option<&str>) -> bool {
+pub(crate) fn node_supports_native_sidecars(version: Option<&str>) -> bool {
     const MIN_MINOR: u64 = 33;
     version
         .and_then(|v| {

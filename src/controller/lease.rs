@@ -30,23 +30,23 @@ use kube::api::{Api, PostParams};
 use tokio::sync::Mutex;
 
 /// The Lease's name.
-pub const LEASE_NAME: &str = "meshrev-status-writer";
+pub(crate) const LEASE_NAME: &str = "meshrev-status-writer";
 /// `leaseDurationSeconds`.
-pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+pub(crate) const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How often the holder renews and a follower checks.
-pub const RENEW_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(5);
 
 /// Who this replica is, and where the Lease lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
-    pub holder: String,
-    pub namespace: String,
+pub(crate) struct Identity {
+    pub(crate) holder: String,
+    pub(crate) namespace: String,
 }
 
 impl Identity {
     /// `POD_NAME`/`POD_NAMESPACE` (downward API), else the host name and `meshrev-system`;
     /// the process id is appended, so two processes on one host differ.
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         let holder = std::env::var("POD_NAME")
             .ok()
             .or_else(|| {
@@ -64,7 +64,7 @@ impl Identity {
 
 /// What to do with a Lease as read (`None`: there is none).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// No Lease: create one held by us.
     Create,
     /// Ours: renew it.
@@ -76,7 +76,7 @@ pub enum Step {
 }
 
 /// The election rule, without I/O.
-pub fn step(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Step {
+pub(crate) fn step(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Step {
     let Some(spec) = lease else {
         return Step::Create;
     };
@@ -128,7 +128,7 @@ struct State {
 
 /// A replica's handle on the status writer's Lease. Cheap to clone; see the module docs.
 #[derive(Clone)]
-pub struct LeaseHandle {
+pub(crate) struct LeaseHandle {
     api: Api<Lease>,
     me: Arc<str>,
     state: Arc<Mutex<State>>,
@@ -141,7 +141,7 @@ impl std::fmt::Debug for LeaseHandle {
 }
 
 impl LeaseHandle {
-    pub fn new(client: Client, me: &Identity) -> Self {
+    pub(crate) fn new(client: Client, me: &Identity) -> Self {
         LeaseHandle {
             api: Api::namespaced(client, &me.namespace),
             me: me.holder.as_str().into(),
@@ -150,13 +150,13 @@ impl LeaseHandle {
     }
 
     /// This replica's holder identity.
-    pub fn holder(&self) -> &str {
+    pub(crate) fn holder(&self) -> &str {
         &self.me
     }
 
     /// Takes or renews the Lease: true while this replica holds it. After
     /// [`LeaseHandle::release`], false without any call.
-    pub async fn hold(&self) -> kube::Result<bool> {
+    pub(crate) async fn hold(&self) -> kube::Result<bool> {
         let mut state = self.state.lock().await;
         if state.released {
             return Ok(false);
@@ -226,7 +226,7 @@ impl LeaseHandle {
     }
 
     /// Gives the Lease up if this replica holds it, and never takes it again.
-    pub async fn release(&self) {
+    pub(crate) async fn release(&self) {
         let mut state = self.state.lock().await;
         state.released = true;
         let Some(mut lease) = state.mine.take() else {
@@ -250,7 +250,7 @@ impl LeaseHandle {
     }
 
     /// True once [`LeaseHandle::release`] ran.
-    pub async fn is_released(&self) -> bool {
+    pub(crate) async fn is_released(&self) -> bool {
         self.state.lock().await.released
     }
 }

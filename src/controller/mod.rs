@@ -10,43 +10,43 @@
 #[cfg(test)]
 mod fake_api;
 mod index;
-pub mod lease;
+pub(crate) mod lease;
 mod run;
-pub mod status;
+pub(crate) mod status;
 
 use std::sync::{Arc, Mutex};
 
-pub use index::{Index, Observed};
-pub use lease::{Identity, LeaseHandle};
-pub use run::{ControllerError, run};
+pub(crate) use index::{Index, Observed};
+pub(crate) use lease::{Identity, LeaseHandle};
+pub(crate) use run::{ControllerError, run};
 
 use crate::upgrade::MeshView;
 
 /// A handle on the controller's [`Index`]; clones share it. Made by whoever wires the
 /// controller (before the server starts, so `/validate` can hold it), filled by [`run`].
 #[derive(Clone, Debug, Default)]
-pub struct ClusterView {
+pub(crate) struct ClusterView {
     index: Arc<Mutex<Index>>,
 }
 
 impl ClusterView {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// A snapshot for the upgrade guards, once every watch has listed; `None` before.
-    pub fn view(&self) -> Option<MeshView> {
+    pub(crate) fn view(&self) -> Option<MeshView> {
         self.with(|ix| ix.synced().then(|| ix.view()))
     }
 
     /// Revisions and tags only (what a guard of a write reads), once every watch has
     /// listed; `None` before.
-    pub fn config_view(&self) -> Option<MeshView> {
+    pub(crate) fn config_view(&self) -> Option<MeshView> {
         self.with(|ix| ix.synced().then(|| ix.config_view()))
     }
 
     /// Runs `f` on the index under its lock (never across an `.await`).
-    pub fn with<R>(&self, f: impl FnOnce(&mut Index) -> R) -> R {
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Index) -> R) -> R {
         // The index's methods do not panic; if one did, the poison is ignored rather than
         // taking `/validate` and the status writer down with it (the index may then be off
         // until the next relist of that kind).

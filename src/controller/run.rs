@@ -44,7 +44,7 @@ use crate::table::Table;
 
 /// Why the controller stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum ControllerError {
+pub(crate) enum ControllerError {
     /// Registering the watch metrics failed (a name already registered, an invalid
     /// label): a programming error caught at startup.
     #[error("registering the controller's metrics")]
@@ -128,7 +128,7 @@ impl prometheus::core::Collector for SinceCollector {
 /// Runs the watches, the table builder and the status writer until the watches end
 /// (never, normally). `cluster` is filled from the watches; `lease` elects the status
 /// writer (release it on shutdown).
-pub async fn run(
+pub(crate) async fn run(
     client: Client,
     store: Arc<TableStore>,
     telemetry: Telemetry,

@@ -29,19 +29,19 @@ use crate::router;
 use crate::table::{Problem, Table, TableStore};
 
 /// The field manager of status writes.
-pub const FIELD_MANAGER: &str = "meshrev";
+pub(crate) const FIELD_MANAGER: &str = "meshrev";
 /// How often the writer recomputes without a wake-up (from the index; a write only if the
 /// observed status differs, e.g. someone else edited it).
-pub const RESYNC: Duration = Duration::from_secs(300);
+pub(crate) const RESYNC: Duration = Duration::from_secs(300);
 /// The least time between two recomputations.
-pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a write of ours that the watch has not shown yet is taken as in flight (not
 /// written again); after that the observed status decides again, so someone else's edit
 /// made meanwhile is corrected.
-pub const IN_FLIGHT: Duration = Duration::from_secs(5);
+pub(crate) const IN_FLIGHT: Duration = Duration::from_secs(5);
 
 /// Desired status of every revision and tag, from a table and the live pods' revisions.
-pub fn compute(
+pub(crate) fn compute(
     table: &Table,
     namespaces: &[String],
     pod_revisions: &BTreeMap<String, u32>,
@@ -139,7 +139,7 @@ fn condition(type_: &str, status: bool, reason: &str, message: &str) -> Conditio
 
 /// Runs the status writer: takes part in the election, and while leading keeps status in
 /// step. Returns once the Lease is released (shutdown).
-pub async fn run(
+pub(crate) async fn run(
     client: Client,
     store: Arc<TableStore>,
     cluster: ClusterView,
@@ -218,10 +218,10 @@ pub async fn run(
 
 /// A status this replica wrote: to which object (uid), and when.
 #[derive(Clone, Debug)]
-pub struct Written<S> {
-    pub uid: Option<String>,
-    pub status: S,
-    pub at: Instant,
+pub(crate) struct Written<S> {
+    pub(crate) uid: Option<String>,
+    pub(crate) status: S,
+    pub(crate) at: Instant,
 }
 
 /// True when a write was skipped as in flight: look again after [`IN_FLIGHT`].
@@ -311,7 +311,7 @@ fn written<S: Clone>(uid: Option<String>, status: &S) -> Written<S> {
 /// The statuses to write: desired, on an object the index knows, and neither observed
 /// there already nor written by us to that very object less than [`IN_FLIGHT`] ago. The
 /// flag is true when a write was skipped as in flight.
-pub fn to_write<'a, S: PartialEq>(
+pub(crate) fn to_write<'a, S: PartialEq>(
     want: &'a BTreeMap<String, S>,
     seen: &BTreeMap<String, Observed<S>>,
     written: &BTreeMap<String, Written<S>>,

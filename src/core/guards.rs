@@ -23,17 +23,17 @@ use super::vocab::{
 };
 
 /// How many blockers a message lists before "and N more".
-pub const MAX_LISTED: usize = 20;
+pub(crate) const MAX_LISTED: usize = 20;
 
 /// One object that blocks a step.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Blocker {
+pub(crate) struct Blocker {
     /// `namespace`, `pod`, `RevisionTag`, `MeshRevision`.
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// `name`, or `namespace/name` for a pod.
-    pub name: String,
+    pub(crate) name: String,
     /// Why it blocks (`istio.io/rev=canary`, `runs 1-23-6, Running`).
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 impl fmt::Display for Blocker {
@@ -44,18 +44,18 @@ impl fmt::Display for Blocker {
 
 /// A refused step: what, why, which objects block it, and how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// `cannot delete RevisionTag "canary"`.
-    pub action: String,
+    pub(crate) action: String,
     /// `2 namespaces still select it`.
-    pub reason: String,
-    pub blockers: Vec<Blocker>,
+    pub(crate) reason: String,
+    pub(crate) blockers: Vec<Blocker>,
     /// What to do about it.
-    pub fix: String,
+    pub(crate) fix: String,
 }
 
 impl Refusal {
-    pub fn new(
+    pub(crate) fn new(
         action: impl Into<String>,
         reason: impl Into<String>,
         fix: impl Into<String>,
@@ -74,7 +74,7 @@ impl Refusal {
 
     /// One line, for an AdmissionReview's `status.message` (kubectl prints it after
     /// `admission webhook "…" denied the request: `).
-    pub fn one_line(&self) -> String {
+    pub(crate) fn one_line(&self) -> String {
         let mut s = format!("{}: {}", self.action, self.reason);
         if !self.blockers.is_empty() {
             s.push_str("; blocked by: ");
@@ -120,7 +120,7 @@ impl std::error::Error for Refusal {}
 
 /// The version skip policy: the canary must be newer than stable, of the same major
 /// version, and at most one minor version ahead (1.22.x → 1.23.y, not → 1.24.z).
-pub fn skip_policy(stable: &Version, canary: &Version) -> Result<(), Error> {
+pub(crate) fn skip_policy(stable: &Version, canary: &Version) -> Result<(), Error> {
     let pair = || (stable.clone(), canary.clone());
     if canary <= stable {
         let (stable, canary) = pair();
@@ -183,7 +183,7 @@ fn canary_against_stable(
 }
 
 /// Creating or moving tag `tag` to `revision` (webhook CREATE/UPDATE of a RevisionTag).
-pub fn tag_write(view: &MeshView, tag: &str, revision: &str) -> Result<(), Refusal> {
+pub(crate) fn tag_write(view: &MeshView, tag: &str, revision: &str) -> Result<(), Refusal> {
     let action = format!("RevisionTag {tag:?} → {revision:?} refused");
     validate::name(tag).map_err(|e| Refusal::new(&action, e.to_string(), "rename the tag"))?;
     if view.revisions.contains_key(tag) {
@@ -277,7 +277,7 @@ fn pods_running(view: &MeshView, revision: &str) -> Vec<Blocker> {
 }
 
 /// Deleting tag `tag` (webhook DELETE of a RevisionTag; `revoke`; `promote`'s last step).
-pub fn tag_delete(view: &MeshView, tag: &str) -> Result<(), Refusal> {
+pub(crate) fn tag_delete(view: &MeshView, tag: &str) -> Result<(), Refusal> {
     let mut blockers = namespaces_naming(view, tag);
     blockers.extend(pods_selecting(view, tag));
     if blockers.is_empty() {
@@ -302,7 +302,7 @@ pub fn tag_delete(view: &MeshView, tag: &str) -> Result<(), Refusal> {
 }
 
 /// Creating a revision or changing its version (webhook CREATE/UPDATE of a MeshRevision).
-pub fn revision_write(view: &MeshView, name: &str, version: &str) -> Result<(), Refusal> {
+pub(crate) fn revision_write(view: &MeshView, name: &str, version: &str) -> Result<(), Refusal> {
     let action = format!("MeshRevision {name:?} (version {version}) refused");
     validate::name(name)
         .map_err(|e| Refusal::new(&action, e.to_string(), "rename the revision"))?;
@@ -335,12 +335,16 @@ pub fn revision_write(view: &MeshView, name: &str, version: &str) -> Result<(), 
 }
 
 /// What deleting a revision would leave behind, when allowed: warnings.
-pub type Warnings = Vec<String>;
+pub(crate) type Warnings = Vec<String>;
 
 /// Deleting revision `name` (webhook DELETE; `unpublish`; `revoke`'s last step).
 /// `force` (annotation `meshrev.io/force-delete: "true"`, `unpublish --force`) lets pods
 /// that still run its sidecar not block; namespaces and tags always block.
-pub fn revision_delete(view: &MeshView, name: &str, force: bool) -> Result<Warnings, Refusal> {
+pub(crate) fn revision_delete(
+    view: &MeshView,
+    name: &str,
+    force: bool,
+) -> Result<Warnings, Refusal> {
     let mut blockers: Vec<Blocker> = view
         .tags_of(name)
         .into_iter()
@@ -401,13 +405,17 @@ pub fn revision_delete(view: &MeshView, name: &str, force: bool) -> Result<Warni
 
 /// What `canary` does.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CanaryPlan {
-    pub create_revision: bool,
-    pub create_tag: bool,
+pub(crate) struct CanaryPlan {
+    pub(crate) create_revision: bool,
+    pub(crate) create_tag: bool,
 }
 
 /// `meshrev upgrade canary --revision R --version V`.
-pub fn canary(view: &MeshView, revision: &str, version: &str) -> Result<CanaryPlan, Refusal> {
+pub(crate) fn canary(
+    view: &MeshView,
+    revision: &str,
+    version: &str,
+) -> Result<CanaryPlan, Refusal> {
     let action = format!("cannot deploy canary revision {revision} ({version})");
     validate::name(revision)
         .map_err(|e| Refusal::new(&action, e.to_string(), "use Istio's style: 1-23-6"))?;
@@ -467,7 +475,11 @@ pub fn canary(view: &MeshView, revision: &str, version: &str) -> Result<CanaryPl
 }
 
 /// `meshrev upgrade switch NS --to TAG` (and `rollback NS`, which is `--to stable`).
-pub fn switch(view: &MeshView, namespace: &str, to: &str) -> Result<NamespaceLabels, Refusal> {
+pub(crate) fn switch(
+    view: &MeshView,
+    namespace: &str,
+    to: &str,
+) -> Result<NamespaceLabels, Refusal> {
     let action = format!("cannot switch namespace {namespace} to {to}");
     let Some(labels) = view.namespaces.get(namespace) else {
         return Err(Refusal::new(
@@ -507,7 +519,7 @@ pub fn switch(view: &MeshView, namespace: &str, to: &str) -> Result<NamespaceLab
 }
 
 /// `meshrev upgrade rollback NS`: allowed while a canary exists and is not promoted.
-pub fn rollback(view: &MeshView, namespace: &str) -> Result<NamespaceLabels, Refusal> {
+pub(crate) fn rollback(view: &MeshView, namespace: &str) -> Result<NamespaceLabels, Refusal> {
     let action = format!("cannot roll back namespace {namespace}");
     match (view.canary(), view.stable()) {
         (None, _) => {
@@ -531,28 +543,28 @@ pub fn rollback(view: &MeshView, namespace: &str) -> Result<NamespaceLabels, Ref
 
 /// What `promote` still has to do (each step is skipped when already done).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PromotePlan {
+pub(crate) struct PromotePlan {
     /// The revision being promoted.
-    pub revision: String,
+    pub(crate) revision: String,
     /// What stable pointed at before (recorded in `meshrev.io/promoted-from`).
-    pub previous: String,
+    pub(crate) previous: String,
     /// Step 1 is still to do: tag stable → `revision`.
-    pub move_stable: bool,
+    pub(crate) move_stable: bool,
     /// Step 2: namespaces with `istio.io/rev: canary` to relabel `stable`.
-    pub relabel: Vec<String>,
+    pub(crate) relabel: Vec<String>,
     /// Step 3: delete tag canary.
-    pub delete_canary: bool,
+    pub(crate) delete_canary: bool,
 }
 
 impl PromotePlan {
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         !self.move_stable && self.relabel.is_empty() && !self.delete_canary
     }
 }
 
 /// `meshrev upgrade promote`. Resumable: the plan starts where an interrupted promotion
 /// stopped (stable already moved, some namespaces relabelled, the tag still there).
-pub fn promote(view: &MeshView) -> Result<PromotePlan, Refusal> {
+pub(crate) fn promote(view: &MeshView) -> Result<PromotePlan, Refusal> {
     let action = "cannot promote";
     let Some(stable_tag) = view.tags.get(TAG_STABLE) else {
         return Err(Refusal::new(
@@ -623,16 +635,16 @@ pub fn promote(view: &MeshView) -> Result<PromotePlan, Refusal> {
 
 /// What `revoke` deletes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RevokePlan {
+pub(crate) struct RevokePlan {
     /// Delete tag canary (false when an interrupted revoke already did).
-    pub delete_tag: bool,
+    pub(crate) delete_tag: bool,
     /// The canary revision to delete.
-    pub revision: String,
+    pub(crate) revision: String,
 }
 
 /// `meshrev upgrade revoke`: refused after promotion and while namespaces or pods use the
 /// canary (its tag or its revision name).
-pub fn revoke(view: &MeshView) -> Result<Option<RevokePlan>, Refusal> {
+pub(crate) fn revoke(view: &MeshView) -> Result<Option<RevokePlan>, Refusal> {
     let action = "cannot revoke the canary";
     let stable = view.stable();
     let Some(tag) = view.tags.get(TAG_CANARY) else {
@@ -729,15 +741,15 @@ fn leftover_canary(view: &MeshView) -> Option<String> {
 
 /// What `unpublish` deletes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnpublishPlan {
-    pub revisions: Vec<String>,
+pub(crate) struct UnpublishPlan {
+    pub(crate) revisions: Vec<String>,
     /// With `--force`: pods that still run them.
-    pub warnings: Warnings,
+    pub(crate) warnings: Warnings,
 }
 
 /// `meshrev upgrade unpublish [--revision R] [--force]`: the old revisions (no tag points
 /// at them, older than stable), refused while pods run them unless `force`.
-pub fn unpublish(
+pub(crate) fn unpublish(
     view: &MeshView,
     revision: Option<&str>,
     force: bool,

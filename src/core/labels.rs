@@ -14,7 +14,7 @@ use super::vocab::{
 ///
 /// Plain data, built by whoever reads namespaces (the table builder, the controller, the
 /// upgrade view) and never mutated once it is in a [`crate::table::Table`] or a
-/// [`super::view::MeshView`].
+/// `MeshView` (the upgrade view).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NamespaceLabels {
     /// `istio-injection`.
@@ -25,37 +25,38 @@ pub struct NamespaceLabels {
 
 impl NamespaceLabels {
     /// From any label lookup.
-    pub fn from_labels<'a>(mut get: impl FnMut(&str) -> Option<&'a str>) -> NamespaceLabels {
+    pub(crate) fn from_labels<'a>(mut get: impl FnMut(&str) -> Option<&'a str>) -> NamespaceLabels {
         NamespaceLabels {
             injection: get(LABEL_INJECTION).map(Into::into),
             rev: get(LABEL_REV).map(Into::into),
         }
     }
     /// From a label map (`metadata.labels`, absent or not).
-    pub fn from_map(labels: Option<&BTreeMap<String, String>>) -> Self {
+    pub(crate) fn from_map(labels: Option<&BTreeMap<String, String>>) -> Self {
         NamespaceLabels::from_labels(|k| labels.and_then(|l| l.get(k)).map(String::as_str))
     }
+    #[cfg(test)]
     /// `istio-injection: enabled`.
-    pub fn injection_enabled() -> Self {
+    pub(crate) fn injection_enabled() -> Self {
         NamespaceLabels {
             injection: Some(INJECTION_ENABLED.into()),
             rev: None,
         }
     }
     /// `istio.io/rev: NAME`.
-    pub fn rev(name: &str) -> Self {
+    pub(crate) fn rev(name: &str) -> Self {
         NamespaceLabels {
             injection: None,
             rev: Some(name.into()),
         }
     }
     /// Neither label.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.injection.is_none() && self.rev.is_none()
     }
     /// What the labels select, before tags are resolved (routing rules 3 and 4). Borrows: the
     /// webhook calls it per request.
-    pub fn select(&self) -> NamespaceSelect<'_> {
+    pub(crate) fn select(&self) -> NamespaceSelect<'_> {
         match (self.injection.as_deref(), self.rev.as_deref()) {
             (Some(INJECTION_ENABLED), ignored_rev) => NamespaceSelect::Name {
                 name: TAG_STABLE,
@@ -70,7 +71,7 @@ impl NamespaceLabels {
         }
     }
     /// `istio-injection=enabled,istio.io/rev=canary`, or `-`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut parts = Vec::new();
         if let Some(v) = &self.injection {
             parts.push(format!("{LABEL_INJECTION}={v}"));
@@ -86,7 +87,7 @@ impl NamespaceLabels {
     }
     /// True when this namespace names `name` (a tag or revision) in `istio.io/rev`, or, for
     /// `stable`, has `istio-injection=enabled`.
-    pub fn names(&self, name: &str) -> bool {
+    pub(crate) fn names(&self, name: &str) -> bool {
         self.rev.as_deref() == Some(name)
             || (name == TAG_STABLE && self.injection.as_deref() == Some(INJECTION_ENABLED))
     }
@@ -94,7 +95,7 @@ impl NamespaceLabels {
 
 /// What a namespace's labels select.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NamespaceSelect<'a> {
+pub(crate) enum NamespaceSelect<'a> {
     /// No injection label: each pod's labels decide.
     Unlabelled,
     /// `istio-injection` set to something other than `enabled`.
@@ -111,7 +112,7 @@ pub enum NamespaceSelect<'a> {
 ///
 /// Implemented by the webhook's borrowed wire view ([`crate::router`]) and by the upgrade
 /// view's [`super::view::PodSelector`]; lookups borrow, so routing never allocates.
-pub trait PodLabels {
+pub(crate) trait PodLabels {
     /// A label's value.
     fn label(&self, key: &str) -> Option<&str>;
     /// An annotation's value.
@@ -122,7 +123,7 @@ pub trait PodLabels {
 
 /// A pod with no labels or annotations of its own: what a namespace's labels alone give.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct NoLabels;
+pub(crate) struct NoLabels;
 
 impl PodLabels for NoLabels {
     fn label(&self, _: &str) -> Option<&str> {
@@ -145,7 +146,9 @@ impl PodLabels for NoLabels {
 /// only Istio's status, which is what `istioctl` itself reads for injected pods) falls back
 /// to the status's `revision`. Empty values count as absent. The webhook, the controller's
 /// pod counts and the upgrade view all read a pod's revision through this function.
-pub fn pod_revision<'a>(annotation: impl Fn(&str) -> Option<&'a str>) -> Option<Cow<'a, str>> {
+pub(crate) fn pod_revision<'a>(
+    annotation: impl Fn(&str) -> Option<&'a str>,
+) -> Option<Cow<'a, str>> {
     if let Some(r) = annotation(ANNOTATION_REV).filter(|r| !r.is_empty()) {
         return Some(Cow::Borrowed(r));
     }

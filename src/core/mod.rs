@@ -15,21 +15,23 @@
 //!
 //! Nothing here holds state across calls: every value is built by its caller and owned by it.
 
-pub mod guards;
-pub mod labels;
-pub mod route;
-pub mod validate;
-pub mod view;
-pub mod vocab;
+pub(crate) mod guards;
+pub(crate) mod labels;
+pub(crate) mod route;
+pub(crate) mod validate;
+pub(crate) mod view;
+pub(crate) mod vocab;
 
-pub use labels::{NamespaceLabels, NamespaceSelect, NoLabels, PodLabels, pod_revision};
-pub use route::{Decision, Namespaces, Revisions, SkipReason, Via, route};
-pub use vocab::*;
+pub use labels::NamespaceLabels;
+pub(crate) use labels::{NamespaceSelect, NoLabels, PodLabels, pod_revision};
+pub(crate) use route::{Decision, Namespaces, Revisions, route};
+pub use route::{SkipReason, Via};
+pub(crate) use vocab::*;
 
 /// What the core refuses. Messages name the offending value; callers add where it came from
 /// (`spec.version`, `--proxy-image`, …).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("name {0:?} must be a DNS label: lowercase letters, digits and '-', at most 63")]
     Name(String),
     #[error("version {version:?} is not a semantic version like 1.23.6: {reason}")]

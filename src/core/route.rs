@@ -24,7 +24,7 @@ use super::labels::{NamespaceLabels, NamespaceSelect, PodLabels};
 use super::vocab::{LABEL_INJECT, LABEL_INJECTION, LABEL_REV, TAG_STABLE, is_system_namespace};
 
 /// Revisions and tags, as routing resolves names against them.
-pub trait Revisions {
+pub(crate) trait Revisions {
     /// What a resolved name gives: the table's rendered revision, or a revision name.
     type Revision: ?Sized;
     /// The tag's own name (borrowed from `self`) and the revision it points at, when the
@@ -35,7 +35,7 @@ pub trait Revisions {
 }
 
 /// The injection labels of namespaces.
-pub trait Namespaces {
+pub(crate) trait Namespaces {
     /// `None` for a namespace without injection labels (or unknown).
     fn namespace_labels(&self, namespace: &str) -> Option<&NamespaceLabels>;
 }
@@ -57,7 +57,7 @@ pub enum SkipReason {
 
 impl SkipReason {
     /// Every reason, in metric order.
-    pub const ALL: [SkipReason; 7] = [
+    pub(crate) const ALL: [SkipReason; 7] = [
         SkipReason::HostNetwork,
         SkipReason::SystemNamespace,
         SkipReason::PodOptOut,
@@ -80,7 +80,7 @@ impl SkipReason {
     }
 }
 
-/// For people (`meshrev upgrade status`); see [`Decision::skip_text`] for the unknown name.
+/// For people (`meshrev upgrade status`); see `Decision::skip_text` for the unknown name.
 impl fmt::Display for SkipReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -107,14 +107,14 @@ pub enum Via<T> {
 
 impl<T: AsRef<str>> Via<T> {
     /// The metric label value: the tag, or `none` for a pinned revision.
-    pub fn tag(&self) -> &str {
+    pub(crate) fn tag(&self) -> &str {
         match self {
             Via::Tag(t) => t.as_ref(),
             Via::Pinned => "none",
         }
     }
     /// The tag, `None` for a pinned revision.
-    pub fn tag_name(&self) -> Option<&str> {
+    pub(crate) fn tag_name(&self) -> Option<&str> {
         match self {
             Via::Tag(t) => Some(t.as_ref()),
             Via::Pinned => None,
@@ -134,7 +134,7 @@ pub enum Level {
 /// `String` from the upgrade view), `T` the tag name as in [`Via`]. [`route`] returns
 /// borrows; [`Decision::into_owned`] detaches one from the mesh.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision<R, T> {
+pub(crate) enum Decision<R, T> {
     Inject {
         revision: R,
         via: Via<T>,
@@ -153,15 +153,16 @@ pub enum Decision<R, T> {
 
 impl<R, T> Decision<R, T> {
     /// A skip without a warning.
-    pub fn skip(reason: SkipReason) -> Self {
+    pub(crate) fn skip(reason: SkipReason) -> Self {
         Decision::Skip {
             reason,
             unknown: None,
             warning: None,
         }
     }
+    #[cfg(test)]
     /// The skip reason, `None` when injected.
-    pub fn skip_reason(&self) -> Option<SkipReason> {
+    pub(crate) fn skip_reason(&self) -> Option<SkipReason> {
         match self {
             Decision::Inject { .. } => None,
             Decision::Skip { reason, .. } => Some(*reason),
@@ -169,7 +170,7 @@ impl<R, T> Decision<R, T> {
     }
     /// Injected, or skipped because the labels name a missing revision: either way the
     /// object belongs to the mesh.
-    pub fn selects_something(&self) -> bool {
+    pub(crate) fn selects_something(&self) -> bool {
         matches!(
             self,
             Decision::Inject { .. }
@@ -180,7 +181,7 @@ impl<R, T> Decision<R, T> {
         )
     }
     /// Why there is no sidecar, for people: [`SkipReason`]'s text, with the unknown name.
-    pub fn skip_text(&self) -> Option<String> {
+    pub(crate) fn skip_text(&self) -> Option<String> {
         match self {
             Decision::Inject { .. } => None,
             Decision::Skip {
@@ -195,7 +196,7 @@ impl<R, T> Decision<R, T> {
 
 impl<R: ToString + ?Sized, T: AsRef<str>> Decision<&R, T> {
     /// The same decision, owning its names (for reports kept after the mesh is gone).
-    pub fn into_owned(self) -> Decision<String, String> {
+    pub(crate) fn into_owned(self) -> Decision<String, String> {
         match self {
             Decision::Inject {
                 revision,
@@ -226,7 +227,7 @@ impl<R: ToString + ?Sized, T: AsRef<str>> Decision<&R, T> {
 
 impl<T> Decision<String, T> {
     /// The revision new pods get, `None` when skipped.
-    pub fn revision(&self) -> Option<&str> {
+    pub(crate) fn revision(&self) -> Option<&str> {
         match self {
             Decision::Inject { revision, .. } => Some(revision),
             Decision::Skip { .. } => None,
@@ -234,9 +235,10 @@ impl<T> Decision<String, T> {
     }
 }
 
+#[cfg(test)]
 impl<'r, T> Decision<&'r str, T> {
     /// The revision new pods get, `None` when skipped.
-    pub fn revision(&self) -> Option<&'r str> {
+    pub(crate) fn revision(&self) -> Option<&'r str> {
         match self {
             Decision::Inject { revision, .. } => Some(revision),
             Decision::Skip { .. } => None,
@@ -245,7 +247,11 @@ impl<'r, T> Decision<&'r str, T> {
 }
 
 /// Routes one pod (or pod template) created in `namespace`.
-pub fn route<'m, M, P>(mesh: &'m M, namespace: &str, pod: &P) -> Decision<&'m M::Revision, &'m str>
+pub(crate) fn route<'m, M, P>(
+    mesh: &'m M,
+    namespace: &str,
+    pod: &P,
+) -> Decision<&'m M::Revision, &'m str>
 where
     M: Revisions + Namespaces + ?Sized,
     P: PodLabels + ?Sized,
@@ -300,7 +306,7 @@ where
 /// without injection labels): label `istio.io/rev`, else tag `stable` for label
 /// `sidecar.istio.io/inject: "true"` (the annotation does not opt in: Istio's
 /// `objectSelector` reads labels).
-pub fn pod_selection<P: PodLabels + ?Sized>(pod: &P) -> Option<&str> {
+pub(crate) fn pod_selection<P: PodLabels + ?Sized>(pod: &P) -> Option<&str> {
     pod.label(LABEL_REV)
         .or_else(|| (pod.label(LABEL_INJECT) == Some("true")).then_some(TAG_STABLE))
 }

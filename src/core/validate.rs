@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::Error;
 
 /// Revision and tag names are label values (they appear in `istio.io/rev`) and DNS labels.
-pub fn name(name: &str) -> Result<(), Error> {
+pub(crate) fn name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -23,7 +23,7 @@ pub fn name(name: &str) -> Result<(), Error> {
 }
 
 /// A revision's version: `1.23.6`, a leading `v` allowed.
-pub fn version(v: &str) -> Result<semver::Version, Error> {
+pub(crate) fn version(v: &str) -> Result<semver::Version, Error> {
     semver::Version::parse(v.trim_start_matches('v')).map_err(|e| Error::Version {
         version: v.to_string(),
         reason: e.to_string(),
@@ -32,7 +32,7 @@ pub fn version(v: &str) -> Result<semver::Version, Error> {
 
 /// A container image reference, as far as meshrev checks one: not empty, no whitespace.
 /// (The registry decides the rest when the kubelet pulls it.)
-pub fn image(image: &str) -> Result<(), Error> {
+pub(crate) fn image(image: &str) -> Result<(), Error> {
     if image.is_empty() || image.chars().any(char::is_whitespace) {
         Err(Error::Image(image.to_string()))
     } else {
@@ -41,7 +41,7 @@ pub fn image(image: &str) -> Result<(), Error> {
 }
 
 /// A Kubernetes resource quantity (`100m`, `1.5`, `128Mi`, `1e3`; a sign allowed).
-pub fn quantity(q: &str) -> Result<(), Error> {
+pub(crate) fn quantity(q: &str) -> Result<(), Error> {
     if is_quantity(q) {
         Ok(())
     } else {
@@ -50,7 +50,7 @@ pub fn quantity(q: &str) -> Result<(), Error> {
 }
 
 /// A quantity that is not negative (what a container's resources may be).
-pub fn non_negative_quantity(q: &str) -> Result<(), Error> {
+pub(crate) fn non_negative_quantity(q: &str) -> Result<(), Error> {
     if is_quantity(q) && !q.starts_with('-') {
         Ok(())
     } else {
@@ -59,7 +59,7 @@ pub fn non_negative_quantity(q: &str) -> Result<(), Error> {
 }
 
 /// Whether `q` is a Kubernetes resource quantity (`100m`, `1.5`, `128Mi`, `1e3`).
-pub fn is_quantity(q: &str) -> bool {
+pub(crate) fn is_quantity(q: &str) -> bool {
     let q = q.strip_prefix(['+', '-']).unwrap_or(q);
     let digits_end = q
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -114,7 +114,7 @@ pub fn quantity_value(q: &str) -> Option<f64> {
 /// with units `ms`, `s`, `m`, `h` (`500ms`, `5s`, `10m`, `1h30m`, `1.5s`), as Go's
 /// `time.ParseDuration` spells them. Spaces around the whole and between a number and its
 /// unit are allowed. One grammar for every flag and field that takes a duration.
-pub fn duration(s: &str) -> Result<Duration, Error> {
+pub(crate) fn duration(s: &str) -> Result<Duration, Error> {
     let err = || Error::Duration(s.to_string());
     let t = s.trim();
     if t.is_empty() {

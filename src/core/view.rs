@@ -22,57 +22,58 @@ use super::vocab::{LABEL_INJECT, LABEL_REV, TAG_CANARY, TAG_STABLE};
 /// Which parts are filled depends on who built it: the webhook lists only what the
 /// change at hand needs (see [`crate::upgrade::cluster::Needs`]).
 #[derive(Clone, Debug, Default)]
-pub struct MeshView {
+pub(crate) struct MeshView {
     /// `MeshRevision`s by name.
-    pub revisions: BTreeMap<String, RevisionInfo>,
+    pub(crate) revisions: BTreeMap<String, RevisionInfo>,
     /// `RevisionTag`s by name.
-    pub tags: BTreeMap<String, TagInfo>,
+    pub(crate) tags: BTreeMap<String, TagInfo>,
     /// Every namespace (also those without injection labels) by name.
-    pub namespaces: BTreeMap<String, NamespaceLabels>,
+    pub(crate) namespaces: BTreeMap<String, NamespaceLabels>,
     /// Pods that count: every pod that is not `Succeeded` or `Failed`.
-    pub pods: Vec<PodInfo>,
+    pub(crate) pods: Vec<PodInfo>,
     /// Deployments, StatefulSets and DaemonSets.
-    pub workloads: Vec<WorkloadInfo>,
+    pub(crate) workloads: Vec<WorkloadInfo>,
 }
 
 /// One `MeshRevision`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RevisionInfo {
+pub(crate) struct RevisionInfo {
     /// `spec.version` as written.
-    pub version: String,
+    pub(crate) version: String,
     /// Annotation `meshrev.io/force-delete: "true"`.
-    pub force_delete: bool,
+    pub(crate) force_delete: bool,
 }
 
 impl RevisionInfo {
-    pub fn new(version: &str) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(version: &str) -> Self {
         RevisionInfo {
             version: version.to_string(),
             force_delete: false,
         }
     }
     /// The version, parsed.
-    pub fn semver(&self) -> Result<semver::Version, Error> {
+    pub(crate) fn semver(&self) -> Result<semver::Version, Error> {
         parse_version(&self.version)
     }
 }
 
 /// Parses a revision's version (`1.23.6`, a leading `v` allowed).
-pub fn parse_version(v: &str) -> Result<semver::Version, Error> {
+pub(crate) fn parse_version(v: &str) -> Result<semver::Version, Error> {
     validate::version(v)
 }
 
 /// One `RevisionTag`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TagInfo {
+pub(crate) struct TagInfo {
     /// `spec.revision`.
-    pub revision: String,
+    pub(crate) revision: String,
     /// Annotation `meshrev.io/promoted-from` (on `stable` after a promotion).
-    pub promoted_from: Option<String>,
+    pub(crate) promoted_from: Option<String>,
 }
 
 impl TagInfo {
-    pub fn new(revision: &str) -> Self {
+    pub(crate) fn new(revision: &str) -> Self {
         TagInfo {
             revision: revision.to_string(),
             promoted_from: None,
@@ -82,14 +83,14 @@ impl TagInfo {
 
 /// The injection-relevant labels and annotations of a pod or pod template.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PodSelector {
+pub(crate) struct PodSelector {
     /// Label `istio.io/rev`.
-    pub rev_label: Option<String>,
+    pub(crate) rev_label: Option<String>,
     /// Label `sidecar.istio.io/inject`.
-    pub inject_label: Option<String>,
+    pub(crate) inject_label: Option<String>,
     /// Annotation `sidecar.istio.io/inject`.
-    pub inject_annotation: Option<String>,
-    pub host_network: bool,
+    pub(crate) inject_annotation: Option<String>,
+    pub(crate) host_network: bool,
 }
 
 impl PodLabels for PodSelector {
@@ -113,14 +114,14 @@ impl PodLabels for PodSelector {
 
 /// The kinds of workload `meshrev upgrade` restarts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub enum WorkloadKind {
+pub(crate) enum WorkloadKind {
     Deployment,
     StatefulSet,
     DaemonSet,
 }
 
 impl WorkloadKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             WorkloadKind::Deployment => "Deployment",
             WorkloadKind::StatefulSet => "StatefulSet",
@@ -128,7 +129,7 @@ impl WorkloadKind {
         }
     }
     /// kubectl's spellings: `deployment`, `deploy`, `deployments`, `sts`, `ds`, any case.
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "deployment" | "deployments" | "deploy" => Some(WorkloadKind::Deployment),
             "statefulset" | "statefulsets" | "sts" => Some(WorkloadKind::StatefulSet),
@@ -146,10 +147,10 @@ impl fmt::Display for WorkloadKind {
 
 /// A workload: namespace, kind and name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct WorkloadId {
-    pub namespace: String,
-    pub kind: WorkloadKind,
-    pub name: String,
+pub(crate) struct WorkloadId {
+    pub(crate) namespace: String,
+    pub(crate) kind: WorkloadKind,
+    pub(crate) name: String,
 }
 
 impl fmt::Display for WorkloadId {
@@ -166,31 +167,31 @@ impl fmt::Display for WorkloadId {
 
 /// One pod that counts (not `Succeeded`/`Failed`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PodInfo {
-    pub namespace: String,
-    pub name: String,
+pub(crate) struct PodInfo {
+    pub(crate) namespace: String,
+    pub(crate) name: String,
     /// The revision whose sidecar it runs (annotation `istio.io/rev`, else the `revision`
     /// of `sidecar.istio.io/status`); `None` without a sidecar.
-    pub revision: Option<String>,
+    pub(crate) revision: Option<String>,
     /// `status.phase` (`Pending`, `Running`, …; empty when unknown).
-    pub phase: String,
+    pub(crate) phase: String,
     /// Condition `Ready` is `True`.
-    pub ready: bool,
+    pub(crate) ready: bool,
     /// Being deleted.
-    pub terminating: bool,
-    pub selector: PodSelector,
+    pub(crate) terminating: bool,
+    pub(crate) selector: PodSelector,
     /// The controlling workload (a ReplicaSet's Deployment already resolved), as
     /// (kind, name); `None` for a bare pod.
-    pub owner: Option<(String, String)>,
+    pub(crate) owner: Option<(String, String)>,
 }
 
 impl PodInfo {
     /// `namespace/name`.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
     /// The workload that owns it, when it is one meshrev restarts.
-    pub fn workload(&self) -> Option<WorkloadId> {
+    pub(crate) fn workload(&self) -> Option<WorkloadId> {
         let (kind, name) = self.owner.as_ref()?;
         Some(WorkloadId {
             namespace: self.namespace.clone(),
@@ -199,7 +200,7 @@ impl PodInfo {
         })
     }
     /// Phase for display: `Terminating` wins.
-    pub fn display_phase(&self) -> &str {
+    pub(crate) fn display_phase(&self) -> &str {
         if self.terminating {
             "Terminating"
         } else if self.phase.is_empty() {
@@ -212,22 +213,22 @@ impl PodInfo {
 
 /// A Deployment, StatefulSet or DaemonSet.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WorkloadInfo {
-    pub id: WorkloadId,
+pub(crate) struct WorkloadInfo {
+    pub(crate) id: WorkloadId,
     /// Of the pod template.
-    pub selector: PodSelector,
+    pub(crate) selector: PodSelector,
     /// Desired pods (`spec.replicas`; for a DaemonSet `status.desiredNumberScheduled`).
-    pub replicas: i32,
+    pub(crate) replicas: i32,
     /// `spec.paused` of a Deployment.
-    pub paused: bool,
+    pub(crate) paused: bool,
     /// A StatefulSet with `updateStrategy: OnDelete` (a restart does not replace pods).
-    pub on_delete: bool,
+    pub(crate) on_delete: bool,
     /// Its pods ask for Istio's `gateway` template (`inject.istio.io/templates`).
-    pub gateway: bool,
+    pub(crate) gateway: bool,
 }
 
 /// The router's decision, owning its names: what [`WorkloadState`] keeps.
-pub type Route = Decision<String, String>;
+pub(crate) type Route = Decision<String, String>;
 
 impl Revisions for MeshView {
     type Revision = str;
@@ -251,34 +252,34 @@ impl Namespaces for MeshView {
 
 impl MeshView {
     /// Labels of a namespace (empty when unknown).
-    pub fn namespace(&self, name: &str) -> NamespaceLabels {
+    pub(crate) fn namespace(&self, name: &str) -> NamespaceLabels {
         self.namespaces.get(name).cloned().unwrap_or_default()
     }
 
     /// The revision a tag resolves to, when the tag exists and its revision does.
-    pub fn tag_revision(&self, tag: &str) -> Option<&str> {
+    pub(crate) fn tag_revision(&self, tag: &str) -> Option<&str> {
         Revisions::tag(self, tag).map(|(_, revision)| revision)
     }
-    pub fn stable(&self) -> Option<&str> {
+    pub(crate) fn stable(&self) -> Option<&str> {
         self.tag_revision(TAG_STABLE)
     }
-    pub fn canary(&self) -> Option<&str> {
+    pub(crate) fn canary(&self) -> Option<&str> {
         self.tag_revision(TAG_CANARY)
     }
 
     /// The router's decision for a pod (or pod template) in `namespace`.
-    pub fn route(&self, namespace: &str, pod: &PodSelector) -> Route {
+    pub(crate) fn route(&self, namespace: &str, pod: &PodSelector) -> Route {
         route::route(self, namespace, pod).into_owned()
     }
 
     /// The namespace-level decision (what a pod without labels of its own gets).
-    pub fn namespace_route(&self, namespace: &str) -> Route {
+    pub(crate) fn namespace_route(&self, namespace: &str) -> Route {
         route::route(self, namespace, &NoLabels).into_owned()
     }
 
     /// True when a pod's own labels (not its namespace's) select `name` (a tag or revision),
     /// the way the router reads them: only in a namespace without injection labels.
-    pub fn pod_selects(&self, pod: &PodInfo, name: &str) -> bool {
+    pub(crate) fn pod_selects(&self, pod: &PodInfo, name: &str) -> bool {
         let unlabelled = self
             .namespaces
             .get(&pod.namespace)
@@ -287,14 +288,17 @@ impl MeshView {
     }
 
     /// Pods whose sidecar is `revision`.
-    pub fn pods_on<'a>(&'a self, revision: &'a str) -> impl Iterator<Item = &'a PodInfo> + 'a {
+    pub(crate) fn pods_on<'a>(
+        &'a self,
+        revision: &'a str,
+    ) -> impl Iterator<Item = &'a PodInfo> + 'a {
         self.pods
             .iter()
             .filter(move |p| p.revision.as_deref() == Some(revision))
     }
 
     /// Names of the tags that point at `revision`.
-    pub fn tags_of(&self, revision: &str) -> Vec<&str> {
+    pub(crate) fn tags_of(&self, revision: &str) -> Vec<&str> {
         self.tags
             .iter()
             .filter(|(_, t)| t.revision == revision)
@@ -303,7 +307,7 @@ impl MeshView {
     }
 
     /// Revisions no tag points at.
-    pub fn untagged_revisions(&self) -> Vec<&str> {
+    pub(crate) fn untagged_revisions(&self) -> Vec<&str> {
         let tagged: BTreeSet<&str> = self.tags.values().map(|t| t.revision.as_str()).collect();
         self.revisions
             .keys()
@@ -315,7 +319,7 @@ impl MeshView {
     /// Every workload in the mesh with its pods and target, sorted by namespace, kind, name.
     /// Pods that no Deployment/StatefulSet/DaemonSet owns appear as their own rows
     /// ([`WorkloadState::restartable`] false).
-    pub fn workload_states(&self) -> Vec<WorkloadState> {
+    pub(crate) fn workload_states(&self) -> Vec<WorkloadState> {
         let mut by_id: BTreeMap<WorkloadId, Vec<&PodInfo>> = BTreeMap::new();
         let mut loose: Vec<&PodInfo> = Vec::new();
         let known: BTreeSet<&WorkloadId> = self.workloads.iter().map(|w| &w.id).collect();
@@ -375,25 +379,25 @@ impl MeshView {
 
 /// A workload's pods against the revision new pods would get.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WorkloadState {
+pub(crate) struct WorkloadState {
     /// Set for Deployments, StatefulSets and DaemonSets (what `rollout` can restart).
-    pub id: Option<WorkloadId>,
-    pub namespace: String,
-    pub kind: String,
-    pub name: String,
+    pub(crate) id: Option<WorkloadId>,
+    pub(crate) namespace: String,
+    pub(crate) kind: String,
+    pub(crate) name: String,
     /// What new pods of it get now.
-    pub target: Route,
+    pub(crate) target: Route,
     /// Pods per sidecar revision (`None`: no sidecar).
-    pub revisions: BTreeMap<Option<String>, usize>,
+    pub(crate) revisions: BTreeMap<Option<String>, usize>,
     /// Names of its pods whose revision differs from the target.
-    pub stale_pods: Vec<String>,
-    pub pods: usize,
-    pub ready: usize,
-    pub replicas: i32,
-    pub paused: bool,
-    pub on_delete: bool,
+    pub(crate) stale_pods: Vec<String>,
+    pub(crate) pods: usize,
+    pub(crate) ready: usize,
+    pub(crate) replicas: i32,
+    pub(crate) paused: bool,
+    pub(crate) on_delete: bool,
     /// Runs the proxy as a gateway (`inject.istio.io/templates: gateway`).
-    pub gateway: bool,
+    pub(crate) gateway: bool,
 }
 
 impl WorkloadState {
@@ -433,27 +437,27 @@ impl WorkloadState {
 
     /// In the mesh: new pods get a sidecar, or some pod has one, or its labels name a
     /// missing revision.
-    pub fn in_mesh(&self) -> bool {
+    pub(crate) fn in_mesh(&self) -> bool {
         self.target.selects_something() || self.revisions.keys().any(Option::is_some)
     }
 
     /// Some pod runs a sidecar of another revision than new pods would get.
-    pub fn needs_upgrade(&self) -> bool {
+    pub(crate) fn needs_upgrade(&self) -> bool {
         !self.stale_pods.is_empty()
     }
 
     /// `rollout` can restart it.
-    pub fn restartable(&self) -> bool {
+    pub(crate) fn restartable(&self) -> bool {
         self.id.is_some()
     }
 
     /// Has a pod on `revision`.
-    pub fn runs(&self, revision: &str) -> bool {
+    pub(crate) fn runs(&self, revision: &str) -> bool {
         self.revisions.contains_key(&Some(revision.to_string()))
     }
 
     /// A short state for display.
-    pub fn state(&self) -> String {
+    pub(crate) fn state(&self) -> String {
         match (&self.target, self.target.skip_text()) {
             (
                 Decision::Skip {
@@ -476,7 +480,7 @@ impl WorkloadState {
     }
 
     /// `deployment default/reviews-v2`.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         format!(
             "{} {}/{}",
             self.kind.to_ascii_lowercase(),

@@ -6,38 +6,38 @@
 //! [`crate::injector`]; everything shared lives here, so a key is spelled once.
 
 /// Namespace label: `enabled` means tag `stable`, any other value opts the namespace out.
-pub const LABEL_INJECTION: &str = "istio-injection";
+pub(crate) const LABEL_INJECTION: &str = "istio-injection";
 /// The value of [`LABEL_INJECTION`] that turns injection on.
-pub const INJECTION_ENABLED: &str = "enabled";
+pub(crate) const INJECTION_ENABLED: &str = "enabled";
 /// Namespace or pod label naming a tag or a revision.
-pub const LABEL_REV: &str = "istio.io/rev";
+pub(crate) const LABEL_REV: &str = "istio.io/rev";
 /// Pod label (and, without the label, annotation) that opts a pod in (`"true"`) or out
 /// (`"false"`).
-pub const LABEL_INJECT: &str = "sidecar.istio.io/inject";
+pub(crate) const LABEL_INJECT: &str = "sidecar.istio.io/inject";
 
 /// Annotation of injected pods naming their revision (Istio's injection template writes it,
 /// and so does meshrev's injector). Same key as [`LABEL_REV`], on the other map.
-pub const ANNOTATION_REV: &str = "istio.io/rev";
+pub(crate) const ANNOTATION_REV: &str = "istio.io/rev";
 /// Annotation recording what was injected (Istio's JSON format; its `revision` field names
 /// the revision).
-pub const ANNOTATION_STATUS: &str = "sidecar.istio.io/status";
+pub(crate) const ANNOTATION_STATUS: &str = "sidecar.istio.io/status";
 /// Pod annotation choosing Istio's injection templates (`sidecar`, `gateway`, …).
-pub const ANNOTATION_TEMPLATES: &str = "inject.istio.io/templates";
+pub(crate) const ANNOTATION_TEMPLATES: &str = "inject.istio.io/templates";
 /// Annotation on a `MeshRevision` that lets it be deleted while pods still run its sidecar
 /// (`meshrev upgrade unpublish --force` sets it; so can `kubectl annotate`).
-pub const ANNOTATION_FORCE_DELETE: &str = "meshrev.io/force-delete";
+pub(crate) const ANNOTATION_FORCE_DELETE: &str = "meshrev.io/force-delete";
 /// Annotation on tag `stable` recording the revision it pointed at before a promotion.
-pub const ANNOTATION_PROMOTED_FROM: &str = "meshrev.io/promoted-from";
+pub(crate) const ANNOTATION_PROMOTED_FROM: &str = "meshrev.io/promoted-from";
 /// The pod-template annotation `kubectl rollout restart` sets.
-pub const ANNOTATION_RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+pub(crate) const ANNOTATION_RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
 /// The tag that `istio-injection: enabled` and pod opt-in resolve to.
-pub const TAG_STABLE: &str = "stable";
+pub(crate) const TAG_STABLE: &str = "stable";
 /// The tag of the canary revision during an upgrade.
-pub const TAG_CANARY: &str = "canary";
+pub(crate) const TAG_CANARY: &str = "canary";
 
 /// Namespaces Istio never injects.
-pub const SYSTEM_NAMESPACES: [&str; 4] = [
+pub(crate) const SYSTEM_NAMESPACES: [&str; 4] = [
     "kube-system",
     "kube-public",
     "kube-node-lease",
@@ -45,6 +45,6 @@ pub const SYSTEM_NAMESPACES: [&str; 4] = [
 ];
 
 /// Whether `namespace` is one Istio never injects.
-pub fn is_system_namespace(namespace: &str) -> bool {
+pub(crate) fn is_system_namespace(namespace: &str) -> bool {
     SYSTEM_NAMESPACES.contains(&namespace)
 }

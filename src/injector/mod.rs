@@ -23,7 +23,7 @@ pub use template::{
 };
 
 use crate::core::ANNOTATION_STATUS;
-pub use crate::core::validate::{is_quantity, quantity_value};
+pub use crate::core::validate::quantity_value;
 use pod::{Meta, Pod, Spec};
 
 /// Appends to `out` (which must be empty) the JSON Patch that injects `tmpl` into `pod`

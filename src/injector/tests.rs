@@ -3,6 +3,7 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::core::validate::is_quantity;
 use crate::router::{Outcome, inject};
 use crate::table::{NamespaceLabels, Table, embedded_default};
 

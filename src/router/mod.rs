@@ -1,5 +1,5 @@
 //! The webhook's routing step: which revision injects a pod, by the one router
-//! ([`crate::core::route()`]) over the published [`Table`] and the request's borrowed pod,
+//! (`core::route`) over the published [`Table`] and the request's borrowed pod,
 //! then the injector's patch for that revision ([`inject`]).
 //!
 //! Pure functions of their arguments; the table is read, never mutated. Nothing here
@@ -17,7 +17,7 @@ pub use crate::core::SkipReason;
 pub type Via<'t> = core::Via<&'t str>;
 
 /// The router's answer over a table.
-pub type Decision<'t> = core::Decision<&'t Arc<Revision>, &'t str>;
+pub(crate) type Decision<'t> = core::Decision<&'t Arc<Revision>, &'t str>;
 
 /// The request's pod as routing reads it: its metadata, and `spec.hostNetwork`.
 struct WirePod<'a, 'p> {
@@ -38,7 +38,7 @@ impl PodLabels for WirePod<'_, '_> {
 }
 
 /// Routes one pod. `namespace` is the request's namespace; its labels come from the table.
-pub fn route<'t>(
+pub(crate) fn route<'t>(
     table: &'t Table,
     namespace: &str,
     host_network: bool,

@@ -195,7 +195,7 @@ pub struct ServeConfig {
     /// Longest wait for in-flight requests when draining.
     pub drain_timeout: Duration,
     /// The controller's index the `/validate` guards judge with (cluster mode).
-    pub validator: Option<crate::controller::ClusterView>,
+    pub(crate) validator: Option<crate::controller::ClusterView>,
     /// Bench only: answer `/inject` with these bytes (after reading the body) instead of
     /// reviewing it — the floor of TLS + HTTP + body read.
     pub fixed_inject_body: Option<Bytes>,

@@ -19,23 +19,23 @@ use super::view::WorkloadKind;
     about = "Canary upgrade of the mesh: status, canary, switch, verify, promote, rollout, unpublish; or rollback and revoke",
     after_help = "Lifecycle: canary → switch NS --to canary (+ redeploy) → verify → promote --yes → rollout --wait → unpublish.\nTo back out before promoting: rollback NS --restart → revoke."
 )]
-pub struct UpgradeArgs {
+pub(crate) struct UpgradeArgs {
     /// Kubeconfig file; default: $KUBECONFIG, ~/.kube/config, or the in-cluster config.
     #[arg(long, global = true, value_name = "PATH")]
-    pub kubeconfig: Option<PathBuf>,
+    pub(crate) kubeconfig: Option<PathBuf>,
     /// Kubeconfig context to use (default: the current context).
     #[arg(long, global = true, value_name = "NAME")]
-    pub context: Option<String>,
+    pub(crate) context: Option<String>,
     /// Print the API calls the step would make, and why, and make none (after the same
     /// reads and guards as a real run).
     #[arg(long, global = true)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     #[command(subcommand)]
-    pub command: UpgradeCommand,
+    pub(crate) command: UpgradeCommand,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum UpgradeCommand {
+pub(crate) enum UpgradeCommand {
     /// Phase of the upgrade, revisions and tags, namespaces, and workloads that need upgrade.
     Status(StatusArgs),
     /// Deploy a canary: create the MeshRevision and point tag canary at it.
@@ -58,7 +58,7 @@ pub enum UpgradeCommand {
 
 /// How `status` prints its report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum Output {
+pub(crate) enum Output {
     #[default]
     Table,
     Json,
@@ -67,58 +67,58 @@ pub enum Output {
 
 /// `meshrev upgrade canary`.
 #[derive(Args, Debug)]
-pub struct CanaryArgs {
+pub(crate) struct CanaryArgs {
     /// Name of the new MeshRevision (Istio's style: 1-23-6).
     #[arg(long)]
-    pub revision: String,
+    pub(crate) revision: String,
     /// Its version (semver: 1.23.6). At most one minor version ahead of stable.
     #[arg(long)]
-    pub version: String,
+    pub(crate) version: String,
     /// Sidecar image; default docker.io/istio/proxyv2:VERSION.
     #[arg(long, value_name = "IMAGE")]
-    pub proxy_image: Option<String>,
+    pub(crate) proxy_image: Option<String>,
     /// istiod's address; default istiod-REVISION.istio-system.svc:15012.
     #[arg(long, value_name = "HOST:PORT")]
-    pub discovery_address: Option<String>,
+    pub(crate) discovery_address: Option<String>,
 }
 
 /// `meshrev upgrade rollout`.
 #[derive(Args, Debug)]
-pub struct RolloutArgs {
+pub(crate) struct RolloutArgs {
     /// Only workloads in this namespace.
     #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     /// Only this workload: KIND/NAME (deployment/reviews-v1, statefulset/x, daemonset/y).
     #[arg(long, value_name = "KIND/NAME")]
-    pub workload: Option<String>,
+    pub(crate) workload: Option<String>,
     /// Restart at most this many workloads at a time; each batch must complete before the
     /// next starts.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_in_flight: u32,
+    pub(crate) max_in_flight: u32,
     /// Wait for the last batch too (without it, the command returns once the last batch
     /// has started).
     #[arg(long)]
-    pub wait: bool,
+    pub(crate) wait: bool,
     /// Give up waiting for a batch after this long (90s, 10m, 1h).
     #[arg(long, default_value = "10m")]
-    pub timeout: String,
+    pub(crate) timeout: String,
 }
 
 #[derive(Args, Debug)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
+    pub(crate) output: Output,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SwitchTo {
+pub(crate) enum SwitchTo {
     Canary,
     Stable,
 }
 
 impl SwitchTo {
-    pub fn tag(self) -> &'static str {
+    pub(crate) fn tag(self) -> &'static str {
         match self {
             SwitchTo::Canary => crate::core::TAG_CANARY,
             SwitchTo::Stable => crate::core::TAG_STABLE,
@@ -127,53 +127,53 @@ impl SwitchTo {
 }
 
 #[derive(Args, Debug)]
-pub struct SwitchArgs {
+pub(crate) struct SwitchArgs {
     /// The namespace to relabel.
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// The tag its new pods get.
     #[arg(long, value_enum)]
-    pub to: SwitchTo,
+    pub(crate) to: SwitchTo,
     /// Also restart the workloads that run another revision (a rolling restart each).
     #[arg(long)]
-    pub restart: bool,
+    pub(crate) restart: bool,
 }
 
 #[derive(Args, Debug)]
-pub struct VerifyArgs {}
+pub(crate) struct VerifyArgs {}
 
 #[derive(Args, Debug)]
-pub struct PromoteArgs {
+pub(crate) struct PromoteArgs {
     /// Confirm: the promotion cannot be revoked.
     #[arg(long)]
-    pub yes: bool,
+    pub(crate) yes: bool,
 }
 
 #[derive(Args, Debug)]
-pub struct UnpublishArgs {
+pub(crate) struct UnpublishArgs {
     /// The revision to delete; default: every revision older than stable that no tag
     /// points at.
     #[arg(long)]
-    pub revision: Option<String>,
+    pub(crate) revision: Option<String>,
     /// Delete even while pods still run its sidecar (they lose their control plane).
     #[arg(long)]
-    pub force: bool,
+    pub(crate) force: bool,
 }
 
 #[derive(Args, Debug)]
-pub struct RollbackArgs {
+pub(crate) struct RollbackArgs {
     /// The namespace to switch back to stable.
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// Also restart its workloads that run the canary revision.
     #[arg(long)]
-    pub restart: bool,
+    pub(crate) restart: bool,
 }
 
 #[derive(Args, Debug)]
-pub struct RevokeArgs {}
+pub(crate) struct RevokeArgs {}
 
 /// Runs one `meshrev upgrade` subcommand: flags are checked before any call, then the
 /// operation plans, executes and reports ([`super::ops`]); this layer prints.
-pub async fn run(args: UpgradeArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: UpgradeArgs) -> anyhow::Result<()> {
     let command = Command::parse(args.command)?;
     let client = client(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
     command.run(&client, args.dry_run).await

@@ -37,7 +37,7 @@ const PAGE: u32 = 500;
 
 /// How much of the pods a view needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PodDetail {
+pub(crate) enum PodDetail {
     None,
     /// Whole pods (phase, readiness, owners resolved to workloads).
     Full,
@@ -45,17 +45,17 @@ pub enum PodDetail {
 
 /// What [`load_view`] lists. Revisions and tags are always listed.
 #[derive(Clone, Debug)]
-pub struct Needs {
-    pub namespaces: bool,
-    pub pods: PodDetail,
-    pub workloads: bool,
+pub(crate) struct Needs {
+    pub(crate) namespaces: bool,
+    pub(crate) pods: PodDetail,
+    pub(crate) workloads: bool,
     /// Limit pods and workloads to one namespace.
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
 }
 
 impl Needs {
     /// Everything, cluster-wide.
-    pub fn all() -> Self {
+    pub(crate) fn all() -> Self {
         Needs {
             namespaces: true,
             pods: PodDetail::Full,
@@ -64,7 +64,7 @@ impl Needs {
         }
     }
     /// Revisions and tags only.
-    pub fn config() -> Self {
+    pub(crate) fn config() -> Self {
         Needs {
             namespaces: false,
             pods: PodDetail::None,
@@ -73,7 +73,7 @@ impl Needs {
         }
     }
     /// Everything about one namespace (all namespaces' labels).
-    pub fn namespace(ns: &str) -> Self {
+    pub(crate) fn namespace(ns: &str) -> Self {
         Needs {
             namespace: Some(ns.to_string()),
             ..Needs::all()
@@ -162,7 +162,7 @@ impl ClusterError {
     }
 
     /// What went wrong, without the action: the API server's message when it answered.
-    pub fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match self {
             ClusterError::Api { error, .. } => describe(error),
             other => other.to_string(),

@@ -26,12 +26,12 @@
 //!   against a mock API server), no clap and no printing;
 //! - [`cli`]: the flags, and the rendering of plans, events and outcomes.
 
-pub mod cli;
-pub mod cluster;
-pub mod ops;
-pub mod rollout;
-pub mod status;
-pub mod view;
+pub(crate) mod cli;
+pub(crate) mod cluster;
+pub(crate) mod ops;
+pub(crate) mod rollout;
+pub(crate) mod status;
+pub(crate) mod view;
 
-pub use crate::core::guards;
-pub use view::MeshView;
+pub(crate) use crate::core::guards;
+pub(crate) use view::MeshView;

@@ -144,7 +144,7 @@ pub(crate) enum Verb {
 
 impl Verb {
     /// The HTTP method.
-    pub fn method(self) -> &'static str {
+    pub(crate) fn method(self) -> &'static str {
         match self {
             Verb::Create => "POST",
             Verb::Patch => "PATCH",
@@ -156,9 +156,9 @@ impl Verb {
 /// One mutating API call a plan will make, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PlannedCall {
-    pub verb: Verb,
-    pub object: Object,
-    pub why: String,
+    pub(crate) verb: Verb,
+    pub(crate) object: Object,
+    pub(crate) why: String,
 }
 
 impl PlannedCall {
@@ -305,18 +305,18 @@ pub(crate) async fn status(client: &Client) -> Result<StatusReport, OpError> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct CanaryOptions {
     /// Name of the new MeshRevision (`1-23-6`).
-    pub revision: String,
+    pub(crate) revision: String,
     /// Its version (`1.23.6`).
-    pub version: String,
+    pub(crate) version: String,
     /// Sidecar image; default `docker.io/istio/proxyv2:VERSION`.
-    pub proxy_image: Option<String>,
+    pub(crate) proxy_image: Option<String>,
     /// istiod's address; default `istiod-REVISION.istio-system.svc:15012`.
-    pub discovery_address: Option<String>,
+    pub(crate) discovery_address: Option<String>,
 }
 
 impl CanaryOptions {
     /// The sidecar image the revision gets.
-    pub fn proxy_image(&self) -> String {
+    pub(crate) fn proxy_image(&self) -> String {
         self.proxy_image
             .clone()
             .unwrap_or_else(|| format!("docker.io/istio/proxyv2:{}", self.version))
@@ -326,17 +326,17 @@ impl CanaryOptions {
 /// The plan of `canary`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct CanaryPlan {
-    pub options: CanaryOptions,
-    pub create_revision: bool,
-    pub create_tag: bool,
+    pub(crate) options: CanaryOptions,
+    pub(crate) create_revision: bool,
+    pub(crate) create_tag: bool,
     /// Stable's revision and version (for the report).
-    pub stable: String,
-    pub stable_version: String,
+    pub(crate) stable: String,
+    pub(crate) stable_version: String,
 }
 
 impl CanaryPlan {
     /// The calls `execute_canary` makes.
-    pub fn calls(&self) -> Vec<PlannedCall> {
+    pub(crate) fn calls(&self) -> Vec<PlannedCall> {
         let o = &self.options;
         let mut calls = Vec::new();
         if self.create_revision {
@@ -385,8 +385,8 @@ pub(crate) async fn plan_canary(
 /// What `canary` created (`false`: it existed already).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct CanaryOutcome {
-    pub revision_created: bool,
-    pub tag_created: bool,
+    pub(crate) revision_created: bool,
+    pub(crate) tag_created: bool,
 }
 
 /// Creates the canary's revision and tag (each only if the plan says so).
@@ -439,25 +439,25 @@ pub(crate) async fn execute_canary(
 /// restart) the workloads that must be redeployed.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct RelabelPlan {
-    pub namespace: String,
-    pub before: NamespaceLabels,
-    pub after: NamespaceLabels,
+    pub(crate) namespace: String,
+    pub(crate) before: NamespaceLabels,
+    pub(crate) after: NamespaceLabels,
     /// The revision new pods of the namespace get.
-    pub revision: String,
+    pub(crate) revision: String,
     /// Workloads to redeploy (with the new labels in force).
-    pub targets: Vec<WorkloadState>,
+    pub(crate) targets: Vec<WorkloadState>,
     /// Restart `targets` too.
-    pub restart: bool,
+    pub(crate) restart: bool,
 }
 
 impl RelabelPlan {
     /// The labels change (else the namespace has them already).
-    pub fn relabels(&self) -> bool {
+    pub(crate) fn relabels(&self) -> bool {
         self.before != self.after
     }
 
     /// The calls `execute_relabel` makes.
-    pub fn calls(&self) -> Vec<PlannedCall> {
+    pub(crate) fn calls(&self) -> Vec<PlannedCall> {
         let mut calls = Vec::new();
         if self.relabels() {
             calls.push(PlannedCall::new(
@@ -558,9 +558,9 @@ fn relabel_plan(
 /// What `switch`/`rollback` changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RelabelOutcome {
-    pub relabelled: bool,
+    pub(crate) relabelled: bool,
     /// Restarted workloads and the revision their new pods get.
-    pub restarted: Vec<(WorkloadId, String)>,
+    pub(crate) restarted: Vec<(WorkloadId, String)>,
 }
 
 /// Relabels the namespace (if needed), reports the workloads to redeploy and, with
@@ -607,13 +607,13 @@ pub(crate) async fn execute_relabel(
 /// What `verify` found: the pods on the canary revision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct VerifyReport {
-    pub canary: String,
-    pub pods: Vec<PodInfo>,
+    pub(crate) canary: String,
+    pub(crate) pods: Vec<PodInfo>,
 }
 
 impl VerifyReport {
     /// `Ok` when every pod on the canary is ready; else the pods that are not.
-    pub fn check(&self) -> Result<(), OpError> {
+    pub(crate) fn check(&self) -> Result<(), OpError> {
         let not_ready: Vec<String> = self
             .pods
             .iter()
@@ -658,19 +658,19 @@ pub(crate) async fn verify(client: &Client) -> Result<VerifyReport, OpError> {
 /// The plan of `promote`: the guard's plan and the namespaces' labels after step 2.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PromotePlan {
-    pub steps: guards::PromotePlan,
+    pub(crate) steps: guards::PromotePlan,
     /// The labels each namespace of `steps.relabel` gets.
-    pub relabel: Vec<(String, NamespaceLabels)>,
+    pub(crate) relabel: Vec<(String, NamespaceLabels)>,
 }
 
 impl PromotePlan {
     /// An earlier run finished the promotion: nothing to do.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.steps.is_done()
     }
 
     /// The calls `execute_promote` makes.
-    pub fn calls(&self) -> Vec<PlannedCall> {
+    pub(crate) fn calls(&self) -> Vec<PlannedCall> {
         let s = &self.steps;
         let mut calls = Vec::new();
         if s.move_stable {
@@ -718,7 +718,7 @@ pub(crate) async fn plan_promote(client: &Client) -> Result<PromotePlan, OpError
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PromoteOutcome {
     /// Workloads whose pods still run an old revision.
-    pub needs_upgrade: usize,
+    pub(crate) needs_upgrade: usize,
 }
 
 /// Promotes: tag stable → the canary's revision (recording the previous one), the
@@ -769,43 +769,43 @@ pub(crate) async fn execute_promote(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RolloutOptions {
     /// Only workloads in this namespace.
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     /// Only this workload.
-    pub workload: Option<(WorkloadKind, String)>,
-    pub restart: RestartOptions,
+    pub(crate) workload: Option<(WorkloadKind, String)>,
+    pub(crate) restart: RestartOptions,
 }
 
 /// How a batch of rolling restarts runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RestartOptions {
-    pub max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
     /// Wait for the last batch too.
-    pub wait: bool,
+    pub(crate) wait: bool,
     /// Per batch.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// The plan of `rollout`.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct RolloutPlan {
-    pub options: RolloutOptions,
+    pub(crate) options: RolloutOptions,
     /// Workloads on an old revision that `rollout` restarts, in order.
-    pub targets: Vec<WorkloadState>,
+    pub(crate) targets: Vec<WorkloadState>,
     /// Workloads on an old revision that no Deployment, StatefulSet or DaemonSet owns.
-    pub unowned: Vec<WorkloadState>,
+    pub(crate) unowned: Vec<WorkloadState>,
     /// `--workload` names a workload that runs its target revision already.
-    pub up_to_date: Option<WorkloadState>,
+    pub(crate) up_to_date: Option<WorkloadState>,
 }
 
 impl RolloutPlan {
     /// The calls `execute_rollout` makes (after a dry-run pod per workload checks the
     /// injector).
-    pub fn calls(&self) -> Vec<PlannedCall> {
+    pub(crate) fn calls(&self) -> Vec<PlannedCall> {
         restart_calls(&self.targets)
     }
 
     /// The scope is narrowed by `--namespace` or `--workload`.
-    pub fn scoped(&self) -> bool {
+    pub(crate) fn scoped(&self) -> bool {
         self.options.namespace.is_some() || self.options.workload.is_some()
     }
 }
@@ -888,9 +888,9 @@ pub(crate) async fn plan_rollout(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RolloutOutcome {
     /// Restarted workloads and the revision their new pods get.
-    pub restarted: Vec<(WorkloadId, String)>,
+    pub(crate) restarted: Vec<(WorkloadId, String)>,
     /// With `wait`: workloads in scope still needing upgrade afterwards.
-    pub left: Option<usize>,
+    pub(crate) left: Option<usize>,
 }
 
 /// Restarts the plan's targets in batches; with `wait`, checks afterwards that the new
@@ -1092,16 +1092,16 @@ async fn wait_batch(
 /// The plan of `unpublish`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct UnpublishPlan {
-    pub stable: String,
+    pub(crate) stable: String,
     /// Revisions to delete, each with whether it is forced (pods still run it).
-    pub revisions: Vec<(String, bool)>,
+    pub(crate) revisions: Vec<(String, bool)>,
     /// With `force`: the pods that lose their control plane.
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 impl UnpublishPlan {
     /// The calls `execute_unpublish` makes.
-    pub fn calls(&self) -> Vec<PlannedCall> {
+    pub(crate) fn calls(&self) -> Vec<PlannedCall> {
         let mut calls = Vec::new();
         for (r, forced) in &self.revisions {
             if *forced {
@@ -1174,13 +1174,13 @@ pub(crate) async fn execute_unpublish(
 /// The plan of `revoke`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RevokePlan {
-    pub steps: guards::RevokePlan,
-    pub stable: String,
+    pub(crate) steps: guards::RevokePlan,
+    pub(crate) stable: String,
 }
 
 impl RevokePlan {
     /// The calls `execute_revoke` makes.
-    pub fn calls(&self) -> Vec<PlannedCall> {
+    pub(crate) fn calls(&self) -> Vec<PlannedCall> {
         let mut calls = Vec::new();
         if self.steps.delete_tag {
             calls.push(PlannedCall::new(
@@ -1214,8 +1214,8 @@ pub(crate) async fn plan_revoke(client: &Client) -> Result<Option<RevokePlan>, O
 /// What `revoke` deleted (`false`: gone already, or not planned).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RevokeOutcome {
-    pub tag_deleted: bool,
-    pub revision_deleted: bool,
+    pub(crate) tag_deleted: bool,
+    pub(crate) revision_deleted: bool,
 }
 
 /// Deletes tag canary and the canary's revision.

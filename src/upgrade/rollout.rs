@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 
 /// Where a rollout stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Progress {
+pub(crate) enum Progress {
     Done,
     /// Still rolling: why (for the progress display).
     Waiting(String),
@@ -24,7 +24,7 @@ pub enum Progress {
     Failed(String),
 }
 
-pub fn deployment(d: &Deployment) -> Progress {
+pub(crate) fn deployment(d: &Deployment) -> Progress {
     let generation = d.metadata.generation.unwrap_or(0);
     let Some(status) = &d.status else {
         return Progress::Waiting("waiting for the controller to observe the restart".into());
@@ -64,7 +64,7 @@ pub fn deployment(d: &Deployment) -> Progress {
     Progress::Done
 }
 
-pub fn statefulset(s: &StatefulSet) -> Progress {
+pub(crate) fn statefulset(s: &StatefulSet) -> Progress {
     let spec = s.spec.as_ref();
     if spec
         .and_then(|sp| sp.update_strategy.as_ref())
@@ -111,7 +111,7 @@ pub fn statefulset(s: &StatefulSet) -> Progress {
     Progress::Done
 }
 
-pub fn daemonset(d: &DaemonSet) -> Progress {
+pub(crate) fn daemonset(d: &DaemonSet) -> Progress {
     if d.spec
         .as_ref()
         .and_then(|s| s.update_strategy.as_ref())

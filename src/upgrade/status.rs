@@ -13,7 +13,7 @@ use super::view::{MeshView, NamespaceSelect, Route, WorkloadState};
 /// Where an upgrade stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Phase {
+pub(crate) enum Phase {
     /// No tag stable (or it points at a missing revision).
     NotInstalled,
     /// One revision in use; no upgrade under way.
@@ -29,7 +29,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub fn text(self) -> &'static str {
+    pub(crate) fn text(self) -> &'static str {
         match self {
             Phase::NotInstalled => "not installed (no tag stable)",
             Phase::StableOnly => "stable only",
@@ -42,7 +42,7 @@ impl Phase {
 }
 
 /// The old revisions: no tag points at them and they are older than stable's.
-pub fn old_revisions(view: &MeshView) -> Vec<String> {
+pub(crate) fn old_revisions(view: &MeshView) -> Vec<String> {
     let Some(stable) = view
         .stable()
         .and_then(|s| view.revisions.get(s))
@@ -58,7 +58,7 @@ pub fn old_revisions(view: &MeshView) -> Vec<String> {
 }
 
 /// The phase of `view`.
-pub fn phase(view: &MeshView) -> Phase {
+pub(crate) fn phase(view: &MeshView) -> Phase {
     let Some(stable) = view.stable() else {
         return Phase::NotInstalled;
     };
@@ -85,80 +85,80 @@ pub fn phase(view: &MeshView) -> Phase {
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RevisionRow {
-    pub name: String,
-    pub version: String,
-    pub tags: Vec<String>,
+pub(crate) struct RevisionRow {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) tags: Vec<String>,
     /// Namespaces whose labels resolve to it.
-    pub namespaces: usize,
+    pub(crate) namespaces: usize,
     /// Pods that run its sidecar.
-    pub pods: usize,
+    pub(crate) pods: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct TagRow {
-    pub name: String,
-    pub revision: String,
+pub(crate) struct TagRow {
+    pub(crate) name: String,
+    pub(crate) revision: String,
     /// False when the revision does not exist.
-    pub resolves: bool,
+    pub(crate) resolves: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct NamespaceRow {
-    pub name: String,
+pub(crate) struct NamespaceRow {
+    pub(crate) name: String,
     /// `istio-injection=enabled`, `istio.io/rev=canary`, or `-`.
-    pub labels: String,
+    pub(crate) labels: String,
     /// The revision its labels resolve to (`None`: pods decide, or no injection).
-    pub revision: Option<String>,
+    pub(crate) revision: Option<String>,
     /// `tag canary`, `revision`, `pod labels`, `disabled`, …
-    pub via: String,
+    pub(crate) via: String,
     /// Both labels set: which one wins.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub conflict: Option<String>,
+    pub(crate) conflict: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct WorkloadRow {
-    pub namespace: String,
-    pub kind: String,
-    pub name: String,
-    pub pods: usize,
-    pub ready: usize,
+pub(crate) struct WorkloadRow {
+    pub(crate) namespace: String,
+    pub(crate) kind: String,
+    pub(crate) name: String,
+    pub(crate) pods: usize,
+    pub(crate) ready: usize,
     /// Pods per sidecar revision (`none`: no sidecar).
-    pub revisions: BTreeMap<String, usize>,
+    pub(crate) revisions: BTreeMap<String, usize>,
     /// The revision new pods get.
-    pub target: Option<String>,
-    pub needs_upgrade: bool,
-    pub state: String,
+    pub(crate) target: Option<String>,
+    pub(crate) needs_upgrade: bool,
+    pub(crate) state: String,
     /// A gateway (Istio's `gateway` template): its proxy is the workload.
-    pub gateway: bool,
+    pub(crate) gateway: bool,
 }
 
 /// Everything `status` prints.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StatusReport {
-    pub phase: Phase,
-    pub phase_text: String,
-    pub stable: Option<String>,
-    pub canary: Option<String>,
+pub(crate) struct StatusReport {
+    pub(crate) phase: Phase,
+    pub(crate) phase_text: String,
+    pub(crate) stable: Option<String>,
+    pub(crate) canary: Option<String>,
     /// What to run next.
-    pub next: String,
-    pub revisions: Vec<RevisionRow>,
-    pub tags: Vec<TagRow>,
-    pub namespaces: Vec<NamespaceRow>,
-    pub workloads: Vec<WorkloadRow>,
+    pub(crate) next: String,
+    pub(crate) revisions: Vec<RevisionRow>,
+    pub(crate) tags: Vec<TagRow>,
+    pub(crate) namespaces: Vec<NamespaceRow>,
+    pub(crate) workloads: Vec<WorkloadRow>,
     /// Workloads flagged *needs upgrade*.
-    pub needs_upgrade: usize,
+    pub(crate) needs_upgrade: usize,
     /// Things that are wrong (a tag to a missing revision, a label naming nothing).
-    pub problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
 }
 
 impl StatusReport {
-    pub fn new(view: &MeshView) -> Self {
+    pub(crate) fn new(view: &MeshView) -> Self {
         let phase = phase(view);
         let states = view.workload_states();
         let ns_route: BTreeMap<&str, Route> = view
@@ -270,7 +270,7 @@ impl StatusReport {
     }
 
     /// The human-readable report.
-    pub fn render_table(&self) -> String {
+    pub(crate) fn render_table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "PHASE: {}", self.phase_text);
         let _ = writeln!(out, "NEXT:  {}", self.next);
@@ -370,7 +370,7 @@ fn row(s: &WorkloadState) -> WorkloadRow {
 }
 
 /// `1-22-6`, or `1-22-6:1,1-23-6:2` when mixed; `-` without pods.
-pub fn sidecars(revisions: &BTreeMap<String, usize>) -> String {
+pub(crate) fn sidecars(revisions: &BTreeMap<String, usize>) -> String {
     match revisions.len() {
         0 => "-".into(),
         1 => revisions.keys().next().cloned().unwrap_or_default(),
@@ -418,7 +418,7 @@ fn next_step(view: &MeshView, phase: Phase, states: &[WorkloadState]) -> String 
 }
 
 /// Left-aligned columns separated by two spaces.
-pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {

@@ -14,8 +14,8 @@ use crate::core::vocab::{
     LABEL_REV,
 };
 
-pub use crate::core::view::*;
-pub use crate::core::{NamespaceLabels, NamespaceSelect};
+pub(crate) use crate::core::view::*;
+pub(crate) use crate::core::{NamespaceLabels, NamespaceSelect};
 
 /// A label or annotation of `meta`.
 fn get<'m>(map: &'m Option<BTreeMap<String, String>>, key: &str) -> Option<&'m str> {
@@ -23,7 +23,7 @@ fn get<'m>(map: &'m Option<BTreeMap<String, String>>, key: &str) -> Option<&'m s
 }
 
 impl PodSelector {
-    pub fn from_meta(meta: &ObjectMeta, host_network: bool) -> Self {
+    pub(crate) fn from_meta(meta: &ObjectMeta, host_network: bool) -> Self {
         PodSelector {
             rev_label: get(&meta.labels, LABEL_REV).map(str::to_string),
             inject_label: get(&meta.labels, LABEL_INJECT).map(str::to_string),
@@ -31,7 +31,7 @@ impl PodSelector {
             host_network,
         }
     }
-    pub fn from_template(t: &PodTemplateSpec) -> Self {
+    pub(crate) fn from_template(t: &PodTemplateSpec) -> Self {
         let host = t
             .spec
             .as_ref()
@@ -50,7 +50,10 @@ impl PodSelector {
 impl PodInfo {
     /// From a full Pod. `replica_set_owner` maps (namespace, ReplicaSet name) to the name
     /// of the Deployment that controls that ReplicaSet.
-    pub fn from_pod(pod: &Pod, replica_set_owner: &dyn Fn(&str, &str) -> Option<String>) -> Self {
+    pub(crate) fn from_pod(
+        pod: &Pod,
+        replica_set_owner: &dyn Fn(&str, &str) -> Option<String>,
+    ) -> Self {
         let host = pod
             .spec
             .as_ref()
@@ -68,7 +71,7 @@ impl PodInfo {
     }
 
     /// From metadata alone (the webhook's metadata-only LIST): phase unknown.
-    pub fn from_meta(
+    pub(crate) fn from_meta(
         meta: &ObjectMeta,
         host_network: bool,
         replica_set_owner: &dyn Fn(&str, &str) -> Option<String>,
@@ -101,7 +104,7 @@ impl PodInfo {
 }
 
 /// The revision recorded on an injected pod, by the one rule of [`crate::core::pod_revision`].
-pub fn injected_revision(meta: &ObjectMeta) -> Option<String> {
+pub(crate) fn injected_revision(meta: &ObjectMeta) -> Option<String> {
     crate::core::pod_revision(|k| get(&meta.annotations, k)).map(Into::into)
 }
 
@@ -125,14 +128,14 @@ impl WorkloadInfo {
                 .is_some_and(|t| t.split(',').any(|t| t.trim() == "gateway")),
         }
     }
-    pub fn from_deployment(d: &Deployment) -> Option<Self> {
+    pub(crate) fn from_deployment(d: &Deployment) -> Option<Self> {
         let spec = d.spec.as_ref()?;
         let mut w = WorkloadInfo::new(&d.metadata, WorkloadKind::Deployment, &spec.template);
         w.replicas = spec.replicas.unwrap_or(1);
         w.paused = spec.paused.unwrap_or(false);
         Some(w)
     }
-    pub fn from_statefulset(s: &StatefulSet) -> Option<Self> {
+    pub(crate) fn from_statefulset(s: &StatefulSet) -> Option<Self> {
         let spec = s.spec.as_ref()?;
         let mut w = WorkloadInfo::new(&s.metadata, WorkloadKind::StatefulSet, &spec.template);
         w.replicas = spec.replicas.unwrap_or(1);
@@ -143,7 +146,7 @@ impl WorkloadInfo {
             == Some("OnDelete");
         Some(w)
     }
-    pub fn from_daemonset(d: &DaemonSet) -> Option<Self> {
+    pub(crate) fn from_daemonset(d: &DaemonSet) -> Option<Self> {
         let spec = d.spec.as_ref()?;
         let mut w = WorkloadInfo::new(&d.metadata, WorkloadKind::DaemonSet, &spec.template);
         w.replicas = d
@@ -189,7 +192,7 @@ impl From<&RevisionTag> for TagInfo {
 }
 
 /// A namespace's name and labels.
-pub fn namespace_entry(ns: &Namespace) -> (String, NamespaceLabels) {
+pub(crate) fn namespace_entry(ns: &Namespace) -> (String, NamespaceLabels) {
     (
         ns.metadata.name.clone().unwrap_or_default(),
         NamespaceLabels::from_map(ns.metadata.labels.as_ref()),
