@@ -3,9 +3,9 @@
 //! Reading: the events of [`saphyr_parser`] (pure Rust, YAML 1.2, one event at a time) are
 //! built into [`serde_json::Value`]s one document at a time. Plain scalars resolve as
 //! serde_yaml 0.9 resolved them (YAML 1.2 core schema: `true`, `null`, `12`, `1.5`; `on`,
-//! `012` and `1_000` stay strings). Nesting deeper than [`MAX_DEPTH`] is refused while
+//! `012` and `1_000` stay strings). Nesting deeper than `MAX_DEPTH` is refused while
 //! parsing, so a hostile document costs time linear in its size; aliases may not expand to
-//! more than [`MAX_ALIAS_NODES`] nodes per document.
+//! more than `MAX_ALIAS_NODES` nodes per document.
 //!
 //! Writing: a block-style emitter for `Value` that quotes every string that a YAML 1.1
 //! reader (kubectl's) or a YAML 1.2 reader would resolve to something else (`on`, `NO`,
@@ -18,10 +18,10 @@ use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span, StrInput, Tag};
 use serde_json::{Map, Number, Value};
 
 /// Deepest nesting of mappings and sequences accepted in one document.
-pub const MAX_DEPTH: usize = 128;
+pub(crate) const MAX_DEPTH: usize = 128;
 
 /// Most nodes that aliases (`*anchor`) may expand to in one document.
-pub const MAX_ALIAS_NODES: usize = 100_000;
+pub(crate) const MAX_ALIAS_NODES: usize = 100_000;
 
 /// A document that could not be read, with its place in the input.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -30,7 +30,7 @@ pub struct Error {
     /// 1-based line.
     pub line: usize,
     /// 1-based column.
-    pub column: usize,
+    pub(crate) column: usize,
     pub message: String,
 }
 
@@ -403,12 +403,12 @@ pub fn to_string(value: &Value) -> String {
 }
 
 /// Any serializable value as one YAML document (through `serde_json::Value`).
-pub fn to_string_of<T: serde::Serialize>(value: &T) -> Result<String, serde_json::Error> {
+pub(crate) fn to_string_of<T: serde::Serialize>(value: &T) -> Result<String, serde_json::Error> {
     Ok(to_string(&serde_json::to_value(value)?))
 }
 
 /// Appends one document in block style, ending with a newline (no `---`).
-pub fn write_document(out: &mut String, value: &Value) {
+pub(crate) fn write_document(out: &mut String, value: &Value) {
     match value {
         Value::Object(m) if !m.is_empty() => write_map(out, m, 0, false),
         Value::Array(a) if !a.is_empty() => write_seq(out, a, 0, false),
@@ -617,7 +617,7 @@ fn literal_ok(s: &str) -> bool {
 /// Whether `s` can be written as a plain scalar: printable ASCII, no indicator where it
 /// would mean something, and not a value any YAML 1.1 or 1.2 reader resolves to a
 /// non-string.
-pub fn plain_ok(s: &str) -> bool {
+pub(crate) fn plain_ok(s: &str) -> bool {
     let bytes = s.as_bytes();
     let Some(&first) = bytes.first() else {
         return false;
@@ -647,7 +647,7 @@ pub fn plain_ok(s: &str) -> bool {
 /// timestamp or merge key: the YAML 1.1 types (kubectl reads YAML 1.1 through go-yaml v2,
 /// which also hands numbers to Go's `ParseInt`/`ParseFloat`), the YAML 1.2 core and JSON
 /// schemas. Errs on the side of quoting.
-pub fn resolves_to_non_string(s: &str) -> bool {
+pub(crate) fn resolves_to_non_string(s: &str) -> bool {
     let lower = s.to_ascii_lowercase();
     if matches!(
         lower.as_str(),

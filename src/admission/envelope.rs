@@ -8,17 +8,17 @@
 //! well-formed; everything else is skipped token by token.
 
 /// The longest uid echoed back from a scan (Kubernetes uids are 36-byte UUIDs).
-pub const MAX_SCANNED_UID: usize = 256;
+pub(crate) const MAX_SCANNED_UID: usize = 256;
 
 /// What [`scan`] found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Envelope {
-    pub api_version: Option<String>,
+pub(crate) struct Envelope {
+    pub(crate) api_version: Option<String>,
     pub uid: Option<String>,
 }
 
 /// Scans `body` (possibly invalid or truncated JSON) for `apiVersion` and `request.uid`.
-pub fn scan(body: &[u8]) -> Envelope {
+pub(crate) fn scan(body: &[u8]) -> Envelope {
     let mut out = Envelope::default();
     let mut s = Scanner { b: body, i: 0 };
     if s.b.starts_with(b"\xEF\xBB\xBF") {

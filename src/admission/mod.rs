@@ -4,7 +4,7 @@
 //! field-selective parse, the router and injector, and one reply written into a buffer.
 //! It never panics on input and always produces a well-formed AdmissionReview.
 
-pub mod envelope;
+pub(crate) mod envelope;
 pub(crate) mod validate;
 pub(crate) use validate::validate;
 
@@ -26,7 +26,7 @@ pub enum ReviewResult {
 }
 
 impl ReviewResult {
-    pub const ALL: [ReviewResult; 4] = [
+    pub(crate) const ALL: [ReviewResult; 4] = [
         ReviewResult::Injected,
         ReviewResult::Skipped,
         ReviewResult::Denied,
@@ -335,7 +335,7 @@ fn error(version: &str, uid: &str, message: String) -> Reply<'static> {
 /// late or over-budget body, or `/validate` without a cluster). `body` is what was read of
 /// the request, possibly nothing or a prefix: the reply carries its uid and apiVersion
 /// when they can be found in it ([`envelope::scan`]).
-pub fn error_reply(body: &[u8], message: &str) -> Vec<u8> {
+pub(crate) fn error_reply(body: &[u8], message: &str) -> Vec<u8> {
     let found = envelope::scan(body);
     let mut out = Vec::with_capacity(256 + message.len());
     write_reply(
@@ -355,7 +355,7 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Writes an AdmissionReview reply.
-pub fn write_reply(
+pub(crate) fn write_reply(
     out: &mut Vec<u8>,
     version: &str,
     uid: &str,

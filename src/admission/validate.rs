@@ -26,7 +26,7 @@ use super::write_reply;
 
 /// What one review asks to change.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// CREATE, or an UPDATE that changes `spec.revision`.
     TagWrite {
         tag: String,
@@ -51,7 +51,7 @@ pub enum Change {
 
 /// How much of the cluster a guard reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Needs {
+pub(crate) enum Needs {
     /// Revisions and tags.
     Config,
     /// Also every namespace and the live pods (what still uses a tag or revision).
@@ -86,7 +86,7 @@ impl Change {
 
 /// A parsed review: reply version, uid, and the change.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Parsed {
+pub(crate) struct Parsed {
     pub version: &'static str,
     pub uid: String,
     pub change: Change,
@@ -133,7 +133,7 @@ const V1: &str = "admission.k8s.io/v1";
 const V1BETA1: &str = "admission.k8s.io/v1beta1";
 
 /// An error answer: (reply version, uid, message).
-pub type ParseError = (&'static str, String, String);
+pub(crate) type ParseError = (&'static str, String, String);
 
 /// Parses an AdmissionReview of a meshrev.io object into the change it asks for.
 pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
@@ -267,7 +267,7 @@ fn object<T: serde::de::DeserializeOwned>(v: &Option<Value>, field: &str) -> Res
 }
 
 /// Judges `change` against `view` and writes the reply.
-pub fn reply_with_view(parsed: &Parsed, view: &MeshView) -> Vec<u8> {
+pub(crate) fn reply_with_view(parsed: &Parsed, view: &MeshView) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     match parsed.change.check(view) {
         Ok(warnings) => {

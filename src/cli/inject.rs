@@ -19,7 +19,7 @@ use crate::table::{self, NamespaceLabels, Table};
 use crate::yaml;
 
 #[derive(clap::Args, Debug)]
-pub struct InjectArgs {
+pub(crate) struct InjectArgs {
     /// Manifests to inject: a file of multi-document YAML or JSON, or `-` for stdin.
     #[arg(short = 'f', long = "filename")]
     pub file: String,
@@ -32,13 +32,13 @@ pub struct InjectArgs {
     pub namespace: Option<String>,
     /// Labels of the namespace, `k=v,k=v`; else those of its Namespace object in the table.
     #[arg(long, value_name = "K=V,...")]
-    pub namespace_labels: Option<String>,
+    pub(crate) namespace_labels: Option<String>,
     /// Write here instead of stdout (written whole, or not at all).
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
 }
 
-pub fn run(args: InjectArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: InjectArgs) -> anyhow::Result<()> {
     // Refuse a bad `-o` before doing any work.
     if let Some(path) = &args.output {
         output_dir(path)?;
@@ -242,7 +242,7 @@ fn template_path(kind: &str, api_version: &str) -> Option<&'static [&'static str
 /// Injects every pod template in a multi-document input. Returns the YAML output and notes
 /// (warnings, skips) for stderr. Any invalid document fails the whole run.
 ///
-/// A wrapper over [`inject_stream`] that keeps the whole output in memory.
+/// A wrapper over `inject_stream` that keeps the whole output in memory.
 pub fn inject_documents(
     base: &Table,
     input: &str,
@@ -261,7 +261,7 @@ pub fn inject_documents(
 /// Injects a multi-document input one document at a time: each is parsed, injected and
 /// written to `out` before the next is read. Notes (warnings, skips) go to `note`. The
 /// first invalid document stops the run; what was written before it stays written.
-pub fn inject_stream(
+pub(crate) fn inject_stream(
     base: &Table,
     input: &str,
     namespace_flag: Option<&str>,

@@ -3,7 +3,7 @@
 mod certs;
 pub mod inject;
 
-pub use inject::{inject_documents, inject_stream};
+pub use inject::inject_documents;
 
 use std::process::ExitCode;
 

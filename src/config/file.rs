@@ -53,7 +53,7 @@ struct HeadMeta {
 }
 
 /// Parses a multi-document YAML (or JSON) table file. `List` documents are flattened.
-/// Nesting deeper than [`crate::yaml::MAX_DEPTH`] is refused while parsing (linear time).
+/// Nesting deeper than `crate::yaml::MAX_DEPTH` is refused while parsing (linear time).
 /// Unknown kinds are errors: a table file holds configuration only.
 pub fn parse_objects(text: &str) -> Result<ConfigObjects, ParseError> {
     let mut out = ConfigObjects::default();

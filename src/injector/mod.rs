@@ -1,9 +1,9 @@
 //! The injector: the sidecar of a revision as an RFC 6902 JSON Patch against the original pod.
 //!
 //! Per revision, the constant parts were rendered when the table was built
-//! ([`RevisionTemplate`]); per request [`patch`] writes the patch straight into one buffer,
+//! (`RevisionTemplate`); per request `patch` writes the patch straight into one buffer,
 //! filling only the pod-dependent slots. Routing is not the injector's: the webhook's
-//! [`crate::router::inject`] routes the pod, then calls [`patch`] with the chosen revision.
+//! [`crate::router::inject`] routes the pod, then calls `patch` with the chosen revision.
 
 mod overrides;
 pub mod pod;
@@ -16,10 +16,9 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-pub use template::{
-    Features, INIT_CONTAINER, NEWEST_MINOR, OLDEST_MINOR, PROXY_CONTAINER, Part,
-    ProxyResourceDefaults, RevisionTemplate, STATUS_PORT, Slot, VOLUME_NAMES, json_str,
-    pointer_escape,
+pub(crate) use template::{
+    INIT_CONTAINER, NEWEST_MINOR, OLDEST_MINOR, PROXY_CONTAINER, Part, ProxyResourceDefaults,
+    RevisionTemplate, STATUS_PORT, Slot, json_str, pointer_escape,
 };
 
 use crate::core::ANNOTATION_STATUS;
@@ -34,7 +33,7 @@ use pod::{Meta, Pod, Spec};
 /// full-pod path (their own `istio-proxy`, or `inject.istio.io/templates`), see
 /// `overrides`. A caller that cannot give it (returns `None`) gets the plain sidecar.
 /// On an error (a malformed annotation; the message names it) `out` is left empty.
-pub fn patch(
+pub(crate) fn patch(
     tmpl: &RevisionTemplate,
     nodes_support_native_sidecars: Option<bool>,
     namespace: &str,

@@ -21,11 +21,11 @@ use crate::injector::pod::{Meta, Spec};
 const OVERRIDABLE: [&str; 2] = [INIT_CONTAINER, PROXY_CONTAINER];
 
 /// Annotation in which Istio keeps a pod's own versions of the injected containers.
-pub const ANNOTATION_OVERRIDES: &str = "proxy.istio.io/overrides";
+pub(crate) const ANNOTATION_OVERRIDES: &str = "proxy.istio.io/overrides";
 
 /// Whether `pod` needs the full-pod path: it declares an injected container itself (and was
 /// not injected before), or it asks for templates.
-pub fn needed(meta: &Meta<'_>, spec: &Spec<'_>) -> bool {
+pub(crate) fn needed(meta: &Meta<'_>, spec: &Spec<'_>) -> bool {
     if meta.annotation(crate::core::ANNOTATION_TEMPLATES).is_some()
         || meta.annotation("sidecar.istio.io/enableCoreDump").is_some()
     {
@@ -182,7 +182,7 @@ fn merge_key(field: &str) -> Option<&'static str> {
 
 /// A strategic merge of `patch` over `base` for container-shaped objects: objects merge,
 /// lists with a merge key merge by it, anything else is replaced; `null` removes.
-pub fn strategic_merge(base: &mut Value, patch: &Value) {
+pub(crate) fn strategic_merge(base: &mut Value, patch: &Value) {
     let (Value::Object(b), Value::Object(p)) = (&mut *base, patch) else {
         *base = patch.clone();
         return;

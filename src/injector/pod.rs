@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 
 /// A string that borrows from the input when it can.
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct Str<'a>(pub Cow<'a, str>);
+pub(crate) struct Str<'a>(pub Cow<'a, str>);
 
 impl<'a> Str<'a> {
     pub fn as_str(&self) -> &str {
@@ -52,7 +52,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
 
 /// Labels or annotations, in document order. Small maps: a linear scan beats hashing.
 #[derive(Clone, Debug, Default)]
-pub struct StrMap<'a>(pub Vec<(Str<'a>, Str<'a>)>);
+pub(crate) struct StrMap<'a>(pub Vec<(Str<'a>, Str<'a>)>);
 
 impl<'a> StrMap<'a> {
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -60,9 +60,6 @@ impl<'a> StrMap<'a> {
             .iter()
             .find(|(k, _)| k.as_str() == key)
             .map(|(_, v)| v.as_str())
-    }
-    pub fn contains(&self, key: &str) -> bool {
-        self.get(key).is_some()
     }
 }
 
@@ -93,18 +90,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for StrMap<'a> {
 #[derive(Debug, Deserialize, Default)]
 pub struct Pod<'a> {
     #[serde(borrow, default)]
-    pub metadata: Meta<'a>,
+    pub(crate) metadata: Meta<'a>,
     #[serde(borrow)]
-    pub spec: Option<Spec<'a>>,
+    pub(crate) spec: Option<Spec<'a>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct Meta<'a> {
+pub(crate) struct Meta<'a> {
     #[serde(borrow, default)]
     pub name: Option<Str<'a>>,
     #[serde(borrow, default)]
-    pub generate_name: Option<Str<'a>>,
+    pub(crate) generate_name: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub namespace: Option<Str<'a>>,
     /// `None` when the pod has no `labels` field (or it is null): patches must then
@@ -128,9 +125,9 @@ impl Meta<'_> {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct OwnerRef<'a> {
+pub(crate) struct OwnerRef<'a> {
     #[serde(borrow, default)]
-    pub api_version: Str<'a>,
+    pub(crate) api_version: Str<'a>,
     #[serde(borrow, default)]
     pub kind: Str<'a>,
     #[serde(borrow, default)]
@@ -141,9 +138,9 @@ pub struct OwnerRef<'a> {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct Spec<'a> {
+pub(crate) struct Spec<'a> {
     #[serde(default)]
-    pub host_network: Option<bool>,
+    pub(crate) host_network: Option<bool>,
     #[serde(borrow, default)]
     pub containers: Vec<Container<'a>>,
     #[serde(borrow, default)]
@@ -158,17 +155,17 @@ pub struct Spec<'a> {
 /// `/app-health` endpoints; `env` is read only on an already injected `istio-proxy`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct Container<'a> {
+pub(crate) struct Container<'a> {
     #[serde(borrow, default)]
     pub name: Str<'a>,
     #[serde(borrow, default)]
     pub ports: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    pub readiness_probe: Option<&'a RawValue>,
+    pub(crate) readiness_probe: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    pub liveness_probe: Option<&'a RawValue>,
+    pub(crate) liveness_probe: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    pub startup_probe: Option<&'a RawValue>,
+    pub(crate) startup_probe: Option<&'a RawValue>,
     #[serde(borrow, default)]
     pub lifecycle: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -177,7 +174,7 @@ pub struct Container<'a> {
 
 /// Anything identified by its `name` (volumes).
 #[derive(Debug, Deserialize, Default)]
-pub struct Named<'a> {
+pub(crate) struct Named<'a> {
     #[serde(borrow, default)]
     pub name: Str<'a>,
 }

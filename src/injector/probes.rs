@@ -24,8 +24,8 @@ use super::pod::{Container, Spec, Str};
 
 /// What the rewrite produces: `replace` operations (path, JSON value) and the probers.
 #[derive(Debug, Default)]
-pub struct Rewrite {
-    pub replaces: Vec<(String, String)>,
+pub(crate) struct Rewrite {
+    pub(crate) replaces: Vec<(String, String)>,
     /// `ISTIO_KUBE_APP_PROBERS` entries, keyed by `/app-health/<container>/<kind>`: each
     /// value is one prober as JSON text.
     pub probers: BTreeMap<String, String>,
@@ -33,7 +33,7 @@ pub struct Rewrite {
 
 impl Rewrite {
     /// The `ISTIO_KUBE_APP_PROBERS` value: the probers as one JSON object.
-    pub fn probers_json(&self) -> String {
+    pub(crate) fn probers_json(&self) -> String {
         let mut out = String::with_capacity(
             self.probers
                 .iter()
@@ -410,7 +410,7 @@ fn convert(
 /// Merges probers kept by an earlier injection (the old proxy's `ISTIO_KUBE_APP_PROBERS`)
 /// into `new`: Istio keeps the earlier entries, since the probes they describe were already
 /// rewritten and can no longer be read from the containers.
-pub fn merge_previous(new: &mut BTreeMap<String, String>, proxy_env: Option<&str>) {
+pub(crate) fn merge_previous(new: &mut BTreeMap<String, String>, proxy_env: Option<&str>) {
     let Some(env) = proxy_env else { return };
     let Ok(vars) = serde_json::from_str::<Vec<&RawValue>>(env) else {
         return;

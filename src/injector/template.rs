@@ -13,7 +13,7 @@ use crate::config::{EnvVar, MeshRevisionSpec};
 
 /// The variable parts of the injected containers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Slot {
+pub(crate) enum Slot {
     /// The proxy image (a JSON string).
     Image,
     /// The whole `args` array of `istio-init`.
@@ -93,14 +93,14 @@ const SLOTS: [(Slot, &str, SlotKind); 12] = [
 
 /// A piece of pre-rendered JSON.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Part {
+pub(crate) enum Part {
     Lit(Box<str>),
     Slot(Slot),
 }
 
 /// JSON text with holes.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Fragment(pub Vec<Part>);
+pub(crate) struct Fragment(pub Vec<Part>);
 
 impl Fragment {
     /// Serializes `v` and cuts it at the slot markers (see [`SlotKind`]).
@@ -141,39 +141,39 @@ impl Fragment {
 /// What changed across the Istio releases meshrev follows, for one revision's version.
 /// Each switches on at the release where Istio's injector changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Features {
+pub(crate) struct Features {
     /// 1.24+: the pod annotation `sidecar.istio.io/nativeSidecar` is read ("true" opts in,
     /// any other value opts out); 1.27+: any value but "false" opts in.
-    pub native_annotation: NativeAnnotation,
+    pub(crate) native_annotation: NativeAnnotation,
     /// 1.27+: `istio-ca-crl` volume and mount.
     pub crl: bool,
     /// 1.29+: `resourceFieldRef` divisors are written as "1" (before: "0").
-    pub divisor_one: bool,
+    pub(crate) divisor_one: bool,
     /// 1.25+: lifecycle hooks (`postStart`/`preStop` httpGet and tcpSocket) are rewritten
     /// like probes.
-    pub lifecycle_rewrite: bool,
+    pub(crate) lifecycle_rewrite: bool,
     /// 1.25+: `istio.io/reroute-virtual-interfaces`, the `service.istio.io/workload-name`
     /// label, and `-u 1337` under TPROXY.
-    pub v1_25: bool,
+    pub(crate) v1_25: bool,
     /// Before 1.24: `sidecar.istio.io/enableCoreDump` adds an `enable-core-dump` init
     /// container.
-    pub core_dump_container: bool,
+    pub(crate) core_dump_container: bool,
     /// 1.27+: only "true"/"false" are valid values of `sidecar.istio.io/inject`.
-    pub strict_inject_values: bool,
+    pub(crate) strict_inject_values: bool,
 }
 
 /// How a version reads `sidecar.istio.io/nativeSidecar`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NativeAnnotation {
+pub(crate) enum NativeAnnotation {
     Ignored,
     TrueOptsIn,
     NotFalseOptsIn,
 }
 
 /// The oldest Istio minor whose injection meshrev reproduces.
-pub const OLDEST_MINOR: u64 = 22;
+pub(crate) const OLDEST_MINOR: u64 = 22;
 /// The newest Istio minor whose injection meshrev knows; newer versions get its behaviour.
-pub const NEWEST_MINOR: u64 = 30;
+pub(crate) const NEWEST_MINOR: u64 = 30;
 
 impl Features {
     pub fn of(version: &semver::Version) -> Features {
@@ -196,77 +196,75 @@ impl Features {
     }
     /// Native sidecars when nothing overrides them: Istio's `auto` on a cluster whose
     /// kubelets support them (1.27+); off before.
-    pub fn native_by_default(&self) -> bool {
+    pub(crate) fn native_by_default(&self) -> bool {
         self.crl
     }
 }
 
 /// Names of what a revision injects, as recorded in `sidecar.istio.io/status`.
-pub const INIT_CONTAINER: &str = "istio-init";
-pub const PROXY_CONTAINER: &str = "istio-proxy";
+pub(crate) const INIT_CONTAINER: &str = "istio-init";
+pub(crate) const PROXY_CONTAINER: &str = "istio-proxy";
 
 /// Everything a revision injects, pre-rendered. Owned by a [`crate::table::Revision`];
 /// immutable once built.
 #[derive(Clone, Debug)]
-pub struct RevisionTemplate {
+pub(crate) struct RevisionTemplate {
     pub revision: String,
     pub features: Features,
     /// Whether this revision injects native sidecars unless a pod says otherwise, when the
     /// cluster's nodes support them (see [`RevisionTemplate::native_for`]).
     pub native: bool,
     /// `nativeSidecars: auto`: the nodes decide too.
-    pub native_auto: bool,
+    pub(crate) native_auto: bool,
     /// `holdApplicationUntilProxyStarts` for the revision's pods.
-    pub hold_application: bool,
+    pub(crate) hold_application: bool,
     /// The installation's defaults that pod annotations override.
-    pub log_level: String,
-    pub component_log_level: String,
-    pub agent_log_level: String,
-    pub include_ip_ranges: String,
-    pub exclude_ip_ranges: String,
-    pub image: String,
+    pub(crate) log_level: String,
+    pub(crate) component_log_level: String,
+    pub(crate) agent_log_level: String,
+    pub(crate) include_ip_ranges: String,
+    pub(crate) exclude_ip_ranges: String,
     /// The JSON string of the default image, quotes included.
-    pub image_json: Box<str>,
+    pub(crate) image_json: Box<str>,
     /// The default `resources` object of `istio-init` and `istio-proxy`.
-    pub resources_json: Box<str>,
+    pub(crate) resources_json: Box<str>,
     /// `istio-init`'s args for pods without traffic annotations (a JSON array).
-    pub default_init_args: String,
+    pub(crate) default_init_args: String,
     /// Names of the env vars the revision's overrides add to `istio-proxy`.
-    pub override_env_names: Vec<String>,
-    pub default_resources: ProxyResourceDefaults,
-    pub init_container: Fragment,
-    pub proxy_container: Fragment,
+    pub(crate) override_env_names: Vec<String>,
+    pub(crate) init_container: Fragment,
+    pub(crate) proxy_container: Fragment,
     /// `istio-proxy`'s `securityContext`: as a user, and as root for TPROXY interception.
-    pub proxy_security_json: Box<str>,
-    pub proxy_security_tproxy_json: Box<str>,
+    pub(crate) proxy_security_json: Box<str>,
+    pub(crate) proxy_security_tproxy_json: Box<str>,
     /// `,"readinessProbe":…,"startupProbe":…` for the default status port.
-    pub probes_json: Box<str>,
+    pub(crate) probes_json: Box<str>,
     /// The `PROXY_CONFIG` env value for pods without `proxy.istio.io/config`.
-    pub proxy_config_json: Box<str>,
+    pub(crate) proxy_config_json: Box<str>,
     /// The discovery address, written into `PROXY_CONFIG`.
-    pub discovery_address: String,
+    pub(crate) discovery_address: String,
     /// Each injected volume as a JSON object.
     pub volumes: Vec<Box<str>>,
-    pub volume_names: Vec<&'static str>,
+    pub(crate) volume_names: Vec<&'static str>,
     /// `sidecar.istio.io/status` (quotes included) for a native and a classic sidecar.
-    pub status_json_native: Box<str>,
-    pub status_json_classic: Box<str>,
+    pub(crate) status_json_native: Box<str>,
+    pub(crate) status_json_classic: Box<str>,
     /// `istio.io/rev`, as a JSON string value.
-    pub revision_json: Box<str>,
+    pub(crate) revision_json: Box<str>,
     /// Extra annotations of the revision: (JSON-pointer-escaped key, JSON string value).
-    pub extra_annotations: Vec<(Box<str>, Box<str>)>,
+    pub(crate) extra_annotations: Vec<(Box<str>, Box<str>)>,
 }
 
 /// Default requests and limits of `istio-proxy` (after the revision's overrides).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct ProxyResourceDefaults {
+pub(crate) struct ProxyResourceDefaults {
     pub requests: BTreeMap<String, String>,
     pub limits: BTreeMap<String, String>,
 }
 
 impl ProxyResourceDefaults {
     /// Renders a `resources` object.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         let mut v = serde_json::Map::new();
         if !self.requests.is_empty() {
             v.insert("requests".into(), json!(self.requests));
@@ -279,7 +277,7 @@ impl ProxyResourceDefaults {
 }
 
 /// The volumes of a sidecar, in Istio's order; `istio-ca-crl` from 1.27 on.
-pub const VOLUME_NAMES: [&str; 9] = [
+pub(crate) const VOLUME_NAMES: [&str; 9] = [
     "workload-socket",
     "credential-socket",
     "workload-certs",
@@ -292,7 +290,7 @@ pub const VOLUME_NAMES: [&str; 9] = [
 ];
 
 /// Escapes a key for use in a JSON Pointer (RFC 6901).
-pub fn pointer_escape(key: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn pointer_escape(key: &str) -> std::borrow::Cow<'_, str> {
     if key.contains(['~', '/']) {
         key.replace('~', "~0").replace('/', "~1").into()
     } else {
@@ -301,16 +299,16 @@ pub fn pointer_escape(key: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// A JSON string literal, quotes included.
-pub fn json_str(s: &str) -> String {
+pub(crate) fn json_str(s: &str) -> String {
     serde_json::to_string(s).expect("a string must serialize")
 }
 
 /// Istio's default status port (the agent's `/app-health` and `/stats/prometheus`).
-pub const STATUS_PORT: u16 = 15020;
+pub(crate) const STATUS_PORT: u16 = 15020;
 
 /// The `readinessProbe` and `startupProbe` members of `istio-proxy` (with a leading comma),
 /// as Istio's template writes them for the given readiness settings.
-pub fn render_probes(initial_delay: u32, period: u32, failure: u32) -> String {
+pub(crate) fn render_probes(initial_delay: u32, period: u32, failure: u32) -> String {
     // Go omits zero probe fields (`omitempty`); so does meshrev, to write what Istio writes.
     let mut ready = json!({
         "httpGet": {"path": "/healthz/ready", "port": 15021},
@@ -338,12 +336,12 @@ pub fn render_probes(initial_delay: u32, period: u32, failure: u32) -> String {
 impl RevisionTemplate {
     /// Native sidecars for a pod that does not say, given what the nodes support (Istio's
     /// `auto` requires every node's kubelet to be 1.33 or newer).
-    pub fn native_for(&self, nodes_support: Option<bool>) -> bool {
+    pub(crate) fn native_for(&self, nodes_support: Option<bool>) -> bool {
         self.native && (!self.native_auto || nodes_support.unwrap_or(true))
     }
 
     /// Renders the templates of revision `name`. The spec must already be validated.
-    pub fn render(name: &str, spec: &MeshRevisionSpec) -> RevisionTemplate {
+    pub(crate) fn render(name: &str, spec: &MeshRevisionSpec) -> RevisionTemplate {
         let version = semver::Version::parse(&spec.version)
             .unwrap_or_else(|_| semver::Version::new(1, NEWEST_MINOR, 0));
         let features = Features::of(&version);
@@ -526,9 +524,7 @@ impl RevisionTemplate {
             include_ip_ranges: spec.include_ip_ranges.clone().unwrap_or_else(|| "*".into()),
             exclude_ip_ranges: spec.exclude_ip_ranges.clone().unwrap_or_default(),
             image_json: json_str(&image).into(),
-            image,
             resources_json: res.to_json().into(),
-            default_resources: res,
             init_container: Fragment::from_value(&init),
             proxy_container: Fragment::from_value(&proxy),
             probes_json: render_probes(0, 15, 4).into(),

@@ -4,6 +4,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::core::validate::is_quantity;
+use crate::injector::template::VOLUME_NAMES;
 use crate::router::{Outcome, inject};
 use crate::table::{NamespaceLabels, Table, embedded_default};
 

@@ -14,7 +14,7 @@ use crate::table::{Revision, Table};
 pub use crate::core::SkipReason;
 
 /// How the revision was chosen: a tag name borrowed from the table, or pinned.
-pub type Via<'t> = core::Via<&'t str>;
+pub(crate) type Via<'t> = core::Via<&'t str>;
 
 /// The router's answer over a table.
 pub(crate) type Decision<'t> = core::Decision<&'t Arc<Revision>, &'t str>;
@@ -55,7 +55,7 @@ pub(crate) fn route<'t>(
 }
 
 /// The revision new pods of namespace `ns` get by its labels alone (no pod-level opt-in).
-pub fn resolve_namespace<'t>(table: &'t Table, ns: &str) -> Option<&'t Arc<Revision>> {
+pub(crate) fn resolve_namespace<'t>(table: &'t Table, ns: &str) -> Option<&'t Arc<Revision>> {
     match core::route(table, ns, &NoLabels) {
         core::Decision::Inject { revision, .. } => Some(revision),
         core::Decision::Skip { .. } => None,
@@ -81,7 +81,7 @@ pub enum Outcome<'t> {
 }
 
 /// Routes `pod` (created in `namespace`) and, when it is to be injected, appends the JSON
-/// Patch to `patch` (which must be empty); see [`injector::patch`] for `whole_pod`.
+/// Patch to `patch` (which must be empty); see `injector::patch` for `whole_pod`.
 pub fn inject<'t>(
     table: &'t Table,
     namespace: &str,

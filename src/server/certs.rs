@@ -153,7 +153,7 @@ pub struct Generated {
     /// The CA certificate (PEM): what clients trust.
     pub ca_pem: String,
     /// True when valid files were already there and were kept.
-    pub reused: bool,
+    pub(crate) reused: bool,
 }
 
 /// A serving certificate and its key, PEM.

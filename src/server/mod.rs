@@ -172,7 +172,7 @@ pub struct ServeConfig {
     /// The TLS listener (both webhooks, `/healthz`, `/readyz`).
     pub listen: SocketAddr,
     /// `None`: no admin listener.
-    pub metrics_listen: Option<SocketAddr>,
+    pub(crate) metrics_listen: Option<SocketAddr>,
     /// The serving certificate.
     pub tls: TlsSource,
     /// The revision table.
@@ -206,7 +206,7 @@ pub struct ServeConfig {
     /// Open connections on the TLS listener.
     pub max_connections: usize,
     /// HTTP/2 streams per connection.
-    pub max_concurrent_streams: u32,
+    pub(crate) max_concurrent_streams: u32,
     /// A connection without a request for this long is closed.
     pub idle_timeout: Duration,
 }

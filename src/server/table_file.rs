@@ -67,7 +67,7 @@ pub(super) fn settle(interval: Duration) -> Duration {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Snapshot {
     pub content: Vec<u8>,
-    pub modified: Option<SystemTime>,
+    pub(crate) modified: Option<SystemTime>,
     pub len: u64,
 }
 

@@ -1,6 +1,6 @@
 //! The revision table: an immutable snapshot of revisions, tags and namespace labels.
 //!
-//! Ownership: a [`Table`] is built by [`TableBuilder`] (from a table file, or by the
+//! Ownership: a [`Table`] is built by `TableBuilder` (from a table file, or by the
 //! controller from its reflector stores), never mutated afterwards, and published through a
 //! [`TableStore`]. The webhook's request path only calls [`TableStore::load`]; every change
 //! (a label, a tag move, a promotion) is one [`TableStore::publish`], so a request sees the
@@ -17,7 +17,7 @@ use crate::core::{Namespaces, Revisions, validate};
 use crate::injector::RevisionTemplate;
 
 /// Part of the table's API (namespace labels go in with [`Table::with_namespaces`] and
-/// [`TableBuilder::build_lenient`]); defined in the core.
+/// `TableBuilder::build_lenient`); defined in the core.
 pub use crate::core::NamespaceLabels;
 
 /// One revision, with its pre-rendered sidecar.
@@ -26,12 +26,12 @@ pub struct Revision {
     pub name: String,
     pub version: semver::Version,
     pub spec: MeshRevisionSpec,
-    pub template: RevisionTemplate,
+    pub(crate) template: RevisionTemplate,
 }
 
 impl Revision {
     /// A warning for a version newer than the newest Istio behaviour meshrev knows.
-    pub fn version_warning(&self) -> Option<String> {
+    pub(crate) fn version_warning(&self) -> Option<String> {
         let newest = crate::injector::NEWEST_MINOR;
         (self.version.major > 1 || self.version.minor > newest).then(|| {
             format!(
@@ -55,7 +55,7 @@ pub struct Table {
     /// Whether every node's kubelet runs native sidecars (Kubernetes 1.33+), as Istio's
     /// `auto` decides; `None` outside a cluster (file tables, `meshrev inject`), where a
     /// revision's version decides alone.
-    pub nodes_support_native_sidecars: Option<bool>,
+    pub(crate) nodes_support_native_sidecars: Option<bool>,
 }
 
 impl Table {
@@ -66,7 +66,7 @@ impl Table {
         self.tags.get(name)
     }
     /// The tag's own (table-owned) name and its revision.
-    pub fn tag_entry(&self, name: &str) -> Option<(&str, &Arc<Revision>)> {
+    pub(crate) fn tag_entry(&self, name: &str) -> Option<(&str, &Arc<Revision>)> {
         self.tags.get_key_value(name).map(|(k, v)| (k.as_str(), v))
     }
     pub fn namespace(&self, name: &str) -> Option<&NamespaceLabels> {
@@ -82,7 +82,7 @@ impl Table {
             .map(|(t, r)| (t.as_str(), r.name.as_str()))
             .collect()
     }
-    pub fn revision_count(&self) -> usize {
+    pub(crate) fn revision_count(&self) -> usize {
         self.revisions.len()
     }
     /// The same table with other namespace labels: revisions and tags are shared, not
@@ -133,7 +133,7 @@ pub struct BuildError(pub Vec<Problem>);
 /// does not re-render sidecars. Owned by whoever feeds configuration in (the table-file
 /// loader or the controller); not shared.
 #[derive(Default)]
-pub struct TableBuilder {
+pub(crate) struct TableBuilder {
     cache: HashMap<String, Arc<Revision>>,
 }
 
@@ -144,7 +144,7 @@ impl TableBuilder {
 
     /// Builds leniently: invalid objects are left out and returned as problems, the rest
     /// still builds (the controller's mode: one bad object must not break injection).
-    pub fn build_lenient<'a>(
+    pub(crate) fn build_lenient<'a>(
         &mut self,
         revisions: impl IntoIterator<Item = &'a MeshRevision>,
         tags: impl IntoIterator<Item = &'a RevisionTag>,
@@ -260,7 +260,7 @@ pub fn embedded_default() -> Table {
 }
 
 /// Namespace objects → the router's view of them.
-pub fn namespace_map(namespaces: &[NamespaceObject]) -> HashMap<String, NamespaceLabels> {
+pub(crate) fn namespace_map(namespaces: &[NamespaceObject]) -> HashMap<String, NamespaceLabels> {
     namespaces
         .iter()
         .map(|n| {
@@ -335,7 +335,7 @@ impl TableStore {
     pub fn load(&self) -> arc_swap::Guard<Arc<Table>> {
         self.current.load()
     }
-    pub fn load_full(&self) -> Arc<Table> {
+    pub(crate) fn load_full(&self) -> Arc<Table> {
         self.current.load_full()
     }
     /// Publishes `table` as the next generation with one atomic store.
