@@ -23,6 +23,7 @@
 //! - [`cli`]: the `meshrev` command line.
 //! - [`yaml`]: YAML in (depth-limited, one document at a time) and out (YAML 1.1-safe).
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod admission;
 pub mod cli;

@@ -31,6 +31,7 @@ pub struct Error {
     pub line: usize,
     /// 1-based column.
     pub(crate) column: usize,
+    /// What is wrong.
     pub message: String,
 }
 

@@ -17,7 +17,9 @@ use crate::table::{Revision, Table};
 /// What happened to a request, for metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReviewResult {
+    /// The pod was patched with a sidecar.
     Injected,
+    /// The pod was admitted unchanged (see [`crate::router::SkipReason`]).
     Skipped,
     /// The pod was refused (an invalid annotation).
     Denied,
@@ -32,6 +34,7 @@ impl ReviewResult {
         ReviewResult::Denied,
         ReviewResult::Error,
     ];
+    /// The Prometheus label value (`injected`, `skipped`, `denied`, `error`); must not change.
     pub fn as_str(self) -> &'static str {
         match self {
             ReviewResult::Injected => "injected",
@@ -47,6 +50,7 @@ impl ReviewResult {
 pub struct Reply<'t> {
     /// The AdmissionReview JSON to send.
     pub body: Vec<u8>,
+    /// What the review did, for metrics.
     pub result: ReviewResult,
     pub(crate) skip: Option<SkipReason>,
     pub(crate) injected: Option<(&'t Revision, Via<'t>)>,

@@ -11,15 +11,20 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("default-table.yaml");
 /// A `Namespace` object of a table file: only its name and labels matter.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NamespaceObject {
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.labels`.
     pub labels: BTreeMap<String, String>,
 }
 
 /// The objects of a table file, in file order.
 #[derive(Clone, Debug, Default)]
 pub struct ConfigObjects {
+    /// The `MeshRevision` documents.
     pub revisions: Vec<MeshRevision>,
+    /// The `RevisionTag` documents.
     pub tags: Vec<RevisionTag>,
+    /// The `Namespace` documents.
     pub namespaces: Vec<NamespaceObject>,
 }
 
@@ -31,6 +36,7 @@ pub struct ParseError {
     pub index: usize,
     /// ` (Kind name)` when the document got that far, else empty.
     pub what: String,
+    /// What is wrong, naming the field.
     pub message: String,
 }
 

@@ -44,12 +44,17 @@ pub(crate) trait Namespaces {
 /// Prometheus label values, which must not change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SkipReason {
+    /// The pod uses the host's network (`hostNetwork: true`).
     HostNetwork,
+    /// The pod is in a system namespace (`kube-system`, `kube-public`, …).
     SystemNamespace,
+    /// The pod opts out (`sidecar.istio.io/inject: "false"`, label or annotation).
     PodOptOut,
+    /// The namespace's `istio-injection` label is set to something other than `enabled`.
     NamespaceDisabled,
     /// The selected name is neither a tag nor a revision.
     UnknownRevision,
+    /// Neither the namespace nor the pod asks for injection.
     NotInMesh,
     /// The admission request is not a pod CREATE (the webhook's own reason).
     NotCreate,

@@ -67,13 +67,18 @@ pub(crate) fn resolve_namespace<'t>(table: &'t Table, ns: &str) -> Option<&'t Ar
 pub enum Outcome<'t> {
     /// A patch was written to the buffer.
     Injected {
+        /// The revision whose sidecar was injected.
         revision: &'t Arc<Revision>,
+        /// How the pod reached it (tag or revision, namespace or pod label).
         via: Via<'t>,
+        /// For the AdmissionReview's `warnings` (a label conflict, a too-new version).
         warning: Option<String>,
     },
     /// No patch; the pod is admitted as it is.
     Skipped {
+        /// Why no sidecar.
         reason: SkipReason,
+        /// For the AdmissionReview's `warnings` (a name that is neither tag nor revision).
         warning: Option<String>,
     },
     /// The pod asks for something invalid (a malformed annotation); the message names it.

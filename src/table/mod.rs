@@ -23,8 +23,11 @@ pub use crate::core::NamespaceLabels;
 /// One revision, with its pre-rendered sidecar.
 #[derive(Debug)]
 pub struct Revision {
+    /// The `MeshRevision`'s name (`istio.io/rev` value).
     pub name: String,
+    /// Its Istio version.
     pub version: semver::Version,
+    /// Its spec, as configured.
     pub spec: MeshRevisionSpec,
     pub(crate) template: RevisionTemplate,
 }
@@ -59,20 +62,21 @@ pub struct Table {
 }
 
 impl Table {
-    pub fn revision(&self, name: &str) -> Option<&Arc<Revision>> {
+    pub(crate) fn revision(&self, name: &str) -> Option<&Arc<Revision>> {
         self.revisions.get(name)
     }
-    pub fn tag(&self, name: &str) -> Option<&Arc<Revision>> {
+    #[cfg(test)]
+    pub(crate) fn tag(&self, name: &str) -> Option<&Arc<Revision>> {
         self.tags.get(name)
     }
     /// The tag's own (table-owned) name and its revision.
     pub(crate) fn tag_entry(&self, name: &str) -> Option<(&str, &Arc<Revision>)> {
         self.tags.get_key_value(name).map(|(k, v)| (k.as_str(), v))
     }
-    pub fn namespace(&self, name: &str) -> Option<&NamespaceLabels> {
+    pub(crate) fn namespace(&self, name: &str) -> Option<&NamespaceLabels> {
         self.namespaces.get(name)
     }
-    pub fn revisions(&self) -> impl Iterator<Item = &Arc<Revision>> {
+    pub(crate) fn revisions(&self) -> impl Iterator<Item = &Arc<Revision>> {
         self.revisions.values()
     }
     /// Tags sorted by name, with the revision each points at.
@@ -119,8 +123,11 @@ impl Namespaces for Table {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} {name:?}: {message}")]
 pub struct Problem {
+    /// The object's kind (`MeshRevision`, `RevisionTag`).
     pub kind: &'static str,
+    /// The object's name.
     pub name: String,
+    /// What is wrong with it.
     pub message: String,
 }
 
@@ -324,7 +331,7 @@ pub struct TableStore {
 }
 
 impl TableStore {
-    pub fn new(mut table: Table) -> Self {
+    pub(crate) fn new(mut table: Table) -> Self {
         table.generation = 1;
         TableStore {
             current: ArcSwap::from_pointee(table),
