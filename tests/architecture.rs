@@ -8,8 +8,9 @@
 //!   crate is `core::tests::core_imports_nothing_but_pure_crates`);
 //! - `controller` does not use `server`; `injector` uses neither `router` nor `table`.
 //!
-//! `cargo test --test architecture -- --nocapture` prints the dependency list quoted by
-//! ARCHITECTURE.md. No cluster and no server: it only reads the source files.
+//! `cargo test --test architecture -- --nocapture` prints the dependency list, which
+//! ARCHITECTURE.md quotes (and the test checks that it still does). No cluster and no
+//! server: it only reads the source files.
 //!
 //! What counts as test code: files named `*tests.rs`, files of modules declared under
 //! `#[cfg(test)]` (e.g. `controller/fake_api.rs`), and every item under `#[cfg(test)]`.
@@ -90,6 +91,17 @@ fn module_graph_is_acyclic_and_layered() {
         ));
     }
 
+    // ARCHITECTURE.md quotes the list: it must say what the code does.
+    let doc = read(&src.join("../ARCHITECTURE.md"));
+    let lines = dependency_lines(&graph);
+    if documented_dependencies(&doc) != lines {
+        failures.push(format!(
+            "ARCHITECTURE.md's module dependency list is out of date; the code block under \
+             `## Module dependencies` should read:\n{}\n",
+            lines.join("\n")
+        ));
+    }
+
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -103,14 +115,41 @@ fn render(uses: &[Use]) -> String {
 /// graph is acyclic).
 fn print_dependency_list(graph: &Graph) {
     println!("module dependencies (non-test code; a module is listed after what it uses):");
-    for m in topological_order(graph) {
-        let deps: Vec<&str> = graph[&m].keys().map(String::as_str).collect();
-        if deps.is_empty() {
-            println!("  {m} → (nothing)");
-        } else {
-            println!("  {m} → {}", deps.join(", "));
-        }
+    for line in dependency_lines(graph) {
+        println!("  {line}");
     }
+}
+
+/// `module → dep, dep`, one line per module, dependencies first.
+fn dependency_lines(graph: &Graph) -> Vec<String> {
+    topological_order(graph)
+        .into_iter()
+        .map(|m| {
+            let deps: Vec<&str> = graph[&m].keys().map(String::as_str).collect();
+            if deps.is_empty() {
+                format!("{m} → (nothing)")
+            } else {
+                format!("{m} → {}", deps.join(", "))
+            }
+        })
+        .collect()
+}
+
+/// The lines of the first code block after `## Module dependencies` in ARCHITECTURE.md.
+fn documented_dependencies(doc: &str) -> Vec<String> {
+    let Some((_, section)) = doc.split_once("## Module dependencies") else {
+        return Vec::new();
+    };
+    let mut blocks = section.split("```");
+    blocks.next(); // the prose before the block
+    blocks
+        .next()
+        .unwrap_or("")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Modules with their dependencies first; ties alphabetical. Modules on a cycle come last,
