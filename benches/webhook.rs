@@ -269,9 +269,13 @@ async fn measure(
             // have arrived, so the burst below is queued by the client instead of opening
             // streams the server must refuse (kube-apiserver's Go client retries those).
             let mut first = Sender::H2(shared.clone());
-            round_trip(&mut first, request(proto, client.addr.port(), body), expect_len)
-                .await
-                .context("the first h2 request")?;
+            round_trip(
+                &mut first,
+                request(proto, client.addr.port(), body),
+                expect_len,
+            )
+            .await
+            .context("the first h2 request")?;
             senders.extend((0..n).map(|_| Sender::H2(shared.clone())));
         }
     }
