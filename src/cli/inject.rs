@@ -391,6 +391,23 @@ impl Walker<'_, '_> {
             .or(namespace)
             .unwrap_or_else(|| "default".to_string());
 
+        // Istio's kube-inject reads and writes a CronJob's pod metadata at
+        // `spec.jobTemplate.metadata` (its golden `cronjob.yaml.injected`), not on the pod
+        // template: so does meshrev, for the same output. (In a cluster the webhook sees the
+        // pods themselves, and this does not arise.)
+        let cron_meta = if kind == "CronJob" {
+            match doc.pointer_mut("/spec/jobTemplate/metadata") {
+                None | Some(Value::Null) => Some(None),
+                Some(Value::Object(m)) => Some(Some(std::mem::take(m))),
+                Some(v) => bail!(
+                    "{what}: field `spec.jobTemplate.metadata` must be a mapping, found {}",
+                    a(v)
+                ),
+            }
+        } else {
+            None
+        };
+
         // Walk to the pod template, naming the first field that is missing or no mapping.
         let mut tmpl = &mut *doc;
         let mut walked = String::new();
@@ -419,9 +436,12 @@ impl Walker<'_, '_> {
 
         // The pod as the API server would see it: the template plus the owner the
         // controller would set, so that the workload identity matches in-cluster injection.
-        let mut meta = match t.get_mut("metadata").map(Value::take) {
-            Some(Value::Object(m)) => m,
-            _ => Map::new(),
+        let mut meta = match &cron_meta {
+            Some(m) => m.clone().unwrap_or_default(),
+            None => match t.get_mut("metadata").map(Value::take) {
+                Some(Value::Object(m)) => m,
+                _ => Map::new(),
+            },
         };
         let spec = t.get_mut("spec").map(Value::take).unwrap_or(Value::Null);
         let owned = kind != "Pod";
@@ -449,11 +469,24 @@ impl Walker<'_, '_> {
                 None => m.remove("ownerReferences"),
             };
         }
-        let template_had_metadata = t.contains_key("metadata");
-        if template_had_metadata || meta.as_object().is_some_and(|m| !m.is_empty()) {
-            t.insert("metadata".into(), meta);
-        }
         t.insert("spec".into(), spec);
+        match cron_meta {
+            None => {
+                let template_had_metadata = t.contains_key("metadata");
+                if template_had_metadata || meta.as_object().is_some_and(|m| !m.is_empty()) {
+                    t.insert("metadata".into(), meta);
+                }
+            }
+            Some(had) => {
+                if let Some(job) = doc
+                    .pointer_mut("/spec/jobTemplate")
+                    .and_then(Value::as_object_mut)
+                    && (had.is_some() || meta.as_object().is_some_and(|m| !m.is_empty()))
+                {
+                    job.insert("metadata".into(), meta);
+                }
+            }
+        }
         outcome
     }
 
