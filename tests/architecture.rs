@@ -228,7 +228,10 @@ fn declared_modules(lib: &Path) -> BTreeSet<String> {
     code.lines()
         .filter_map(|l| {
             let l = l.trim();
-            let l = l.strip_prefix("pub ").unwrap_or(l);
+            let l = l
+                .strip_prefix("pub ")
+                .or_else(|| l.strip_prefix("pub(crate) "))
+                .unwrap_or(l);
             let name = l.strip_prefix("mod ")?.strip_suffix(';')?;
             Some(name.trim().to_string())
         })
