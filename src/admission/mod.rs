@@ -259,7 +259,8 @@ pub fn review<'t>(table: &'t Table, body: &[u8], patch: &mut Vec<u8>) -> Reply<'
                 message: None,
             }
         }
-        Outcome::Denied(message) => {
+        Outcome::Denied(refusal) => {
+            let message = refusal.into_message();
             let mut body = Vec::with_capacity(256 + message.len());
             write_reply(
                 &mut body,

@@ -22,6 +22,30 @@ pub(crate) use template::{
 };
 
 use crate::core::ANNOTATION_STATUS;
+
+/// Why the injector refuses a pod: the webhook denies it (HTTP 400 in the AdmissionReview)
+/// and `meshrev inject` stops with the message. Made only on the refusal path; the message
+/// is the whole of the display (users and tests read it as it is).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The pod's annotations ask for something invalid or unsupported; the message names
+    /// each annotation and value.
+    #[error("{0}")]
+    Annotation(String),
+    /// The injector's own patch did not apply to the pod (a bug): refused rather than
+    /// admitted half-injected.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Refusal {
+    /// The message, moved out (no copy).
+    pub fn into_message(self) -> String {
+        match self {
+            Refusal::Annotation(m) | Refusal::Internal(m) => m,
+        }
+    }
+}
 pub use crate::core::validate::quantity_value;
 use pod::{Meta, Pod, Spec};
 
@@ -40,7 +64,7 @@ pub(crate) fn patch(
     pod: &Pod<'_>,
     out: &mut Vec<u8>,
     whole_pod: impl FnOnce() -> Option<serde_json::Value>,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     static EMPTY: Spec<'static> = Spec {
         host_network: None,
         containers: Vec::new(),
@@ -71,16 +95,22 @@ fn full_pod_patch(
     tmpl: &RevisionTemplate,
     whole_pod: impl FnOnce() -> Option<serde_json::Value>,
     patch: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     let Some(original) = whole_pod() else {
         return Ok(());
     };
-    let ops: json_patch::Patch = serde_json::from_slice(patch)
-        .map_err(|e| format!("internal error: the injector wrote an invalid patch: {e}"))?;
+    let ops: json_patch::Patch = serde_json::from_slice(patch).map_err(|e| {
+        Refusal::Internal(format!(
+            "internal error: the injector wrote an invalid patch: {e}"
+        ))
+    })?;
     let mut injected = original.clone();
-    json_patch::patch(&mut injected, &ops)
-        .map_err(|e| format!("internal error: the injector's patch does not apply: {e}"))?;
-    templates::apply(tmpl, &original, &mut injected)?;
+    json_patch::patch(&mut injected, &ops).map_err(|e| {
+        Refusal::Internal(format!(
+            "internal error: the injector's patch does not apply: {e}"
+        ))
+    })?;
+    templates::apply(tmpl, &original, &mut injected).map_err(Refusal::Annotation)?;
     overrides::apply(&original, &mut injected);
     patch.clear();
     serde_json::to_writer(&mut *patch, &json_patch::diff(&original, &injected))
@@ -707,16 +737,17 @@ fn write_patch(
     meta: &Meta<'_>,
     spec: &Spec<'_>,
     out: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     let status: Option<Status> = meta
         .annotation(ANNOTATION_STATUS)
         .map(|s| serde_json::from_str(s).unwrap_or_default());
     // An injected pod is injected again, as Istio does: its spec may have changed since (a
     // container added to the template), and the result of re-injecting an unchanged pod is
     // the same pod.
-    validate::annotations(meta)?;
-    let settings = PodSettings::of(tmpl, nodes_native, meta)?;
-    let mut values = PodValues::compute(tmpl, namespace, meta, spec, &settings)?;
+    validate::annotations(meta).map_err(Refusal::Annotation)?;
+    let settings = PodSettings::of(tmpl, nodes_native, meta).map_err(Refusal::Annotation)?;
+    let mut values =
+        PodValues::compute(tmpl, namespace, meta, spec, &settings).map_err(Refusal::Annotation)?;
     let old_proxy_env = spec
         .containers
         .iter()
@@ -755,7 +786,7 @@ fn write_patch(
         None => {}
     }
     let user_volumes = match meta.annotation("sidecar.istio.io/userVolume") {
-        Some(v) => named_objects("sidecar.istio.io/userVolume", v)?,
+        Some(v) => named_objects("sidecar.istio.io/userVolume", v).map_err(Refusal::Annotation)?,
         None => Vec::new(),
     };
 

@@ -447,3 +447,25 @@ fn proxy_requests_above_limits_are_refused() {
     pod["metadata"]["annotations"]["sidecar.istio.io/proxyCPU"] = json!("-1");
     assert!(run(&table(), "stable-ns", &pod).0.starts_with("denied:"));
 }
+
+/// A malformed annotation is a `Refusal::Annotation` whose display is exactly the message
+/// the webhook and `meshrev inject` show (naming the annotation, its value and why).
+#[test]
+fn a_bad_annotation_is_an_annotation_refusal_with_the_message_as_its_display() {
+    let mut pod = fixture();
+    pod["metadata"]["annotations"]["status.sidecar.istio.io/port"] = json!("99999");
+    let text = pod.to_string();
+    let view: Pod = serde_json::from_str(&text).expect("pod view must parse");
+    let mut buf = Vec::new();
+    let Outcome::Denied(refusal) = inject(&table(), "stable-ns", &view, &mut buf, || None) else {
+        panic!("a port above 65535 must be refused");
+    };
+    assert!(buf.is_empty(), "a refusal leaves no patch");
+    assert!(matches!(refusal, Refusal::Annotation(_)), "{refusal:?}");
+    let shown = refusal.to_string();
+    assert!(
+        shown.starts_with("annotation status.sidecar.istio.io/port: \"99999\": "),
+        "{shown}"
+    );
+    assert_eq!(refusal.into_message(), shown);
+}

@@ -82,7 +82,7 @@ pub enum Outcome<'t> {
         warning: Option<String>,
     },
     /// The pod asks for something invalid (a malformed annotation); the message names it.
-    Denied(String),
+    Denied(injector::Refusal),
 }
 
 /// Routes `pod` (created in `namespace`) and, when it is to be injected, appends the JSON
