@@ -26,7 +26,7 @@ use super::lease::RENEW_EVERY;
 use super::{ClusterView, LeaseHandle, Observed};
 use crate::config::{Condition, MeshRevision, MeshRevisionStatus, RevisionTag, RevisionTagStatus};
 use crate::router;
-use crate::table::{Problem, Table, TableStore};
+use crate::table::{ConfigKind, Problem, Table, TableStore};
 
 /// The field manager of status writes.
 pub(crate) const FIELD_MANAGER: &str = "meshrev";
@@ -94,7 +94,10 @@ pub(crate) fn compute(
             },
         );
     }
-    for p in problems.iter().filter(|p| p.kind == "MeshRevision") {
+    for p in problems
+        .iter()
+        .filter(|p| p.kind == ConfigKind::MeshRevision)
+    {
         revs.insert(
             p.name.clone(),
             MeshRevisionStatus {
@@ -115,7 +118,10 @@ pub(crate) fn compute(
             )
         })
         .collect();
-    for p in problems.iter().filter(|p| p.kind == "RevisionTag") {
+    for p in problems
+        .iter()
+        .filter(|p| p.kind == ConfigKind::RevisionTag)
+    {
         tag_status.insert(
             p.name.clone(),
             RevisionTagStatus {
@@ -380,7 +386,7 @@ mod tests {
         let names: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
         let pods = BTreeMap::from([("1-22-6".to_string(), 3)]);
         let problems = vec![Problem {
-            kind: "RevisionTag",
+            kind: ConfigKind::RevisionTag,
             name: "old".into(),
             message: "spec.revision \"x\" names no MeshRevision".into(),
         }];

@@ -119,12 +119,37 @@ impl Namespaces for Table {
     }
 }
 
+/// The kinds of configuration object a table is built from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConfigKind {
+    /// A `MeshRevision`.
+    MeshRevision,
+    /// A `RevisionTag`.
+    RevisionTag,
+}
+
+impl ConfigKind {
+    /// The Kubernetes kind, as it appears in messages and objects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigKind::MeshRevision => "MeshRevision",
+            ConfigKind::RevisionTag => "RevisionTag",
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Something wrong with one configuration object. The message names the object.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} {name:?}: {message}")]
 pub struct Problem {
-    /// The object's kind (`MeshRevision`, `RevisionTag`).
-    pub kind: &'static str,
+    /// The object's kind.
+    pub kind: ConfigKind,
     /// The object's name.
     pub name: String,
     /// What is wrong with it.
@@ -162,21 +187,25 @@ impl TableBuilder {
         for r in revisions {
             let name = r.metadata.name.clone().unwrap_or_default();
             if revs.contains_key(&name) {
-                problems.push(problem("MeshRevision", &name, "defined twice".into()));
+                problems.push(problem(
+                    ConfigKind::MeshRevision,
+                    &name,
+                    "defined twice".into(),
+                ));
                 continue;
             }
             match self.revision(&name, &r.spec) {
                 Ok(rev) => {
                     revs.insert(name, rev);
                 }
-                Err(message) => problems.push(problem("MeshRevision", &name, message)),
+                Err(message) => problems.push(problem(ConfigKind::MeshRevision, &name, message)),
             }
         }
         let mut tag_map = HashMap::new();
         for t in tags {
             let name = t.metadata.name.clone().unwrap_or_default();
             if let Err(message) = tag_problem(&name, &t.spec.revision, &revs, &tag_map) {
-                problems.push(problem("RevisionTag", &name, message));
+                problems.push(problem(ConfigKind::RevisionTag, &name, message));
             } else if let Some(rev) = revs.get(&t.spec.revision) {
                 tag_map.insert(name, rev.clone());
             }
@@ -305,7 +334,7 @@ fn tag_problem(
     Ok(())
 }
 
-fn problem(kind: &'static str, name: &str, message: String) -> Problem {
+fn problem(kind: ConfigKind, name: &str, message: String) -> Problem {
     Problem {
         kind,
         name: name.to_string(),
