@@ -25,11 +25,30 @@ use super::vocab::{
 /// How many blockers a message lists before "and N more".
 pub(crate) const MAX_LISTED: usize = 20;
 
+/// The kinds of object that block a step; displayed as messages name them (`namespace`,
+/// `pod`, `RevisionTag`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum BlockerKind {
+    Namespace,
+    Pod,
+    RevisionTag,
+}
+
+impl fmt::Display for BlockerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BlockerKind::Namespace => "namespace",
+            BlockerKind::Pod => "pod",
+            BlockerKind::RevisionTag => "RevisionTag",
+        })
+    }
+}
+
 /// One object that blocks a step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Blocker {
-    /// `namespace`, `pod`, `RevisionTag`, `MeshRevision`.
-    pub(crate) kind: &'static str,
+    /// What it is.
+    pub(crate) kind: BlockerKind,
     /// `name`, or `namespace/name` for a pod.
     pub(crate) name: String,
     /// Why it blocks (`istio.io/rev=canary`, `runs 1-23-6, Running`).
@@ -241,7 +260,7 @@ fn namespaces_naming(view: &MeshView, name: &str) -> Vec<Blocker> {
         .iter()
         .filter(|(_, l)| l.names(name))
         .map(|(n, l)| Blocker {
-            kind: "namespace",
+            kind: BlockerKind::Namespace,
             name: n.clone(),
             detail: l.describe(),
         })
@@ -254,7 +273,7 @@ fn pods_selecting(view: &MeshView, name: &str) -> Vec<Blocker> {
         .iter()
         .filter(|p| view.pod_selects(p, name))
         .map(|p| Blocker {
-            kind: "pod",
+            kind: BlockerKind::Pod,
             name: p.key(),
             detail: format!("pod label {LABEL_REV}={name}"),
         })
@@ -265,7 +284,7 @@ fn pods_selecting(view: &MeshView, name: &str) -> Vec<Blocker> {
 fn pods_running(view: &MeshView, revision: &str) -> Vec<Blocker> {
     view.pods_on(revision)
         .map(|p| Blocker {
-            kind: "pod",
+            kind: BlockerKind::Pod,
             name: p.key(),
             detail: if p.phase.is_empty() {
                 format!("runs {revision}")
@@ -349,7 +368,7 @@ pub(crate) fn revision_delete(
         .tags_of(name)
         .into_iter()
         .map(|t| Blocker {
-            kind: "RevisionTag",
+            kind: BlockerKind::RevisionTag,
             name: t.to_string(),
             detail: format!("points at {name}"),
         })
@@ -378,18 +397,18 @@ pub(crate) fn revision_delete(
         return Ok(warnings);
     }
     let mut fixes = Vec::new();
-    if blockers.iter().any(|b| b.kind == "RevisionTag") {
+    if blockers.iter().any(|b| b.kind == BlockerKind::RevisionTag) {
         fixes.push(
             "move or delete the tags first (a tag must not point at a missing revision)"
                 .to_string(),
         );
     }
-    if blockers.iter().any(|b| b.kind == "namespace") {
+    if blockers.iter().any(|b| b.kind == BlockerKind::Namespace) {
         fixes.push(format!(
             "relabel those namespaces (kubectl label namespace NAME {LABEL_REV}=stable --overwrite)"
         ));
     }
-    if blockers.iter().any(|b| b.kind == "pod") {
+    if blockers.iter().any(|b| b.kind == BlockerKind::Pod) {
         fixes.push(format!(
             "restart those workloads onto the current revision (meshrev upgrade rollout --wait), or, to delete anyway, annotate the revision {ANNOTATION_FORCE_DELETE}=true (meshrev upgrade unpublish --force)"
         ));
@@ -461,7 +480,7 @@ pub(crate) fn canary(
                 "finish that upgrade first: meshrev upgrade promote --yes, or roll back its namespaces and meshrev upgrade revoke",
             )
             .with(vec![Blocker {
-                kind: "RevisionTag",
+                kind: BlockerKind::RevisionTag,
                 name: TAG_CANARY.into(),
                 detail: format!("points at {}", tag.revision),
             }]));
@@ -698,7 +717,7 @@ pub(crate) fn revoke(view: &MeshView) -> Result<Option<RevokePlan>, Refusal> {
             .into_iter()
             .filter(|t| *t != TAG_CANARY)
             .map(|t| Blocker {
-                kind: "RevisionTag",
+                kind: BlockerKind::RevisionTag,
                 name: t.to_string(),
                 detail: format!("points at {revision}"),
             }),
@@ -814,8 +833,11 @@ pub(crate) fn unpublish(
         });
     }
     let names = candidates.join(", ");
-    let tagged = blockers.iter().any(|b| b.kind == "RevisionTag");
-    let pods = blockers.iter().filter(|b| b.kind == "pod").count();
+    let tagged = blockers.iter().any(|b| b.kind == BlockerKind::RevisionTag);
+    let pods = blockers
+        .iter()
+        .filter(|b| b.kind == BlockerKind::Pod)
+        .count();
     let fix = if tagged {
         "an old revision must have no tag: move or delete the tag first".to_string()
     } else if pods > 0 {
@@ -1162,7 +1184,8 @@ mod tests {
         assert_eq!(unpublish(&m, None, false).unwrap().revisions, ["1-22-6"]);
         // Stable cannot be unpublished.
         assert!(
-            unpublish(&m, Some("1-23-6"), false).unwrap_err().blockers[0].kind == "RevisionTag"
+            unpublish(&m, Some("1-23-6"), false).unwrap_err().blockers[0].kind
+                == BlockerKind::RevisionTag
         );
         // Nothing old.
         assert!(
