@@ -199,7 +199,7 @@ fn refusals_keep_the_uid() {
         text.replacen("{", "{\"n\":NaN,", 1),
         format!("\u{feff}{text}"),
     ] {
-        let (_, uid, _) = validate::parse(body.as_bytes()).unwrap_err();
+        let uid = validate::parse(body.as_bytes()).unwrap_err().uid;
         assert_eq!(uid, UID, "{body:.60}");
     }
     let v: Value = serde_json::from_slice(&error_reply(text.as_bytes(), "busy")).unwrap();

@@ -132,22 +132,31 @@ struct Gvk {
 const V1: &str = "admission.k8s.io/v1";
 const V1BETA1: &str = "admission.k8s.io/v1beta1";
 
-/// An error answer: (reply version, uid, message).
-pub(crate) type ParseError = (&'static str, String, String);
+/// A review `/validate` cannot judge, with what its error reply needs.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct ParseError {
+    /// The AdmissionReview version to answer with.
+    pub(crate) version: &'static str,
+    /// The request's uid, empty when it has none.
+    pub(crate) uid: String,
+    /// What is wrong with the review, for the reply's `status.message`.
+    pub(crate) message: String,
+}
 
 /// Parses an AdmissionReview of a meshrev.io object into the change it asks for.
 pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
     let review: Review = serde_json::from_slice(body).map_err(|e| {
         let found = super::envelope::scan(body);
-        (
-            if found.api_version.as_deref() == Some(V1BETA1) {
+        ParseError {
+            version: if found.api_version.as_deref() == Some(V1BETA1) {
                 V1BETA1
             } else {
                 V1
             },
-            found.uid.unwrap_or_default(),
-            format!("body is not a valid AdmissionReview JSON document: {e}"),
-        )
+            uid: found.uid.unwrap_or_default(),
+            message: format!("body is not a valid AdmissionReview JSON document: {e}"),
+        }
     })?;
     let uid = review
         .request
@@ -160,25 +169,41 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
         V1
     };
     if review.api_version.as_deref() != Some(V1) && version != V1BETA1 {
-        return Err((
+        return Err(ParseError {
             version,
             uid,
-            format!(
+            message: format!(
                 "apiVersion is {:?}; expected {V1:?}",
                 review.api_version.unwrap_or_default()
             ),
-        ));
+        });
     }
     if review.kind.as_deref() != Some("AdmissionReview") {
-        return Err((version, uid, "kind must be AdmissionReview".into()));
+        return Err(ParseError {
+            version,
+            uid,
+            message: "kind must be AdmissionReview".into(),
+        });
     }
     let Some(req) = review.request else {
-        return Err((version, String::new(), "missing field `request`".into()));
+        return Err(ParseError {
+            version,
+            uid: String::new(),
+            message: "missing field `request`".into(),
+        });
     };
     if uid.is_empty() {
-        return Err((version, String::new(), "missing field `request.uid`".into()));
+        return Err(ParseError {
+            version,
+            uid: String::new(),
+            message: "missing field `request.uid`".into(),
+        });
     }
-    let fail = |m: String| (version, uid.clone(), m);
+    let fail = |message: String| ParseError {
+        version,
+        uid: uid.clone(),
+        message,
+    };
     let kind = match &req.kind {
         Some(k) if k.group == GROUP => k.kind.clone(),
         Some(k) => {
@@ -298,7 +323,11 @@ pub(crate) fn reply_with_view(parsed: &Parsed, view: &MeshView) -> Vec<u8> {
 pub fn validate(body: &[u8], view: impl FnOnce(Needs) -> Option<MeshView>) -> Vec<u8> {
     let parsed = match parse(body) {
         Ok(p) => p,
-        Err((version, uid, message)) => {
+        Err(ParseError {
+            version,
+            uid,
+            message,
+        }) => {
             let mut out = Vec::with_capacity(256 + message.len());
             write_reply(
                 &mut out,
@@ -451,7 +480,7 @@ mod tests {
         );
         assert_eq!(p.change.needs(), Some(Needs::Usage));
         let e = parse(b"{}").unwrap_err();
-        assert!(e.2.contains("apiVersion"), "{e:?}");
+        assert!(e.message.contains("apiVersion"), "{e:?}");
         let mut pod: Value = serde_json::from_slice(&review(
             "RevisionTag",
             "CREATE",
@@ -462,7 +491,7 @@ mod tests {
         .unwrap();
         pod["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Pod"});
         let pod = serde_json::to_vec(&pod).unwrap();
-        assert!(parse(&pod).unwrap_err().2.contains("only judges"));
+        assert!(parse(&pod).unwrap_err().message.contains("only judges"));
     }
 
     #[test]
