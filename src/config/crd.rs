@@ -87,17 +87,16 @@ pub struct MeshRevisionSpec {
     pub exclude_ip_ranges: Option<String>,
 }
 
+// Doc comments here would become descriptions in the CRD schema (manifests/crds.yaml, the
+// contract with the cluster), so these fields and variants stay undocumented.
+#[allow(missing_docs)]
 /// `MeshRevision.spec.nativeSidecars`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum NativeSidecars {
-    /// Native sidecars when the revision's Istio version and every node's kubelet
-    /// support them (Istio's `auto`).
     #[default]
     Auto,
-    /// Always native sidecars (an init container with `restartPolicy: Always`).
     Enabled,
-    /// Always a classic sidecar container.
     Disabled,
 }
 
@@ -116,27 +115,32 @@ pub struct SidecarOverrides {
     pub annotations: BTreeMap<String, String>,
 }
 
+// Doc comments here would become descriptions in the CRD schema (manifests/crds.yaml, the
+// contract with the cluster), so these fields and variants stay undocumented.
+#[allow(missing_docs)]
 /// `istio-proxy` requests and limits.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct ProxyResources {
-    /// Resource name (`cpu`, `memory`) → quantity.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub requests: BTreeMap<String, String>,
-    /// Resource name (`cpu`, `memory`) → quantity.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub limits: BTreeMap<String, String>,
 }
 
+// Doc comments here would become descriptions in the CRD schema (manifests/crds.yaml, the
+// contract with the cluster), so these fields and variants stay undocumented.
+#[allow(missing_docs)]
 /// A plain `name`/`value` environment variable.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct EnvVar {
-    /// The variable's name.
     pub name: String,
-    /// Its value (empty when absent).
     #[serde(default)]
     pub value: String,
 }
 
+// Doc comments here would become descriptions in the CRD schema (manifests/crds.yaml, the
+// contract with the cluster), so these fields and variants stay undocumented.
+#[allow(missing_docs)]
 /// What the controller observed about a revision. Written by the leader replica only.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -150,30 +154,27 @@ pub struct MeshRevisionStatus {
     /// Number of running or pending pods that carry this revision's sidecar.
     #[serde(default)]
     pub pods: u32,
-    /// Kubernetes-style conditions (`Ready`, `Promoted`, …).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
 
+// Doc comments here would become descriptions in the CRD schema (manifests/crds.yaml, the
+// contract with the cluster), so these fields and variants stay undocumented.
+#[allow(missing_docs)]
 /// A Kubernetes-style status condition.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// The condition's type (`type` on the wire).
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
     pub status: String,
-    /// A CamelCase reason for the status.
     #[serde(default)]
     pub reason: String,
-    /// For people.
     #[serde(default)]
     pub message: String,
-    /// RFC 3339 time the status last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
 }
