@@ -28,11 +28,11 @@ pub(crate) const MAX_ALIAS_NODES: usize = 100_000;
 #[error("line {line} column {column}: {message}")]
 pub struct Error {
     /// 1-based line.
-    pub line: usize,
+    pub(crate) line: usize,
     /// 1-based column.
     pub(crate) column: usize,
     /// What is wrong.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl Error {

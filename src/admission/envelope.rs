@@ -14,7 +14,7 @@ pub(crate) const MAX_SCANNED_UID: usize = 256;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Envelope {
     pub(crate) api_version: Option<String>,
-    pub uid: Option<String>,
+    pub(crate) uid: Option<String>,
 }
 
 /// Scans `body` (possibly invalid or truncated JSON) for `apiVersion` and `request.uid`.

@@ -35,7 +35,7 @@ impl ReviewResult {
         ReviewResult::Error,
     ];
     /// The Prometheus label value (`injected`, `skipped`, `denied`, `error`); must not change.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ReviewResult::Injected => "injected",
             ReviewResult::Skipped => "skipped",
@@ -55,7 +55,7 @@ pub struct Reply<'t> {
     pub(crate) skip: Option<SkipReason>,
     pub(crate) injected: Option<(&'t Revision, Via<'t>)>,
     /// The error or denial message, when there is one (for logs).
-    pub message: Option<String>,
+    pub(crate) message: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -60,7 +60,7 @@ pub(crate) enum Needs {
 
 impl Change {
     /// What judging it reads; `None` when no guard judges it.
-    pub fn needs(&self) -> Option<Needs> {
+    pub(crate) fn needs(&self) -> Option<Needs> {
         match self {
             Change::Unguarded => None,
             Change::TagWrite { .. } | Change::RevisionWrite { .. } => Some(Needs::Config),
@@ -69,7 +69,7 @@ impl Change {
     }
 
     /// The guards' verdict: warnings when allowed.
-    pub fn check(&self, view: &MeshView) -> Result<Vec<String>, guards::Refusal> {
+    pub(crate) fn check(&self, view: &MeshView) -> Result<Vec<String>, guards::Refusal> {
         match self {
             Change::Unguarded => Ok(Vec::new()),
             Change::TagWrite { tag, revision } => {
@@ -87,9 +87,9 @@ impl Change {
 /// A parsed review: reply version, uid, and the change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Parsed {
-    pub version: &'static str,
-    pub uid: String,
-    pub change: Change,
+    pub(crate) version: &'static str,
+    pub(crate) uid: String,
+    pub(crate) change: Change,
 }
 
 #[derive(Deserialize)]
@@ -145,7 +145,7 @@ pub(crate) struct ParseError {
 }
 
 /// Parses an AdmissionReview of a meshrev.io object into the change it asks for.
-pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
+pub(crate) fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
     let review: Review = serde_json::from_slice(body).map_err(|e| {
         let found = super::envelope::scan(body);
         ParseError {
@@ -320,7 +320,7 @@ pub(crate) fn reply_with_view(parsed: &Parsed, view: &MeshView) -> Vec<u8> {
 /// called only for a guarded change.
 /// Without a view the change is refused (code 500) rather than allowed unchecked (the
 /// webhook's `failurePolicy` is `Fail` too).
-pub fn validate(body: &[u8], view: impl FnOnce(Needs) -> Option<MeshView>) -> Vec<u8> {
+pub(crate) fn validate(body: &[u8], view: impl FnOnce(Needs) -> Option<MeshView>) -> Vec<u8> {
     let parsed = match parse(body) {
         Ok(p) => p,
         Err(ParseError {

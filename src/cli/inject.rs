@@ -22,20 +22,20 @@ use crate::yaml;
 pub(crate) struct InjectArgs {
     /// Manifests to inject: a file of multi-document YAML or JSON, or `-` for stdin.
     #[arg(short = 'f', long = "filename")]
-    pub file: String,
+    pub(crate) file: String,
     /// A table file (MeshRevision, RevisionTag and Namespace objects). Default: the
     /// embedded table (stable → 1-22-6, canary → 1-23-6).
     #[arg(long)]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Namespace of objects that do not name one (default: `default`); also overrides theirs.
     #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     /// Labels of the namespace, `k=v,k=v`; else those of its Namespace object in the table.
     #[arg(long, value_name = "K=V,...")]
     pub(crate) namespace_labels: Option<String>,
     /// Write here instead of stdout (written whole, or not at all).
     #[arg(short = 'o', long)]
-    pub output: Option<PathBuf>,
+    pub(crate) output: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: InjectArgs) -> anyhow::Result<()> {

@@ -12,9 +12,9 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("default-table.yaml");
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NamespaceObject {
     /// `metadata.name`.
-    pub name: String,
+    pub(crate) name: String,
     /// `metadata.labels`.
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
 }
 
 /// The objects of a table file, in file order.
@@ -25,7 +25,7 @@ pub struct ConfigObjects {
     /// The `RevisionTag` documents.
     pub tags: Vec<RevisionTag>,
     /// The `Namespace` documents.
-    pub namespaces: Vec<NamespaceObject>,
+    pub(crate) namespaces: Vec<NamespaceObject>,
 }
 
 /// A table file that could not be read. The message names the document and the field.
@@ -33,11 +33,11 @@ pub struct ConfigObjects {
 #[error("document {index}{what}: {message}")]
 pub struct ParseError {
     /// 0-based index of the YAML document in the file.
-    pub index: usize,
+    pub(crate) index: usize,
     /// ` (Kind name)` when the document got that far, else empty.
-    pub what: String,
+    pub(crate) what: String,
     /// What is wrong, naming the field.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 #[derive(Deserialize)]

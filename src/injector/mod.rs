@@ -40,7 +40,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The message, moved out (no copy).
-    pub fn into_message(self) -> String {
+    pub(crate) fn into_message(self) -> String {
         match self {
             Refusal::Annotation(m) | Refusal::Internal(m) => m,
         }

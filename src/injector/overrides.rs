@@ -84,7 +84,7 @@ fn user_containers(original: &Value) -> Vec<(&'static str, Value)> {
 
 /// Applies the pod's own container definitions over the injected pod (Istio's
 /// `reapplyOverwrittenContainers` and `adjustInitContainerUser`).
-pub fn apply(original: &Value, injected: &mut Value) {
+pub(crate) fn apply(original: &Value, injected: &mut Value) {
     let users = user_containers(original);
     if users.is_empty() {
         return;

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 pub(crate) struct Str<'a>(pub Cow<'a, str>);
 
 impl<'a> Str<'a> {
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -55,7 +55,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
 pub(crate) struct StrMap<'a>(pub Vec<(Str<'a>, Str<'a>)>);
 
 impl<'a> StrMap<'a> {
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k.as_str() == key)
@@ -99,26 +99,26 @@ pub struct Pod<'a> {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Meta<'a> {
     #[serde(borrow, default)]
-    pub name: Option<Str<'a>>,
+    pub(crate) name: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub(crate) generate_name: Option<Str<'a>>,
     #[serde(borrow, default)]
-    pub namespace: Option<Str<'a>>,
+    pub(crate) namespace: Option<Str<'a>>,
     /// `None` when the pod has no `labels` field (or it is null): patches must then
     /// create the map instead of adding keys to it.
     #[serde(borrow, default)]
-    pub labels: Option<StrMap<'a>>,
+    pub(crate) labels: Option<StrMap<'a>>,
     #[serde(borrow, default)]
-    pub annotations: Option<StrMap<'a>>,
+    pub(crate) annotations: Option<StrMap<'a>>,
     #[serde(borrow, default)]
-    pub owner_references: Option<Vec<OwnerRef<'a>>>,
+    pub(crate) owner_references: Option<Vec<OwnerRef<'a>>>,
 }
 
 impl Meta<'_> {
-    pub fn label(&self, k: &str) -> Option<&str> {
+    pub(crate) fn label(&self, k: &str) -> Option<&str> {
         self.labels.as_ref().and_then(|l| l.get(k))
     }
-    pub fn annotation(&self, k: &str) -> Option<&str> {
+    pub(crate) fn annotation(&self, k: &str) -> Option<&str> {
         self.annotations.as_ref().and_then(|a| a.get(k))
     }
 }
@@ -129,11 +129,11 @@ pub(crate) struct OwnerRef<'a> {
     #[serde(borrow, default)]
     pub(crate) api_version: Str<'a>,
     #[serde(borrow, default)]
-    pub kind: Str<'a>,
+    pub(crate) kind: Str<'a>,
     #[serde(borrow, default)]
-    pub name: Str<'a>,
+    pub(crate) name: Str<'a>,
     #[serde(default)]
-    pub controller: Option<bool>,
+    pub(crate) controller: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -142,11 +142,11 @@ pub(crate) struct Spec<'a> {
     #[serde(default)]
     pub(crate) host_network: Option<bool>,
     #[serde(borrow, default)]
-    pub containers: Vec<Container<'a>>,
+    pub(crate) containers: Vec<Container<'a>>,
     #[serde(borrow, default)]
-    pub init_containers: Option<Vec<Container<'a>>>,
+    pub(crate) init_containers: Option<Vec<Container<'a>>>,
     #[serde(borrow, default)]
-    pub volumes: Option<Vec<Named<'a>>>,
+    pub(crate) volumes: Option<Vec<Named<'a>>>,
 }
 
 /// A container: its name, and the parts injection reads kept as raw JSON (borrowed slices
@@ -157,9 +157,9 @@ pub(crate) struct Spec<'a> {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Container<'a> {
     #[serde(borrow, default)]
-    pub name: Str<'a>,
+    pub(crate) name: Str<'a>,
     #[serde(borrow, default)]
-    pub ports: Option<&'a RawValue>,
+    pub(crate) ports: Option<&'a RawValue>,
     #[serde(borrow, default)]
     pub(crate) readiness_probe: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -167,16 +167,16 @@ pub(crate) struct Container<'a> {
     #[serde(borrow, default)]
     pub(crate) startup_probe: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    pub lifecycle: Option<&'a RawValue>,
+    pub(crate) lifecycle: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    pub env: Option<&'a RawValue>,
+    pub(crate) env: Option<&'a RawValue>,
 }
 
 /// Anything identified by its `name` (volumes).
 #[derive(Debug, Deserialize, Default)]
 pub(crate) struct Named<'a> {
     #[serde(borrow, default)]
-    pub name: Str<'a>,
+    pub(crate) name: Str<'a>,
 }
 
 #[cfg(test)]

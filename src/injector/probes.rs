@@ -28,7 +28,7 @@ pub(crate) struct Rewrite {
     pub(crate) replaces: Vec<(String, String)>,
     /// `ISTIO_KUBE_APP_PROBERS` entries, keyed by `/app-health/<container>/<kind>`: each
     /// value is one prober as JSON text.
-    pub probers: BTreeMap<String, String>,
+    pub(crate) probers: BTreeMap<String, String>,
 }
 
 impl Rewrite {
@@ -159,7 +159,7 @@ fn write_with(out: &mut String, obj: &Obj<'_>, set: &[(&str, &str)], drop: &str)
 /// Rewrites the probes of every app container of `spec`. `status_port` is where the rewritten
 /// probes point (the pod's `status.sidecar.istio.io/port`); probes already pointing at the
 /// mesh's default status port are not listed as probers again (re-injection).
-pub fn rewrite(spec: &Spec<'_>, status_port: i64, lifecycle: bool) -> Rewrite {
+pub(crate) fn rewrite(spec: &Spec<'_>, status_port: i64, lifecycle: bool) -> Rewrite {
     let mut out = Rewrite::default();
     let lists: [(&str, &[Container<'_>]); 2] = [
         (

@@ -146,7 +146,7 @@ pub(crate) struct Features {
     /// any other value opts out); 1.27+: any value but "false" opts in.
     pub(crate) native_annotation: NativeAnnotation,
     /// 1.27+: `istio-ca-crl` volume and mount.
-    pub crl: bool,
+    pub(crate) crl: bool,
     /// 1.29+: `resourceFieldRef` divisors are written as "1" (before: "0").
     pub(crate) divisor_one: bool,
     /// 1.25+: lifecycle hooks (`postStart`/`preStop` httpGet and tcpSocket) are rewritten
@@ -176,7 +176,7 @@ pub(crate) const OLDEST_MINOR: u64 = 22;
 pub(crate) const NEWEST_MINOR: u64 = 30;
 
 impl Features {
-    pub fn of(version: &semver::Version) -> Features {
+    pub(crate) fn of(version: &semver::Version) -> Features {
         let m = version.minor.clamp(OLDEST_MINOR, NEWEST_MINOR);
         Features {
             native_annotation: if m >= 27 {
@@ -209,11 +209,11 @@ pub(crate) const PROXY_CONTAINER: &str = "istio-proxy";
 /// immutable once built.
 #[derive(Clone, Debug)]
 pub(crate) struct RevisionTemplate {
-    pub revision: String,
-    pub features: Features,
+    pub(crate) revision: String,
+    pub(crate) features: Features,
     /// Whether this revision injects native sidecars unless a pod says otherwise, when the
     /// cluster's nodes support them (see [`RevisionTemplate::native_for`]).
-    pub native: bool,
+    pub(crate) native: bool,
     /// `nativeSidecars: auto`: the nodes decide too.
     pub(crate) native_auto: bool,
     /// `holdApplicationUntilProxyStarts` for the revision's pods.
@@ -244,7 +244,7 @@ pub(crate) struct RevisionTemplate {
     /// The discovery address, written into `PROXY_CONFIG`.
     pub(crate) discovery_address: String,
     /// Each injected volume as a JSON object.
-    pub volumes: Vec<Box<str>>,
+    pub(crate) volumes: Vec<Box<str>>,
     pub(crate) volume_names: Vec<&'static str>,
     /// `sidecar.istio.io/status` (quotes included) for a native and a classic sidecar.
     pub(crate) status_json_native: Box<str>,
@@ -258,8 +258,8 @@ pub(crate) struct RevisionTemplate {
 /// Default requests and limits of `istio-proxy` (after the revision's overrides).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct ProxyResourceDefaults {
-    pub requests: BTreeMap<String, String>,
-    pub limits: BTreeMap<String, String>,
+    pub(crate) requests: BTreeMap<String, String>,
+    pub(crate) limits: BTreeMap<String, String>,
 }
 
 impl ProxyResourceDefaults {

@@ -18,10 +18,10 @@ use super::{INIT_CONTAINER, PROXY_CONTAINER, RevisionTemplate};
 use crate::core::ANNOTATION_TEMPLATES;
 
 /// Templates meshrev reproduces.
-pub const KNOWN: [&str; 4] = ["sidecar", "gateway", "grpc-agent", "grpc-simple"];
+pub(crate) const KNOWN: [&str; 4] = ["sidecar", "gateway", "grpc-agent", "grpc-simple"];
 
 /// Checks the annotation's value: every name must be a template meshrev reproduces.
-pub fn validate(value: &str) -> Result<(), String> {
+pub(crate) fn validate(value: &str) -> Result<(), String> {
     for t in value.split(',').map(str::trim) {
         if !KNOWN.contains(&t) {
             return Err(format!(
@@ -34,7 +34,7 @@ pub fn validate(value: &str) -> Result<(), String> {
 }
 
 /// Transforms the sidecar-injected pod for the templates the original pod asks for.
-pub fn apply(
+pub(crate) fn apply(
     tmpl: &RevisionTemplate,
     original: &Value,
     injected: &mut Value,

@@ -53,7 +53,7 @@ const VERBATIM: [&str; 5] = [
 ];
 
 /// Checks every annotation Istio checks. The error names the annotation and its value.
-pub fn annotations(meta: &Meta<'_>) -> Result<(), String> {
+pub(crate) fn annotations(meta: &Meta<'_>) -> Result<(), String> {
     let mut errors = Vec::new();
     for (key, check) in CHECKS {
         if let Some(v) = meta.annotation(key) {

@@ -170,13 +170,13 @@ pub enum TableSource {
 /// Everything [`serve_with`] needs. `Default` is `meshrev serve` without flags.
 pub struct ServeConfig {
     /// The TLS listener (both webhooks, `/healthz`, `/readyz`).
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// `None`: no admin listener.
     pub(crate) metrics_listen: Option<SocketAddr>,
     /// The serving certificate.
-    pub tls: TlsSource,
+    pub(crate) tls: TlsSource,
     /// The revision table.
-    pub table: TableSource,
+    pub(crate) table: TableSource,
     /// How often the certificate files are read for changes.
     pub cert_poll_interval: Duration,
     /// How often a table file is read for changes.

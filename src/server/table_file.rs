@@ -66,9 +66,9 @@ pub(super) fn settle(interval: Duration) -> Duration {
 /// One read of the file: its content and what `stat` said just before.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Snapshot {
-    pub content: Vec<u8>,
+    pub(crate) content: Vec<u8>,
     pub(crate) modified: Option<SystemTime>,
-    pub len: u64,
+    pub(crate) len: u64,
 }
 
 /// Reads `path` (stat first, then the content).

@@ -24,11 +24,11 @@ pub use crate::core::NamespaceLabels;
 #[derive(Debug)]
 pub struct Revision {
     /// The `MeshRevision`'s name (`istio.io/rev` value).
-    pub name: String,
+    pub(crate) name: String,
     /// Its Istio version.
-    pub version: semver::Version,
+    pub(crate) version: semver::Version,
     /// Its spec, as configured.
-    pub spec: MeshRevisionSpec,
+    pub(crate) spec: MeshRevisionSpec,
     pub(crate) template: RevisionTemplate,
 }
 
@@ -49,7 +49,7 @@ impl Revision {
 #[derive(Debug, Default)]
 pub struct Table {
     /// Increases with every publish of a [`TableStore`]; 0 before publishing.
-    pub generation: u64,
+    pub(crate) generation: u64,
     revisions: HashMap<String, Arc<Revision>>,
     /// tag → revision.
     tags: HashMap<String, Arc<Revision>>,
@@ -121,7 +121,7 @@ impl Namespaces for Table {
 
 /// The kinds of configuration object a table is built from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ConfigKind {
+pub(crate) enum ConfigKind {
     /// A `MeshRevision`.
     MeshRevision,
     /// A `RevisionTag`.
@@ -130,7 +130,7 @@ pub enum ConfigKind {
 
 impl ConfigKind {
     /// The Kubernetes kind, as it appears in messages and objects.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ConfigKind::MeshRevision => "MeshRevision",
             ConfigKind::RevisionTag => "RevisionTag",
@@ -149,11 +149,11 @@ impl std::fmt::Display for ConfigKind {
 #[error("{kind} {name:?}: {message}")]
 pub struct Problem {
     /// The object's kind.
-    pub kind: ConfigKind,
+    pub(crate) kind: ConfigKind,
     /// The object's name.
-    pub name: String,
+    pub(crate) name: String,
     /// What is wrong with it.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// A table file or object set that does not build. Lists every problem.
@@ -170,7 +170,7 @@ pub(crate) struct TableBuilder {
 }
 
 impl TableBuilder {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
@@ -222,7 +222,7 @@ impl TableBuilder {
     }
 
     /// Builds strictly: any problem fails the build (the table-file mode).
-    pub fn build(&mut self, objects: &ConfigObjects) -> Result<Table, BuildError> {
+    pub(crate) fn build(&mut self, objects: &ConfigObjects) -> Result<Table, BuildError> {
         let (table, problems) = self.build_lenient(
             &objects.revisions,
             &objects.tags,
