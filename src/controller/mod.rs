@@ -20,7 +20,7 @@ pub use index::{
     COUNTED_PODS, Dirty, Index, Key, Kind, Object, Observed, OwnerKind, PodEntry, PodSelection,
 };
 pub use lease::{Identity, LeaseHandle};
-pub use run::run;
+pub use run::{metric_names, run};
 
 use crate::upgrade::MeshView;
 

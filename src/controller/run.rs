@@ -92,6 +92,27 @@ impl WatchMetrics {
     }
 }
 
+/// The name of every metric [`run`] registers, read from a throwaway registry (labelled
+/// families with no series yet included), so alert rules and dashboards can be checked
+/// against what the controller really exports.
+pub fn metric_names() -> Vec<String> {
+    use prometheus::core::Collector;
+    let registry = prometheus::Registry::new();
+    let Ok(wm) = WatchMetrics::new(&registry) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = registry
+        .gather()
+        .iter()
+        .map(|f| f.name().to_string())
+        .chain(wm.errors.desc().iter().map(|d| d.fq_name.clone()))
+        .chain(wm.objects.desc().iter().map(|d| d.fq_name.clone()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// A gauge computed at scrape time from the last sync instant.
 struct SinceCollector {
     gauge: prometheus::Gauge,
