@@ -161,6 +161,7 @@ async fn alert_rules_and_dashboard_use_only_exported_metrics() {
         "MeshrevTlsReloadFailing",
         "MeshrevCertificateExpiresSoon",
         "MeshrevUpgradeUnfinished",
+        "MeshrevPodsOnUnselectedRevision",
     ] {
         assert!(alerts.contains(want), "alert {want} missing");
     }
