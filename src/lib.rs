@@ -20,7 +20,7 @@
 //!   the Lease hand-off); runtime → {server, controller}, never controller → server.
 //! - [`health`]: readiness gates, shared by the server and the controller.
 //! - `telemetry`: the metrics registry and table gauges, shared the same way.
-//! - `controller`: the kube-rs watches that feed one cluster index, from which it
+//! - [`controller`]: the kube-rs watches that feed one cluster index, from which it
 //!   publishes the table and `/validate`'s view; the status writer and its Lease.
 //! - `upgrade`: `meshrev upgrade …` (plan → execute → outcome over the cluster) and the
 //!   conversions from Kubernetes objects into the core's view.
@@ -37,7 +37,7 @@
 pub mod admission;
 pub mod cli;
 pub mod config;
-pub(crate) mod controller;
+pub mod controller;
 pub(crate) mod core;
 mod errors;
 pub mod health;

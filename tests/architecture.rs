@@ -269,6 +269,9 @@ fn crate_graph(src: &Path) -> (Graph, Vec<String>) {
         if parts.len() == 1 && (parts[0] == "lib.rs" || parts[0] == "main.rs") {
             continue; // the crate root declares modules; main.rs is the binary crate
         }
+        if parts[0] == "bin" {
+            continue; // src/bin/*.rs: other binary crates (kubectl-meshrev), not modules
+        }
         let name = parts.last().expect("a file has a name");
         let is_test_file = name.ends_with("tests.rs")
             || test_only

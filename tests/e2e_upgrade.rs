@@ -89,6 +89,51 @@ async fn meshrev_upgrade(kubeconfig: &Path, args: &[&str]) -> Result<Run> {
     Ok(run)
 }
 
+/// Runs `kubectl meshrev upgrade status --kubeconfig KUBECONFIG` through kubectl's plugin
+/// dispatch (the `kubectl-meshrev` binary's directory first on PATH) when kubectl is on
+/// PATH, else the plugin binary itself; returns its stdout, after checking it succeeded.
+async fn kubectl_meshrev_status(kubeconfig: &Path) -> Result<String> {
+    let plugin = Path::new(env!("CARGO_BIN_EXE_kubectl-meshrev"));
+    let path: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    let kubectl = path.iter().map(|d| d.join("kubectl")).find(|k| k.is_file());
+    let mut cmd = match &kubectl {
+        Some(k) => {
+            let mut c = tokio::process::Command::new(k);
+            c.arg("meshrev");
+            c
+        }
+        None => tokio::process::Command::new(plugin),
+    };
+    let dirs = std::iter::once(plugin.parent().context("plugin dir")?.to_path_buf()).chain(path);
+    let out = cmd
+        .args(["upgrade", "status", "--kubeconfig"])
+        .arg(kubeconfig)
+        .env("PATH", std::env::join_paths(dirs)?)
+        .env("MESHREV_LOG", "warn")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running kubectl meshrev upgrade status")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!(
+        "$ kubectl meshrev upgrade status ({}) → {}\n{stdout}{}",
+        if kubectl.is_some() {
+            "through kubectl"
+        } else {
+            "no kubectl on PATH: the plugin binary itself"
+        },
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    anyhow::ensure!(
+        out.status.success(),
+        "kubectl meshrev upgrade status failed"
+    );
+    Ok(stdout)
+}
+
 /// The test's view of things: client, kubeconfig, the kubelet switch.
 struct Env {
     client: kube::Client,
@@ -493,6 +538,12 @@ async fn canary_upgrade_rollback_and_promotion() -> Result<()> {
     assert_eq!(s["workloads"].as_array().map(Vec::len), Some(7), "{s:#}");
     let text = env.ok(&["status"]).await?;
     assert!(text.contains("PHASE: stable only"), "{text}");
+    let plugin = kubectl_meshrev_status(&env.kubeconfig).await?;
+    assert!(plugin.contains("PHASE: stable only"), "{plugin}");
+    assert!(
+        plugin.contains("deployment/istio-ingressgateway (gateway)"),
+        "{plugin}"
+    );
     assert!(
         text.contains("deployment/istio-ingressgateway (gateway)"),
         "{text}"

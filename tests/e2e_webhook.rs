@@ -495,6 +495,17 @@ async fn status_reports_tags_namespaces_pods_and_broken_tags() -> Result<()> {
         .find(|c| c.type_ == "InUse")
         .context("InUse condition")?;
     assert_eq!(in_use.status, "True");
+    // The same counts as metrics, for the "pods on a revision nothing selects" alert:
+    // one tag plus one namespace select 1-25-1.
+    eventually("meshrev_revision_* gauges of 1-25-1", WAIT, || async {
+        let m = meshrev()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("meshrev mutex poisoned"))?;
+        let pods = m.metric("meshrev_revision_pods{revision=\"1-25-1\"}")?;
+        let selectors = m.metric("meshrev_revision_selectors{revision=\"1-25-1\"}")?;
+        Ok((pods >= 1.0 && selectors == 2.0).then_some(()))
+    })
+    .await?;
     let tags: Api<RevisionTag> = Api::all(client.clone());
     let broken = eventually("RevisionTag broken status", WAIT, || async {
         Ok(tags

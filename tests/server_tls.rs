@@ -22,6 +22,15 @@ fn der(pair: &ServingPair) -> Vec<u8> {
         .to_vec()
 }
 
+/// The leaf's notAfter, in seconds since the Unix epoch.
+fn not_after(pair: &ServingPair) -> f64 {
+    let der = der(pair);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    cert.validity().not_after.timestamp() as f64
+}
+
+const EXPIRY: &str = "meshrev_tls_certificate_expiry_timestamp_seconds";
+
 /// Lays out `pair` the way the kubelet does a Secret volume: `dir/..<gen>/tls.*`, the
 /// symlink `dir/..data` to it, and `dir/tls.* -> ..data/tls.*`; a later call swaps
 /// `..data` atomically.
@@ -83,12 +92,27 @@ async fn certificate_rotates_without_restart_and_bad_files_keep_the_old_one() {
     cfg.cert_poll_interval = Duration::from_millis(100);
     let s = start_with(cfg, ca.cert_pem().to_string(), secret.clone(), dir).await;
     assert_eq!(s.client.served_cert().await.unwrap(), der(&first));
+    assert_eq!(s.metric(EXPIRY).await, not_after(&first));
 
-    // Rotation by a symlink swap of the whole directory.
-    let second = ca.issue(&names).unwrap();
+    // Rotation by a symlink swap of the whole directory, to a certificate expiring at
+    // another (whole) second than the first.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let second_not_after = time::OffsetDateTime::from_unix_timestamp(now + 30 * 86400).unwrap();
+    let second = ca
+        .issue_between(
+            &names,
+            time::OffsetDateTime::from_unix_timestamp(now - 3600).unwrap(),
+            second_not_after,
+        )
+        .unwrap();
+    assert_ne!(not_after(&first), not_after(&second));
     secret_volume_write(&secret, 2, &second);
     let want = der(&second);
     wait_served(&s, &want, "the rotated certificate").await;
+    assert_eq!(
+        s.metric(EXPIRY).await,
+        second_not_after.unix_timestamp() as f64
+    );
     assert_eq!(
         s.metric("meshrev_tls_reloads_total{result=\"success\"}")
             .await,
@@ -107,6 +131,11 @@ async fn certificate_rotates_without_restart_and_bad_files_keep_the_old_one() {
     std::fs::write(secret.join("..gen2").join(certs::KEY_FILE), "garbage").unwrap();
     wait_failure_counted(&s, failures, "a counted reload failure").await;
     assert_eq!(s.client.served_cert().await.unwrap(), want);
+    assert_eq!(
+        s.metric(EXPIRY).await,
+        second_not_after.unix_timestamp() as f64,
+        "a refused pair must not move the expiry gauge"
+    );
     assert_eq!(
         s.client
             .post(Proto::H2, "/inject", FIXTURE)

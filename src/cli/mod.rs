@@ -7,7 +7,7 @@ pub use inject::inject_documents;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -37,9 +37,32 @@ enum Command {
     Upgrade(crate::upgrade::cli::UpgradeArgs),
 }
 
-/// Entry point of the binary.
+/// The name to show in help and usage for a process started as `argv0`: `kubectl meshrev`
+/// when the executable is the kubectl plugin `kubectl-meshrev` (as kubectl runs it, or
+/// directly), `meshrev` otherwise.
+pub fn display_name(argv0: Option<&std::ffi::OsStr>) -> &'static str {
+    let stem = argv0
+        .map(std::path::Path::new)
+        .and_then(std::path::Path::file_stem)
+        .and_then(std::ffi::OsStr::to_str);
+    if stem == Some("kubectl-meshrev") {
+        "kubectl meshrev"
+    } else {
+        "meshrev"
+    }
+}
+
+/// Entry point of both binaries, `meshrev` and the kubectl plugin `kubectl-meshrev`.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let name = display_name(std::env::args_os().next().as_deref());
+    let matches = Cli::command()
+        .bin_name(name)
+        .display_name(name)
+        .get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // The upgrade commands report errors themselves, naming the object and the fix; the
     // client's own error lines would only repeat them.
     init_tracing(match cli.command {
@@ -85,4 +108,25 @@ fn init_tracing(default_filter: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::display_name;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn the_plugin_names_itself_kubectl_meshrev() {
+        for argv0 in [
+            "kubectl-meshrev",
+            "/usr/local/bin/kubectl-meshrev",
+            "kubectl-meshrev.exe",
+        ] {
+            assert_eq!(display_name(Some(OsStr::new(argv0))), "kubectl meshrev");
+        }
+        for argv0 in ["meshrev", "/usr/bin/meshrev", "kubectl", "kubectl-meshrevx"] {
+            assert_eq!(display_name(Some(OsStr::new(argv0))), "meshrev", "{argv0}");
+        }
+        assert_eq!(display_name(None), "meshrev");
+    }
 }

@@ -1,11 +1,14 @@
-//! The controller: kube-rs watches feed one [`Index`] of the cluster; its routing projection
+//! The controller: kube-rs watches feed one `Index` of the cluster; its routing projection
 //! becomes the injection table (one atomic swap in the [`crate::table::TableStore`]), its
-//! [`MeshView`] is what `/validate` judges with, and the status writer (the replica holding
-//! the [`LeaseHandle`]'s Lease) writes MeshRevision and RevisionTag status from it (see
-//! [`run`]).
+//! `MeshView` is what `/validate` judges with, and the status writer (the replica holding
+//! the `LeaseHandle`'s Lease) writes MeshRevision and RevisionTag status from it (see
+//! `run`).
 //!
-//! Ownership: [`ClusterView`] shares the index. Only the controller's watch drivers mutate
+//! Ownership: `ClusterView` shares the index. Only the controller's watch drivers mutate
 //! it; `/validate` and the status writer read it.
+//!
+//! Crate-internal except [`metric_names`], which the manifests test checks dashboards and
+//! alert rules against.
 
 #[cfg(test)]
 mod fake_api;
@@ -18,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 pub(crate) use index::{Index, Observed};
 pub(crate) use lease::{Identity, LeaseHandle};
+pub use run::metric_names;
 pub(crate) use run::{ControllerError, run};
 
 use crate::upgrade::MeshView;

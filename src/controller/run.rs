@@ -18,6 +18,7 @@
 //! Ownership: the builder task is the table's only writer in cluster mode; the index is
 //! written only by the drivers.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,6 +28,7 @@ use kube::Client;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher as watch};
+
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use tokio::sync::Notify;
 
@@ -61,6 +63,7 @@ struct WatchMetrics {
     /// Objects indexed, by resource.
     objects: IntGaugeVec,
     last_sync: Arc<std::sync::Mutex<Instant>>,
+    revisions: RevisionGauges,
 }
 
 impl WatchMetrics {
@@ -91,10 +94,12 @@ impl WatchMetrics {
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(objects.clone()))?;
         registry.register(Box::new(SinceCollector { gauge, since }))?;
+        let revisions = RevisionGauges::register(registry)?;
         Ok(WatchMetrics {
             errors,
             objects,
             last_sync,
+            revisions,
         })
     }
     fn synced(&self) {
@@ -102,6 +107,111 @@ impl WatchMetrics {
             *t = Instant::now();
         }
     }
+}
+
+/// Per-revision gauges, so an alert can find pods left on a revision nothing selects any
+/// more: `meshrev_revision_pods{revision}` (live pods carrying its sidecar) and
+/// `meshrev_revision_selectors{revision}` (tags plus namespaces that resolve to it). Set by
+/// the builder loop of [`run`] on every replica whenever the status projection changes;
+/// a revision with neither pods nor a table entry any more loses its series.
+#[derive(Clone)]
+struct RevisionGauges {
+    pods: IntGaugeVec,
+    selectors: IntGaugeVec,
+    /// The revisions that have series now; only [`RevisionGauges::observe`] changes it.
+    shown: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+}
+
+impl RevisionGauges {
+    fn register(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        let pods = IntGaugeVec::new(
+            Opts::new(
+                "meshrev_revision_pods",
+                "Live pods carrying each revision's sidecar (revisions in the table or with pods).",
+            ),
+            &["revision"],
+        )?;
+        let selectors = IntGaugeVec::new(
+            Opts::new(
+                "meshrev_revision_selectors",
+                "Tags plus namespaces that resolve to each revision; 0 with pods > 0 means pods left on a revision nothing selects.",
+            ),
+            &["revision"],
+        )?;
+        registry.register(Box::new(pods.clone()))?;
+        registry.register(Box::new(selectors.clone()))?;
+        Ok(RevisionGauges {
+            pods,
+            selectors,
+            shown: Arc::default(),
+        })
+    }
+
+    /// Sets the gauges from the table being served, the labelled namespaces and the live
+    /// pods per revision (what the status writer counts, computed the same way).
+    fn observe(
+        &self,
+        table: &crate::table::Table,
+        namespaces: &[String],
+        pod_revisions: &BTreeMap<String, u32>,
+    ) {
+        let (revs, _) = status::compute(table, namespaces, pod_revisions, &[]);
+        let mut now = std::collections::BTreeSet::new();
+        for (name, st) in &revs {
+            let selectors = st.tags.len() as u64 + u64::from(st.namespaces);
+            self.set(name, i64::from(st.pods), selectors);
+            now.insert(name.clone());
+        }
+        for (name, pods) in pod_revisions {
+            if !revs.contains_key(name) {
+                self.set(name, i64::from(*pods), 0);
+                now.insert(name.clone());
+            }
+        }
+        if let Ok(mut shown) = self.shown.lock() {
+            for gone in shown.difference(&now) {
+                let _ = self.pods.remove_label_values(&[gone]);
+                let _ = self.selectors.remove_label_values(&[gone]);
+            }
+            *shown = now;
+        }
+    }
+
+    fn set(&self, revision: &str, pods: i64, selectors: u64) {
+        self.pods.with_label_values(&[revision]).set(pods);
+        self.selectors
+            .with_label_values(&[revision])
+            .set(i64::try_from(selectors).unwrap_or(i64::MAX));
+    }
+}
+
+/// The name of every metric `run` registers, read from a throwaway registry (labelled
+/// families with no series yet included), so alert rules and dashboards can be checked
+/// against what the controller really exports.
+pub fn metric_names() -> Vec<String> {
+    use prometheus::core::Collector;
+    let registry = prometheus::Registry::new();
+    let Ok(wm) = WatchMetrics::new(&registry) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = registry
+        .gather()
+        .iter()
+        .map(|f| f.name().to_string())
+        .chain(wm.errors.desc().iter().map(|d| d.fq_name.clone()))
+        .chain(wm.objects.desc().iter().map(|d| d.fq_name.clone()))
+        .chain(wm.revisions.pods.desc().iter().map(|d| d.fq_name.clone()))
+        .chain(
+            wm.revisions
+                .selectors
+                .desc()
+                .iter()
+                .map(|d| d.fq_name.clone()),
+        )
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// A gauge computed at scrape time from the last sync instant.
@@ -228,6 +338,7 @@ pub(crate) async fn run(
         let Some((dirty, table)) = step else {
             continue;
         };
+        let recount = dirty.status || dirty.routing || table.is_some();
         if let Some((table, problems)) = table {
             if problems != last_problems {
                 for p in &problems {
@@ -246,6 +357,11 @@ pub(crate) async fn run(
             status_changed.notify_one();
         } else if dirty.status {
             status_changed.notify_one();
+        }
+        if recount {
+            let (namespaces, pods) =
+                cluster.with(|ix| (ix.labelled_namespaces(), ix.pods_per_revision()));
+            wm.revisions.observe(&store.load(), &namespaces, &pods);
         }
     }
 }
@@ -349,5 +465,64 @@ mod tests {
             "{chain}"
         );
         assert!(chain.contains("Duplicate"), "{chain}");
+    }
+}
+
+#[cfg(test)]
+mod revision_gauge_tests {
+    use super::*;
+    use crate::table::{NamespaceLabels, embedded_default};
+    use std::collections::HashMap;
+
+    fn sample(text: &str, series: &str) -> Option<i64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn pods_and_selectors_per_revision_follow_the_cluster() {
+        let registry = prometheus::Registry::new();
+        let g = RevisionGauges::register(&registry).unwrap();
+        let encode = || {
+            let mut out = Vec::new();
+            prometheus::Encoder::encode(
+                &prometheus::TextEncoder::new(),
+                &registry.gather(),
+                &mut out,
+            )
+            .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        // Namespace b selects tag canary.
+        let t = embedded_default().with_namespaces(HashMap::from([(
+            "b".to_string(),
+            NamespaceLabels {
+                injection: None,
+                rev: Some("canary".into()),
+            },
+        )]));
+        let namespaces = vec!["b".to_string()];
+        // 1-22-6 (tag stable) and 1-23-6 (tag canary, namespace b) in the table; pods also
+        // on 1-20-0, which nothing selects.
+        let pods = BTreeMap::from([("1-22-6".to_string(), 3), ("1-20-0".to_string(), 2)]);
+        g.observe(&t, &namespaces, &pods);
+        let text = encode();
+        let get = |name: &str, rev: &str| sample(&text, &format!("{name}{{revision=\"{rev}\"}}"));
+        assert_eq!(get("meshrev_revision_pods", "1-22-6"), Some(3), "{text}");
+        assert_eq!(get("meshrev_revision_selectors", "1-22-6"), Some(1));
+        assert_eq!(get("meshrev_revision_pods", "1-23-6"), Some(0));
+        assert_eq!(get("meshrev_revision_selectors", "1-23-6"), Some(2));
+        assert_eq!(get("meshrev_revision_pods", "1-20-0"), Some(2));
+        assert_eq!(get("meshrev_revision_selectors", "1-20-0"), Some(0));
+
+        // The old pods are gone: 1-20-0 loses its series.
+        let pods = BTreeMap::from([("1-22-6".to_string(), 3)]);
+        g.observe(&t, &namespaces, &pods);
+        let text = encode();
+        assert!(!text.contains("1-20-0"), "{text}");
+        assert!(
+            text.contains("meshrev_revision_pods{revision=\"1-22-6\"} 3"),
+            "{text}"
+        );
     }
 }

@@ -52,6 +52,9 @@ pub struct Metrics {
     pub(super) inject: InjectMetrics,
     pub(super) validate: ValidateMetrics,
     pub(super) tls_reloads: ReloadCounters,
+    /// `meshrev_tls_certificate_expiry_timestamp_seconds`: set by [`super::tls::load`] and
+    /// by its file poller after every certificate it swaps in; read only by scrapes.
+    pub(super) tls_cert_expiry: IntGauge,
     pub(super) table_reloads: ReloadCounters,
     pub(super) inflight_body_bytes: IntGauge,
     pub(super) inflight_body_waiting: IntGauge,
@@ -97,6 +100,11 @@ impl Metrics {
             "meshrev_tls_reloads_total",
             "Reloads of the serving certificate after its files changed, by result.",
         )?;
+        let tls_cert_expiry = IntGauge::new(
+            "meshrev_tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving certificate in service, in seconds since the Unix epoch (0 if it does not parse).",
+        )?;
+        registry.register(Box::new(tls_cert_expiry.clone()))?;
         let table_reloads = ReloadCounters::register(
             registry,
             "meshrev_table_reloads_total",
@@ -111,6 +119,7 @@ impl Metrics {
             inject,
             validate,
             tls_reloads,
+            tls_cert_expiry,
             table_reloads,
             inflight_body_bytes,
             inflight_body_waiting,
@@ -173,6 +182,7 @@ mod tests {
         }
         assert!(text.contains("meshrev_tls_reloads_total{result=\"failure\"} 0"));
         assert!(text.contains("meshrev_table_reloads_total{result=\"success\"} 0"));
+        assert!(text.contains("meshrev_tls_certificate_expiry_timestamp_seconds 0"));
         assert!(text.contains("meshrev_injection_duration_seconds_bucket{le=\"0.00005\"} 0"));
         assert!(text.contains("meshrev_validate_duration_seconds_bucket{le=\"10\"} 0"));
     }

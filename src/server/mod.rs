@@ -446,8 +446,12 @@ pub async fn serve_with(
     readiness.set_table_loaded();
     metrics.observe_table(&store.load());
 
-    let (acceptor, ca_path, reload) =
-        tls::load(cfg.tls, cfg.cert_poll_interval, metrics.tls_reloads.clone())?;
+    let (acceptor, ca_path, reload) = tls::load(
+        cfg.tls,
+        cfg.cert_poll_interval,
+        metrics.tls_reloads.clone(),
+        metrics.tls_cert_expiry.clone(),
+    )?;
     background.spawn(reload);
 
     let bind = |addr: SocketAddr, what: &'static str| async move {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use prometheus::IntGauge;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -266,6 +267,7 @@ pub(crate) fn load(
     source: TlsSource,
     interval: Duration,
     reloads: ReloadCounters,
+    expiry: IntGauge,
 ) -> Result<
     (
         tokio_rustls::TlsAcceptor,
@@ -306,14 +308,26 @@ pub(crate) fn load(
             cert.display()
         );
     }
+    record_expiry(&expiry, &key_pair);
     let resolver = Arc::new(CertResolver::new(key_pair));
     let config = server_config(resolver.clone()).map_err(ServeError::Tls)?;
-    let reload = watch_files(cert, key, initial, interval, resolver, reloads);
+    let reload = watch_files(cert, key, initial, interval, resolver, reloads, expiry);
     Ok((
         tokio_rustls::TlsAcceptor::from(Arc::new(config)),
         ca_path,
         reload,
     ))
+}
+
+/// Sets `gauge` (`meshrev_tls_certificate_expiry_timestamp_seconds`) to the notAfter of
+/// `key`'s leaf, or to 0 when the leaf does not parse (so an expiry alert fires on it).
+fn record_expiry(gauge: &IntGauge, key: &CertifiedKey) {
+    let not_after = key
+        .cert
+        .first()
+        .and_then(|leaf| LeafInfo::parse(leaf).ok())
+        .map_or(0, |info| info.not_after);
+    gauge.set(not_after);
 }
 
 /// Reads the serving pair from files.
@@ -338,6 +352,7 @@ enum Seen {
 /// and, if [`check_replacement`] accepts it, swaps it into `resolver`, counting `meshrev_tls_reloads_total{result}`. A pair that
 /// does not load (or files that cannot be read) is counted once as a failure and the
 /// previous certificate stays in service. `initial` is the content being served already.
+/// `expiry` follows the certificate in service (set after each swap).
 async fn watch_files(
     cert: PathBuf,
     key: PathBuf,
@@ -345,6 +360,7 @@ async fn watch_files(
     interval: Duration,
     resolver: Arc<CertResolver>,
     reloads: ReloadCounters,
+    expiry: IntGauge,
 ) {
     let provider = provider();
     let mut seen = Seen::Content(initial.0, initial.1);
@@ -375,6 +391,7 @@ async fn watch_files(
                 .and_then(|ck| check_replacement(&ck, current.as_deref(), unix_now()).map(|()| ck));
             match checked {
                 Ok(ck) => {
+                    record_expiry(&expiry, &ck);
                     resolver.set(ck);
                     reloads.count(true);
                     tracing::info!("serving certificate reloaded from {}", cert.display());

@@ -535,21 +535,47 @@ fn kube_binary() -> Result<PathBuf> {
         .get_or_init(|| {
             let root = Path::new(env!("CARGO_MANIFEST_DIR"));
             let bin = root.join("target/k8s/kube");
-            if !bin.exists() {
-                eprintln!(
-                    "cluster: building {} with tests/k8s/build.sh (slow the first time)",
+            let missing = !bin.exists();
+            if missing {
+                progress(&format!(
+                    "building the test control plane {} with tests/k8s/build.sh: several minutes on a fresh clone, seconds later (Go's cache); progress every 30 s",
                     bin.display()
-                );
+                ));
             }
             // build.sh is a no-op when the binary is newer than its sources.
             // Its output goes to our stderr (not captured by libtest) so a
             // long build shows progress.
-            let status = Command::new("bash")
+            let t0 = Instant::now();
+            let mut child = Command::new("bash")
                 .arg(root.join("tests/k8s/build.sh"))
                 .env("MESHREV_KUBE_BIN", &bin)
                 .stdout(std::io::stderr())
-                .status()
+                .spawn()
                 .map_err(|e| format!("running tests/k8s/build.sh: {e}"))?;
+            // A heartbeat while it runs, so a long build is not mistaken for a hang.
+            let (done, finished) = std::sync::mpsc::channel::<()>();
+            let heartbeat = std::thread::spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    finished.recv_timeout(Duration::from_secs(30))
+                {
+                    progress(&format!(
+                        "still building the test control plane ({} s)",
+                        t0.elapsed().as_secs()
+                    ));
+                }
+            });
+            let status = child.wait();
+            drop(done);
+            let _ = heartbeat.join();
+            let status = status.map_err(|e| format!("running tests/k8s/build.sh: {e}"))?;
+            let took = t0.elapsed();
+            if missing || took > Duration::from_secs(5) {
+                progress(&format!(
+                    "tests/k8s/build.sh {} after {} s",
+                    if status.success() { "finished" } else { "failed" },
+                    took.as_secs()
+                ));
+            }
             if !status.success() {
                 return Err(format!("tests/k8s/build.sh failed ({status})"));
             }
@@ -557,6 +583,13 @@ fn kube_binary() -> Result<PathBuf> {
         })
         .clone()
         .map_err(|e| anyhow!(e))
+}
+
+/// One line to the test process's real stderr: libtest captures `eprintln!` of a passing
+/// test, and these lines are for the person waiting on the first build.
+fn progress(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "cluster: {line}");
 }
 
 fn free_ports<const N: usize>() -> Result<[u16; N]> {
