@@ -21,11 +21,12 @@ use crate::admission::{self, ReviewResult};
 use crate::router::SkipReason;
 use crate::table::TableStore;
 
-/// Buckets of `meshrev_injection_duration_seconds`: 50µs to 1s, sub-millisecond resolution
-/// where a healthy webhook lives.
-pub(crate) const DURATION_BUCKETS: [f64; 17] = [
+/// Buckets of `meshrev_injection_duration_seconds`: 50µs to 10s, sub-millisecond resolution
+/// where a healthy webhook lives, and up to the API server's 10 s webhook timeout so that an
+/// alert can see p99 approach it.
+pub(crate) const DURATION_BUCKETS: [f64; 20] = [
     0.000_05, 0.000_1, 0.000_15, 0.000_25, 0.000_5, 0.000_75, 0.001, 0.002, 0.003_5, 0.005, 0.01,
-    0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 thread_local! {
