@@ -429,3 +429,138 @@ pub(crate) fn merge_previous(new: &mut BTreeMap<String, String>, proxy_env: Opti
         new.extend(old.into_iter().map(|(k, v)| (k, v.get().to_string())));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn run(containers: Value) -> Rewrite {
+        let text = json!({ "containers": containers }).to_string();
+        let spec: Spec<'_> = serde_json::from_str(&text).expect("a spec");
+        rewrite(&spec, 15020, true)
+    }
+
+    fn parse(s: &str) -> Value {
+        serde_json::from_str(s).expect("written JSON must parse")
+    }
+
+    #[test]
+    fn http_probe_points_at_the_agent_and_keeps_the_rest() {
+        let r = run(json!([{
+            "name": "app",
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": "http", "scheme": "HTTPS"},
+                               "periodSeconds": 5, "timeoutSeconds": 3}
+        }]));
+        assert_eq!(r.replaces.len(), 1);
+        assert_eq!(r.replaces[0].0, "/spec/containers/0/readinessProbe");
+        assert_eq!(
+            parse(&r.replaces[0].1),
+            json!({"httpGet": {"path": "/app-health/app/readyz", "port": 15020, "scheme": "HTTP"},
+                   "periodSeconds": 5, "timeoutSeconds": 3})
+        );
+        // The named port is resolved for the agent; the scheme stays the app's.
+        assert_eq!(
+            parse(&r.probers["/app-health/app/readyz"]),
+            json!({"httpGet": {"path": "/ready", "port": 8080, "scheme": "HTTPS"}, "timeoutSeconds": 3})
+        );
+        assert_eq!(
+            parse(&r.probers_json()),
+            json!({"/app-health/app/readyz": {"httpGet": {"path": "/ready", "port": 8080, "scheme": "HTTPS"}, "timeoutSeconds": 3}})
+        );
+    }
+
+    #[test]
+    fn tcp_and_grpc_become_http_gets_and_keys_are_read_as_a_value_reads_them() {
+        let r = run(json!([{
+            "name": "app",
+            "livenessProbe": {"tcpSocket": {"port": 9000}, "timeoutSeconds": 0},
+            "startupProbe": {"grpc": {"port": 9001}}
+        }]));
+        let by_path: BTreeMap<_, _> = r.replaces.iter().cloned().collect();
+        assert_eq!(
+            parse(&by_path["/spec/containers/0/livenessProbe"]),
+            json!({"httpGet": {"path": "/app-health/app/livez", "port": 15020}, "timeoutSeconds": 0})
+        );
+        assert_eq!(
+            parse(&by_path["/spec/containers/0/startupProbe"]),
+            json!({"httpGet": {"path": "/app-health/app/startupz", "port": 15020}})
+        );
+        // A zero timeout is not carried to the agent.
+        assert_eq!(
+            parse(&r.probers["/app-health/app/livez"]),
+            json!({"tcpSocket": {"port": 9000}})
+        );
+        assert_eq!(
+            parse(&r.probers["/app-health/app/startupz"]),
+            json!({"grpc": {"port": 9001}})
+        );
+
+        // A repeated key: the last one wins, as in a `serde_json::Value`; an escaped key
+        // is the key it spells.
+        let text = r#"{"containers":[{"name":"a","readinessProbe":{"httpGet":{"port":1},"h\u0074tpGet":{"port":2,"path":"/x"}}}]}"#;
+        let spec: Spec<'_> = serde_json::from_str(text).expect("a spec");
+        let r = rewrite(&spec, 15021, false);
+        assert_eq!(
+            parse(&r.probers["/app-health/a/readyz"]),
+            json!({"httpGet": {"path": "/x", "port": 2}})
+        );
+        assert_eq!(
+            parse(&r.replaces[0].1),
+            json!({"httpGet": {"path": "/app-health/a/readyz", "port": 15021}})
+        );
+    }
+
+    #[test]
+    fn probes_already_at_the_agent_and_unknown_named_ports_give_no_prober() {
+        let r = run(json!([{
+            "name": "app",
+            "readinessProbe": {"httpGet": {"path": "/app-health/app/readyz", "port": 15020}},
+            "livenessProbe": {"httpGet": {"path": "/live", "port": "missing"}},
+            "startupProbe": {"exec": {"command": ["true"]}}
+        }]));
+        assert!(r.probers.is_empty(), "{:?}", r.probers);
+        // Both httpGet probes are still (re)pointed at the agent; exec is left alone.
+        assert_eq!(r.replaces.len(), 2);
+    }
+
+    #[test]
+    fn hooks_are_rewritten_from_1_25_and_exec_hooks_are_not() {
+        let r = run(json!([{
+            "name": "app",
+            "lifecycle": {"preStop": {"httpGet": {"path": "/stop", "port": 80}},
+                          "postStart": {"exec": {"command": ["x"]}}}
+        }]));
+        assert_eq!(r.replaces[0].0, "/spec/containers/0/lifecycle");
+        assert_eq!(
+            parse(&r.replaces[0].1),
+            json!({"postStart": {"exec": {"command": ["x"]}},
+                   "preStop": {"httpGet": {"path": "/app-lifecycle/app/prestopz", "port": 15020}}})
+        );
+        assert_eq!(
+            parse(&r.probers["/app-lifecycle/app/prestopz"]),
+            json!({"httpGet": {"path": "/stop", "port": 80}})
+        );
+        let text = json!({"containers": [{"name": "app",
+            "lifecycle": {"preStop": {"httpGet": {"path": "/stop", "port": 80}}}}]})
+        .to_string();
+        let spec: Spec<'_> = serde_json::from_str(&text).expect("a spec");
+        assert!(rewrite(&spec, 15020, false).replaces.is_empty());
+    }
+
+    #[test]
+    fn earlier_probers_are_kept_on_reinjection() {
+        let mut new = BTreeMap::from([("/app-health/a/readyz".to_string(), "{}".to_string())]);
+        let env = json!([{"name": "X", "value": "1"},
+            {"name": "ISTIO_KUBE_APP_PROBERS",
+             "value": "{\"/app-health/b/livez\":{\"httpGet\":{\"port\":1}}}"}])
+        .to_string();
+        merge_previous(&mut new, Some(&env));
+        assert_eq!(new.len(), 2);
+        assert_eq!(
+            parse(&new["/app-health/b/livez"]),
+            json!({"httpGet": {"port": 1}})
+        );
+    }
+}
