@@ -123,9 +123,8 @@ const KNOWN: &[Known] = &[
     },
     Known {
         id: "template-grpc-simple",
-        reason: "meshrev's fault: Istio puts grpc-bootstrap-init before the pod's own init \
-                 containers (meshrev after them), and, with the pod's own istio-proxy, records the \
-                 app containers too in proxy.istio.io/overrides (the template lists them), meshrev \
+        reason: "meshrev's fault: with the pod's own istio-proxy, Istio records the app \
+                 containers too in proxy.istio.io/overrides (the template lists them), meshrev \
                  istio-proxy only; meshrev refuses a userVolume[Mount] that is not JSON, which \
                  this template never reads",
         applies: |pod| {
@@ -135,8 +134,7 @@ const KNOWN: &[Known] = &[
                     .is_some_and(|v| v.iter().any(f))
             };
             templates(pod) == Some("grpc-simple")
-                && (has("initContainers", &|_| true)
-                    || has("containers", &|c| c["name"] == "istio-proxy")
+                && (has("containers", &|c| c["name"] == "istio-proxy")
                     || ["userVolume", "userVolumeMount"]
                         .iter()
                         .any(|k| annotation(pod, &format!("sidecar.istio.io/{k}")) == Some("{")))

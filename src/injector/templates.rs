@@ -205,8 +205,10 @@ fn grpc_simple(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
             *c = merged;
         }
     }
+    // The template's init container comes first: Istio merges the pod over the template,
+    // and the template lists it.
     match out["spec"]["initContainers"].as_array_mut() {
-        Some(i) => i.push(init),
+        Some(i) => i.insert(0, init),
         None => out["spec"]["initContainers"] = json!([init]),
     }
     let vol = json!({"name": "grpc-io-proxyless-bootstrap", "emptyDir": {}});
