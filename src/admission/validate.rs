@@ -291,13 +291,24 @@ fn object<T: serde::de::DeserializeOwned>(v: &Option<Value>, field: &str) -> Res
     T::deserialize(v).map_err(|e| format!("request.{field} is not valid: {e}"))
 }
 
+/// What a `/validate` reply says, for the service's metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Allowed,
+    /// Refused by a guard.
+    Denied,
+    /// Refused before review: malformed, or not checked (the cluster view is not ready).
+    Error,
+}
+
 /// Judges `change` against `view` and writes the reply.
-pub(crate) fn reply_with_view(parsed: &Parsed, view: &MeshView) -> Vec<u8> {
+pub(crate) fn reply_with_view(parsed: &Parsed, view: &MeshView) -> (Vec<u8>, Verdict) {
     let mut out = Vec::with_capacity(512);
-    match parsed.change.check(view) {
+    let verdict = match parsed.change.check(view) {
         Ok(warnings) => {
             let w: Vec<&str> = warnings.iter().map(String::as_str).collect();
             write_reply(&mut out, parsed.version, &parsed.uid, true, None, None, &w);
+            Verdict::Allowed
         }
         Err(refusal) => {
             write_reply(
@@ -309,9 +320,10 @@ pub(crate) fn reply_with_view(parsed: &Parsed, view: &MeshView) -> Vec<u8> {
                 Some((403, &refusal.one_line())),
                 &[],
             );
+            Verdict::Denied
         }
-    }
-    out
+    };
+    (out, verdict)
 }
 
 /// Answers one `/validate` review: the body of the HTTP reply (an AdmissionReview, always
@@ -320,7 +332,10 @@ pub(crate) fn reply_with_view(parsed: &Parsed, view: &MeshView) -> Vec<u8> {
 /// called only for a guarded change.
 /// Without a view the change is refused (code 500) rather than allowed unchecked (the
 /// webhook's `failurePolicy` is `Fail` too).
-pub(crate) fn validate(body: &[u8], view: impl FnOnce(Needs) -> Option<MeshView>) -> Vec<u8> {
+pub(crate) fn validate(
+    body: &[u8],
+    view: impl FnOnce(Needs) -> Option<MeshView>,
+) -> (Vec<u8>, Verdict) {
     let parsed = match parse(body) {
         Ok(p) => p,
         Err(ParseError {
@@ -338,19 +353,22 @@ pub(crate) fn validate(body: &[u8], view: impl FnOnce(Needs) -> Option<MeshView>
                 Some((400, &message)),
                 &[],
             );
-            return out;
+            return (out, Verdict::Error);
         }
     };
     let Some(needs) = parsed.change.needs() else {
         let mut out = Vec::with_capacity(160);
         write_reply(&mut out, parsed.version, &parsed.uid, true, None, None, &[]);
-        return out;
+        return (out, Verdict::Allowed);
     };
     match view(needs) {
         Some(view) => reply_with_view(&parsed, &view),
-        None => unavailable(
-            &parsed,
-            "the controller has not listed the cluster yet (its watches are starting or failing)",
+        None => (
+            unavailable(
+                &parsed,
+                "the controller has not listed the cluster yet (its watches are starting or failing)",
+            ),
+            Verdict::Error,
         ),
     }
 }
@@ -433,7 +451,7 @@ mod tests {
 
     fn answer(body: &[u8]) -> Value {
         let parsed = parse(body).unwrap();
-        serde_json::from_slice(&reply_with_view(&parsed, &view())).unwrap()
+        serde_json::from_slice(&reply_with_view(&parsed, &view()).0).unwrap()
     }
 
     #[test]
@@ -589,7 +607,7 @@ mod tests {
     fn bad_bodies_get_a_400_without_a_view() {
         // Parse errors and unguarded changes answer without asking for a view.
         let never = |_: Needs| -> Option<MeshView> { panic!("no view may be taken") };
-        let r: Value = serde_json::from_slice(&validate(b"not json", never)).unwrap();
+        let r: Value = serde_json::from_slice(&validate(b"not json", never).0).unwrap();
         assert_eq!(r["response"]["status"]["code"], 400);
         let body = review(
             "RevisionTag",
@@ -598,7 +616,7 @@ mod tests {
             tag("canary", "1-23-6"),
             tag("canary", "1-23-6"),
         );
-        let r: Value = serde_json::from_slice(&validate(&body, never)).unwrap();
+        let r: Value = serde_json::from_slice(&validate(&body, never).0).unwrap();
         assert_eq!(r["response"]["allowed"], true);
         // A change that needs the cluster before the index has listed: refused, code 500.
         let body = review(
@@ -608,14 +626,21 @@ mod tests {
             Value::Null,
             tag("canary", "1-23-6"),
         );
-        let r: Value = serde_json::from_slice(&validate(&body, |_| None)).unwrap();
+        let (reply, verdict) = validate(&body, |_| None);
+        let r: Value = serde_json::from_slice(&reply).unwrap();
         assert_eq!(r["response"]["allowed"], false);
         assert_eq!(r["response"]["status"]["code"], 500);
+        assert_eq!(verdict, Verdict::Error);
+        assert_eq!(validate(&body, |_| Some(view())).1, Verdict::Denied);
+        assert_eq!(validate(b"not json", never).1, Verdict::Error);
         // With the view: judged (default uses the canary tag).
-        let r: Value = serde_json::from_slice(&validate(&body, |needs| {
-            assert_eq!(needs, Needs::Usage);
-            Some(view())
-        }))
+        let r: Value = serde_json::from_slice(
+            &validate(&body, |needs| {
+                assert_eq!(needs, Needs::Usage);
+                Some(view())
+            })
+            .0,
+        )
         .unwrap();
         assert_eq!(r["response"]["status"]["code"], 403);
         // A tag write reads revisions and tags only.
@@ -626,10 +651,13 @@ mod tests {
             tag("prod", "1-24-0"),
             Value::Null,
         );
-        let r: Value = serde_json::from_slice(&validate(&body, |needs| {
-            assert_eq!(needs, Needs::Config);
-            Some(view())
-        }))
+        let r: Value = serde_json::from_slice(
+            &validate(&body, |needs| {
+                assert_eq!(needs, Needs::Config);
+                Some(view())
+            })
+            .0,
+        )
         .unwrap();
         assert_eq!(r["response"]["allowed"], true);
     }

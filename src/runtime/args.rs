@@ -106,23 +106,9 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds (`1.5`).
+/// The one duration grammar of the crate ([`crate::core::validate::duration`]), for clap.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        u => return Err(format!("unknown unit {u:?} in {s:?} (use ms, s, m or h)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+    crate::core::validate::duration(s).map_err(|e| e.to_string())
 }
 
 impl ServeArgs {
