@@ -25,21 +25,34 @@
 //! of the expected length; anything else is an error, counted and printed (and the exit
 //! status is then 1).
 //!
-//! The load generator shares the process (and the cores) with the server, so absolute
-//! figures depend on the machine and on whatever else runs on it: only the inject/floor
-//! ratios of one run are meaningful.
+//! The servers run on their own tokio runtime (one worker thread) and the load generator on
+//! another; with two or more cores each is pinned to one core (the servers on the first
+//! core the process may use, the load generator on the second), so the server's core does
+//! nothing but serve. Absolute figures still depend on the machine and on whatever else
+//! runs on it: only the inject/floor ratios of one run are meaningful. Each round yields a
+//! ratio (inject req/s over the floor's, measured back to back); a cell reports every
+//! round's ratio and their median, and the CPU time the server threads used per request in
+//! the measured window (from `/proc/self/task/<tid>/schedstat`), inject and floor.
+//!
+//! Two requests: `typical`, the fixture (a 3-container pod whose `reviews` container has
+//! httpGet liveness and readiness probes and whose annotations ask for Prometheus
+//! scraping: the reply is checked to carry the probe rewrite and the Prometheus merge), in
+//! every cell; and `env2000`, the same pod with 2000 env vars on its first container
+//! (istio#34799), under h2 1 conn × 64 only (its own floor answers a reply of its length).
 //!
 //! Environment: `MESHREV_BENCH_SECS` (measured time per cell and server, split over the
 //! rounds; default 3), `MESHREV_BENCH_ROUNDS` (default 3), `MESHREV_BENCH_WARMUP_SECS` (per
-//! round, default 0.5), `MESHREV_BENCH_MAX_REQUESTS` (per round, default 5,000,000). Arguments are ignored except `--bench` (which cargo bench passes):
+//! round, default 0.5), `MESHREV_BENCH_MAX_REQUESTS` (per round, default 5,000,000),
+//! `MESHREV_BENCH_PIN` (`0`: no pinning), `MESHREV_BENCH_ONLY` (comma-separated cell names
+//! as printed, e.g. `h2-64,env2000-h2-64`: run only those). Arguments are ignored except `--bench` (which cargo bench passes):
 //! without it and without `MESHREV_BENCH_SECS` (e.g. under `cargo test --benches`) the run
 //! is a short smoke test. `--list` prints the one bench name.
 
 #[path = "../tests/support/tls_client.rs"]
 mod tls_client;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -49,6 +62,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshrev::server::{ServeConfig, TableSource};
+use serde_json::{Value, json};
+use tokio::runtime::Handle;
 use tokio::task::JoinSet;
 
 use tls_client::{FIXTURE, Proto, TestServer, TlsClient};
@@ -60,6 +75,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const KEPT_ERRORS: usize = 5;
 
 struct Settings {
+    /// Pin the servers to one core and the load generator to another.
+    pin: bool,
+    /// Run only the cells of these names.
+    only: Option<Vec<String>>,
     /// The measured window of one round.
     window: Duration,
     rounds: u32,
@@ -111,7 +130,16 @@ impl Settings {
         };
         let rounds = rounds.max(1);
         let window = window / rounds;
+        let pin = std::env::var("MESHREV_BENCH_PIN").map_or(true, |v| v.trim() != "0");
+        let only = std::env::var("MESHREV_BENCH_ONLY").ok().map(|v| {
+            v.split(',')
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect()
+        });
         Ok(Settings {
+            pin,
+            only,
             window,
             warmup: env_secs("MESHREV_BENCH_WARMUP_SECS")?.unwrap_or(default_warmup),
             max_requests: max_requests.max(1),
@@ -130,11 +158,21 @@ struct Stats {
     window: Duration,
     errors: u64,
     error_samples: Vec<String>,
+    /// CPU time of the server threads during the measured window.
+    server_cpu: Duration,
+    /// Each round's (req/s, server CPU per request in µs, server threads' CPU over the window).
+    rounds: Vec<(f64, f64, f64)>,
 }
 
 impl Stats {
     /// Pools another round's samples into these (sorted again by [`Stats::finish`]).
     fn add(&mut self, other: Stats) {
+        let n = other.latencies.len().max(1) as f64;
+        self.rounds.push((
+            other.rate(),
+            other.server_cpu.as_secs_f64() * 1e6 / n,
+            other.server_cpu.as_secs_f64() / other.window.as_secs_f64(),
+        ));
         self.latencies.extend_from_slice(&other.latencies);
         self.window += other.window;
         self.errors += other.errors;
@@ -285,6 +323,13 @@ async fn measure(
     let max = s.max_requests;
     let port = client.addr.port();
     let expected_per_worker = (s.window.as_secs_f64() * 50_000.0 / n as f64) as usize;
+    // The server threads' CPU time over the measured window, read at its edges.
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_start.into()).await;
+        let before = server_cpu();
+        tokio::time::sleep_until(end.into()).await;
+        server_cpu().saturating_sub(before)
+    });
     let mut workers = JoinSet::new();
     for mut sender in senders {
         let attempts = attempts.clone();
@@ -356,6 +401,7 @@ async fn measure(
         capped |= p.capped;
         last_done = last_done.max(p.last_done);
     }
+    stats.server_cpu = cpu.await.context("the CPU sampler panicked")?;
     stats.latencies.sort_unstable();
     let window_end = match (capped, last_done) {
         (true, Some(t)) => t,
@@ -365,6 +411,48 @@ async fn measure(
         .saturating_duration_since(measure_start)
         .max(Duration::from_micros(1));
     Ok(stats)
+}
+
+/// The thread ids of the servers' runtime (its worker and blocking threads), recorded as
+/// each starts.
+static SERVER_TIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// The calling thread's id (from `/proc/thread-self`, a link to `<pid>/task/<tid>`).
+fn current_tid() -> Option<u32> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+/// CPU time a thread of this process has used: `schedstat` (ns) when the kernel has it,
+/// else `stat`'s utime + stime (clock ticks, taken as 100 Hz).
+fn thread_cpu(tid: u32) -> Duration {
+    let dir = format!("/proc/self/task/{tid}");
+    if let Some(ns) = std::fs::read_to_string(format!("{dir}/schedstat"))
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
+    {
+        return Duration::from_nanos(ns);
+    }
+    let ticks = std::fs::read_to_string(format!("{dir}/stat"))
+        .ok()
+        .and_then(|t| {
+            // Fields after the `(comm)`, which may hold spaces: utime and stime are the
+            // 12th and 13th of them.
+            let rest = &t[t.rfind(')')? + 1..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// CPU time used so far by the servers' threads.
+fn server_cpu() -> Duration {
+    let tids = SERVER_TIDS
+        .lock()
+        .expect("the tid list is never poisoned")
+        .clone();
+    tids.into_iter().map(thread_cpu).sum()
 }
 
 /// `nproc`, the CPU model and the load average: absolute figures depend on them.
@@ -421,49 +509,142 @@ async fn stop(server: TestServer, what: &str) {
     }
 }
 
-async fn run(s: Settings) -> Result<u64> {
-    let body = Bytes::from_static(FIXTURE.as_bytes());
-    let table = || TableSource::Table(tls_client::test_table());
+/// The fixture with 2000 env vars on its first container (istio#34799).
+fn env2000() -> Bytes {
+    let mut v = tls_client::fixture();
+    let env: Vec<Value> = (0..2000)
+        .map(|i| {
+            json!({"name": format!("VARIABLE_NUMBER_{i}"),
+                   "value": format!("value-{i}-abcdefghijklmnopqrstuvwxyz")})
+        })
+        .collect();
+    v["request"]["object"]["spec"]["containers"][0]["env"] = Value::Array(env);
+    Bytes::from(serde_json::to_vec(&v).expect("a Value serializes"))
+}
 
-    // The real server, and one real reply: it must be an injection.
-    let inject = tls_client::start(table(), |_: &mut ServeConfig| {}).await;
+/// A request body, the inject server's reply to it, and a floor answering that reply.
+struct Workload {
+    name: &'static str,
+    body: Bytes,
+    reply_len: usize,
+    floor: TestServer,
+}
+
+/// Starts a server on the servers' runtime.
+async fn start_on(
+    servers: &Handle,
+    tweak: impl FnOnce(&mut ServeConfig) + Send + 'static,
+) -> Result<TestServer> {
+    let table = TableSource::Table(tls_client::test_table());
+    servers
+        .spawn(tls_client::start(table, tweak))
+        .await
+        .context("starting a server")
+}
+
+/// Sends `body` to the real server once; the reply must be an injection, and for the
+/// typical pod one that rewrites the probes and merges the Prometheus annotations. Starts
+/// the floor that answers the same bytes.
+async fn workload(
+    servers: &Handle,
+    inject: &TestServer,
+    name: &'static str,
+    body: Bytes,
+) -> Result<Workload> {
     let reply = inject
         .client
         .post(Proto::H1, "/inject", body.clone())
         .await
-        .context("the first /inject")?;
+        .with_context(|| format!("the first /inject of {name}"))?;
     if reply.status != StatusCode::OK {
         bail!(
-            "the first /inject answered {}: {}",
+            "the first /inject of {name} answered {}: {}",
             reply.status,
             reply.text()
         );
     }
     let v = reply.json();
-    if v["response"]["allowed"] != true || v["response"]["patch"].as_str().is_none() {
-        bail!("the fixture was not injected: {}", reply.text());
+    let Some(patch) = v["response"]["patch"].as_str() else {
+        bail!("{name} was not injected: {}", reply.text());
+    };
+    if v["response"]["allowed"] != true {
+        bail!("{name} was not allowed: {}", reply.text());
     }
-    let reply_len = reply.body.len();
-
-    // The floor: the same stack answering the same bytes without the review.
+    let patch = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, patch)
+        .context("the patch is not base64")?;
+    let patch = String::from_utf8_lossy(&patch);
+    for (what, needle) in [
+        ("the probe rewrite", "/app-health/"),
+        ("the Prometheus merge", "ISTIO_PROMETHEUS_ANNOTATIONS"),
+    ] {
+        if !patch.contains(needle) {
+            bail!("the reply to {name} lacks {what} ({needle:?} is not in the patch)");
+        }
+    }
     let fixed = reply.body.clone();
-    let floor = tls_client::start(table(), move |cfg: &mut ServeConfig| {
+    let floor = start_on(servers, move |cfg: &mut ServeConfig| {
         cfg.fixed_inject_body = Some(fixed);
     })
-    .await;
+    .await?;
     let check = floor
         .client
         .post(Proto::H2, "/inject", body.clone())
         .await?;
     if check.status != StatusCode::OK || check.body != reply.body {
         bail!(
-            "the floor server answered {} ({} bytes)",
+            "the {name} floor server answered {} ({} bytes)",
             check.status,
             check.body.len()
         );
     }
+    Ok(Workload {
+        name,
+        reply_len: reply.body.len(),
+        body,
+        floor,
+    })
+}
 
-    let tls = floor.client.connect(&[Proto::H2.alpn()]).await?;
+/// One measured configuration.
+struct Cell {
+    /// Its name for `MESHREV_BENCH_ONLY`, e.g. `h2-64` or `env2000-h2-64`.
+    name: String,
+    workload: usize,
+    proto: Proto,
+    n: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+async fn run(s: Settings, servers: Handle, pinned: String) -> Result<u64> {
+    let inject = start_on(&servers, |_: &mut ServeConfig| {}).await?;
+    let workloads = vec![
+        workload(
+            &servers,
+            &inject,
+            "typical",
+            Bytes::from_static(FIXTURE.as_bytes()),
+        )
+        .await?,
+        workload(&servers, &inject, "env2000", env2000()).await?,
+    ];
+
+    let tls = workloads[0]
+        .floor
+        .client
+        .connect(&[Proto::H2.alpn()])
+        .await?;
     let session = tls.get_ref().1;
     let negotiated = format!(
         "{:?}, {:?}",
@@ -478,20 +659,25 @@ async fn run(s: Settings) -> Result<u64> {
     println!("meshrev webhook load bench");
     println!("machine: {}", machine());
     println!(
-        "{}; server and load generator in one process (tokio multi-thread, {} workers), \
-         sharing the cores; 127.0.0.1, {negotiated} (rustls/ring)",
+        "{}; servers on one tokio runtime (1 worker), load generator on another; {pinned}; \
+         127.0.0.1, {negotiated} (rustls/ring)",
         if cfg!(debug_assertions) {
             "DEBUG build (figures meaningless)"
         } else {
             "release build"
         },
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
+    for w in &workloads {
+        println!(
+            "request {}: POST /inject, {} B AdmissionReview; reply {} B (floor: the same bytes, fixed)",
+            w.name,
+            w.body.len(),
+            w.reply_len
+        );
+    }
     println!(
-        "request: POST /inject, {} B AdmissionReview (tests/fixtures/admission-review.json); \
-         reply {} B (floor: the same bytes, fixed)",
-        body.len(),
-        reply_len
+        "  (typical: tests/fixtures/admission-review.json, whose reply rewrites probes and merges \
+         Prometheus annotations; env2000: the same with 2000 env vars on one container)"
     );
     println!(
         "per cell and server: {} rounds (inject and floor alternating) of {:.1} s warmup + \
@@ -509,70 +695,128 @@ async fn run(s: Settings) -> Result<u64> {
     );
     println!("absolute figures are noisy; compare only the ratios of one run\n");
 
-    let mut rows = Vec::new();
-    let mut total_errors = 0;
+    let mut cells = Vec::new();
     for proto in [Proto::H2, Proto::H1] {
         for n in CONCURRENCY {
-            // Rounds alternate which server goes first, so that a change in the machine's
-            // background load weighs on both alike.
-            let (mut i, mut f) = (Stats::default(), Stats::default());
-            for round in 0..s.rounds {
-                let mut pair = [(&inject, &mut i), (&floor, &mut f)];
-                if round % 2 == 1 {
-                    pair.reverse();
-                }
-                for (server, stats) in pair {
-                    stats.add(measure(&server.client, proto, n, &body, reply_len, &s).await?);
-                }
-            }
-            i.finish();
-            f.finish();
-            for (what, st) in [("inject", &i), ("floor", &f)] {
-                total_errors += st.errors;
-                if st.errors > 0 {
-                    eprintln!(
-                        "errors: {} {} {what}: {} (e.g. {:?})",
-                        proto_name(proto),
-                        layout(proto, n),
-                        st.errors,
-                        st.error_samples
-                    );
-                }
-            }
-            rows.push((proto, n, i, f));
+            let p = match proto {
+                Proto::H1 => "h1",
+                Proto::H2 => "h2",
+            };
+            cells.push(Cell {
+                name: format!("{p}-{n}"),
+                workload: 0,
+                proto,
+                n,
+            });
+        }
+    }
+    cells.push(Cell {
+        name: "env2000-h2-64".into(),
+        workload: 1,
+        proto: Proto::H2,
+        n: 64,
+    });
+    if let Some(only) = &s.only {
+        cells.retain(|c| only.contains(&c.name));
+        if cells.is_empty() {
+            bail!("MESHREV_BENCH_ONLY={only:?} names no cell");
         }
     }
 
+    let mut rows = Vec::new();
+    let mut total_errors = 0;
+    for cell in &cells {
+        let w = &workloads[cell.workload];
+        let (proto, n) = (cell.proto, cell.n);
+        // Rounds alternate which server goes first, so that a change in the machine's
+        // background load weighs on both alike.
+        let (mut i, mut f) = (Stats::default(), Stats::default());
+        for round in 0..s.rounds {
+            let mut pair = [(&inject, &mut i), (&w.floor, &mut f)];
+            if round % 2 == 1 {
+                pair.reverse();
+            }
+            for (server, stats) in pair {
+                stats.add(measure(&server.client, proto, n, &w.body, w.reply_len, &s).await?);
+            }
+        }
+        i.finish();
+        f.finish();
+        for (what, st) in [("inject", &i), ("floor", &f)] {
+            total_errors += st.errors;
+            if st.errors > 0 {
+                eprintln!(
+                    "errors: {} {} {} {what}: {} (e.g. {:?})",
+                    w.name,
+                    proto_name(proto),
+                    layout(proto, n),
+                    st.errors,
+                    st.error_samples
+                );
+            }
+        }
+        rows.push((cell, w.name, i, f));
+    }
+
     println!(
-        "{:<9} {:<12} {:<7} {:>10} {:>10} {:>10} {:>9} {:>7}",
-        "proto", "N", "server", "req/s", "p50", "p99", "requests", "errors"
+        "{:<15} {:<8} {:<11} {:<7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>6}",
+        "cell",
+        "proto",
+        "N",
+        "server",
+        "req/s",
+        "p50",
+        "p99",
+        "requests",
+        "errors",
+        "cpu/req",
+        "core"
     );
-    for (proto, n, i, f) in &rows {
+    for (cell, _, i, f) in &rows {
         for (what, st) in [("inject", i), ("floor", f)] {
+            let cpu = median(st.rounds.iter().map(|r| r.1).collect());
+            let util = median(st.rounds.iter().map(|r| r.2).collect());
             println!(
-                "{:<9} {:<12} {:<7} {:>10.0} {:>10} {:>10} {:>9} {:>7}",
-                proto_name(*proto),
-                layout(*proto, *n),
+                "{:<15} {:<8} {:<11} {:<7} {:>9.0} {:>9} {:>9} {:>9} {:>8} {:>6.1} µs {:>5.0}%",
+                cell.name,
+                proto_name(cell.proto),
+                layout(cell.proto, cell.n),
                 what,
                 st.rate(),
                 fmt_latency(st.percentile(50)),
                 fmt_latency(st.percentile(99)),
                 st.latencies.len(),
-                st.errors
+                st.errors,
+                cpu,
+                util * 100.0
             );
         }
     }
     println!(
-        "\nratio inject/floor\n{:<9} {:<12} {:>8} {:>8} {:>8}",
-        "proto", "N", "req/s", "p50", "p99"
+        "\n(cpu/req: CPU time of the server threads per answered request in the measured windows, \
+         median of the rounds; core: that CPU time over the window, median of the rounds)"
+    );
+    println!(
+        "\nratio inject/floor (req/s per round, back to back; median of the rounds; pooled p50, p99)"
+    );
+    println!(
+        "{:<15} {:<36} {:>7} {:>7} {:>7} {:>17}",
+        "cell", "req/s ratio per round", "median", "p50", "p99", "cpu/req inj/floor"
     );
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-    for (proto, n, i, f) in &rows {
+    for (cell, _, i, f) in &rows {
+        let per_round: Vec<f64> = i
+            .rounds
+            .iter()
+            .zip(&f.rounds)
+            .map(|(a, b)| ratio(a.0, b.0))
+            .collect();
+        let shown: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
         println!(
-            "{:<9} {:<12} {:>8.2} {:>8.2} {:>8.2}",
-            proto_name(*proto),
-            layout(*proto, *n),
-            ratio(i.rate(), f.rate()),
+            "{:<15} {:<36} {:>7.2} {:>7.2} {:>7.2} {:>17}",
+            cell.name,
+            shown.join(" "),
+            median(per_round.clone()),
             ratio(
                 i.percentile(50).as_secs_f64(),
                 f.percentile(50).as_secs_f64()
@@ -581,13 +825,29 @@ async fn run(s: Settings) -> Result<u64> {
                 i.percentile(99).as_secs_f64(),
                 f.percentile(99).as_secs_f64()
             ),
+            format!(
+                "{:.1}/{:.1} µs",
+                median(i.rounds.iter().map(|r| r.1).collect()),
+                median(f.rounds.iter().map(|r| r.1).collect())
+            ),
         );
     }
     println!("\nerrors (non-200, wrong body length, transport, timeouts): {total_errors}");
 
     stop(inject, "inject").await;
-    stop(floor, "floor").await;
+    for w in workloads {
+        stop(w.floor, "floor").await;
+    }
     Ok(total_errors)
+}
+
+/// Pins the calling thread to `core` (when pinning).
+fn pin(core: Option<core_affinity::CoreId>) {
+    if let Some(core) = core
+        && !core_affinity::set_for_current(core)
+    {
+        eprintln!("warning: could not pin a thread to core {}", core.id);
+    }
 }
 
 fn main() {
@@ -605,11 +865,59 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // The servers on the first core this process may use, the load generator on the second.
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let (server_core, client_core, pinned) = if settings.pin && cores.len() >= 2 {
+        (
+            Some(cores[0]),
+            Some(cores[1]),
+            format!(
+                "servers pinned to core {}, load generator to core {}",
+                cores[0].id, cores[1].id
+            ),
+        )
+    } else {
+        (
+            None,
+            None,
+            format!(
+                "NOT pinned ({})",
+                if settings.pin {
+                    "fewer than 2 cores"
+                } else {
+                    "MESHREV_BENCH_PIN=0"
+                }
+            ),
+        )
+    };
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("meshrev-server")
+        .on_thread_start(move || {
+            pin(server_core);
+            if let Some(tid) = current_tid() {
+                SERVER_TIDS
+                    .lock()
+                    .expect("the tid list is never poisoned")
+                    .push(tid);
+            }
+        })
+        .enable_all()
+        .build()
+        .expect("the servers' tokio runtime");
+    // The load generator: this thread (which runs `run`) and one worker.
+    pin(client_core);
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bench-client")
+        .on_thread_start(move || pin(client_core))
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    match rt.block_on(run(settings)) {
+    let outcome = rt.block_on(run(settings, servers.handle().clone(), pinned));
+    drop(rt);
+    drop(servers);
+    match outcome {
         Ok(0) => {}
         Ok(errors) => {
             eprintln!("webhook bench: {errors} requests failed");
