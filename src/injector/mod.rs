@@ -202,8 +202,18 @@ impl Ops<'_> {
     }
 }
 
+/// `s` as a JSON string, exactly as serde_json writes it: a string with nothing to escape
+/// (no `"`, `\` or control character, the common case) is copied between quotes without
+/// going through the serializer.
 fn push_str_json(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("writing a string to a Vec must not fail");
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("writing a string to a Vec must not fail");
+    }
 }
 
 /// Per-request values, validated before anything is written.
