@@ -73,7 +73,9 @@ impl Change {
         match self {
             Change::Unguarded => Ok(Vec::new()),
             Change::TagWrite { tag, revision } => {
-                guards::tag_write(view, tag, revision).map(|()| Vec::new())
+                // The webhook never skips the control-plane check: `--force` is the CLI's.
+                guards::tag_write(view, tag, revision, guards::ControlPlanes::Require)
+                    .map(|()| Vec::new())
             }
             Change::TagDelete { tag } => guards::tag_delete(view, tag).map(|()| Vec::new()),
             Change::RevisionWrite { name, version } => {
@@ -446,7 +448,7 @@ mod tests {
             revision: Some("1-23-6".into()),
             ..Default::default()
         });
-        m
+        m.with_ready_control_planes()
     }
 
     fn answer(body: &[u8]) -> Value {
@@ -601,6 +603,50 @@ mod tests {
         ));
         assert_eq!(a["response"]["allowed"], true, "{a}");
         assert!(a["response"].get("status").is_none());
+    }
+
+    #[test]
+    fn a_tag_to_a_revision_whose_control_plane_is_down_is_refused_naming_it() {
+        use crate::core::control_plane::{ControlPlaneRef, DeploymentSummary};
+        let mut m = view();
+        let istiod = ControlPlaneRef::resolve("1-24-0", None, None);
+        m.deployments.insert(
+            istiod.clone(),
+            DeploymentSummary {
+                generation: Some(1),
+                observed_generation: Some(1),
+                replicas: 1,
+                available_replicas: 0,
+                available: Some(false),
+            },
+        );
+        let body = review(
+            "RevisionTag",
+            "UPDATE",
+            "prod",
+            tag("prod", "1-24-0"),
+            tag("prod", "1-22-6"),
+        );
+        let parsed = parse(&body).unwrap();
+        let (reply, verdict) = reply_with_view(&parsed, &m);
+        assert_eq!(verdict, Verdict::Denied);
+        let a: Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(a["response"]["status"]["code"], 403);
+        let msg = a["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("Deployment istio-system/istiod-1-24-0 (Progressing 0/1 available)"),
+            "{msg}"
+        );
+        // Deleted: not found, still refused (never an error, never allowed).
+        m.deployments.remove(&istiod);
+        let (reply, verdict) = reply_with_view(&parsed, &m);
+        assert_eq!(verdict, Verdict::Denied);
+        let a: Value = serde_json::from_slice(&reply).unwrap();
+        let msg = a["response"]["status"]["message"].as_str().unwrap();
+        assert!(msg.contains("istiod-1-24-0: NotFound"), "{msg}");
+        // Available: allowed.
+        m.deployments.insert(istiod, DeploymentSummary::ready(1));
+        assert_eq!(reply_with_view(&parsed, &m).1, Verdict::Allowed);
     }
 
     #[test]
