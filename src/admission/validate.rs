@@ -378,7 +378,7 @@ pub(crate) fn validate(
 fn unavailable(parsed: &Parsed, why: &str) -> Vec<u8> {
     tracing::warn!(error = why, "upgrade guard could not read the cluster");
     let message = format!(
-        "meshrev could not check this change against the upgrade guards ({why}); retry, and check meshrev's RBAC (list and watch namespaces, pods, nodes, meshrevisions, revisiontags)"
+        "meshrev could not check this change against the upgrade guards ({why}); retry, and check meshrev's RBAC (list and watch namespaces, pods, nodes, deployments, meshrevisions, revisiontags)"
     );
     let mut out = Vec::with_capacity(256 + message.len());
     write_reply(

@@ -14,10 +14,8 @@ use crate::core::vocab::{
     LABEL_REV,
 };
 
-#[cfg(test)]
-use crate::core::control_plane::ControlPlaneState;
 pub(crate) use crate::core::control_plane::{
-    CONTROL_PLANE_LABEL, ControlPlane, ControlPlaneRef, DeploymentSummary,
+    CONTROL_PLANE_LABEL, ControlPlane, ControlPlaneRef, ControlPlaneState, DeploymentSummary,
 };
 pub(crate) use crate::core::view::*;
 pub(crate) use crate::core::{NamespaceLabels, NamespaceSelect};
