@@ -580,6 +580,103 @@ async fn canary_creates_the_revision_then_the_tag() {
     );
 }
 
+/// Makes revision `rev`'s istiod unavailable (0/1, Available False), or removes it.
+fn istiod_down(f: &mut FakeApi, rev: &str, remove: bool) {
+    let name = format!("istiod-{rev}");
+    if remove {
+        if let Some(ds) = f.objects.0.get_mut("deployments") {
+            ds.retain(|d| d["metadata"]["name"] != name.as_str());
+        }
+    } else if let Some(d) = f.objects.find("deployments", Some("istio-system"), &name) {
+        d["status"]["availableReplicas"] = json!(0);
+        d["status"]["conditions"][0]["status"] = json!("False");
+    }
+}
+
+#[tokio::test]
+async fn canary_is_refused_while_its_istiod_is_not_available_unless_forced() {
+    let mut f = stable_mesh();
+    istiod_down(&mut f, "1-23-6", false);
+    let (client, fake) = serve(f);
+    let options = CanaryOptions {
+        revision: "1-23-6".into(),
+        version: "1.23.6".into(),
+        ..Default::default()
+    };
+    let err = plan_canary(&client, options.clone())
+        .await
+        .expect_err("istiod-1-23-6 is not available");
+    let OpError::Refused(refusal) = &err else {
+        panic!("not a refusal: {err}")
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("Deployment istio-system/istiod-1-23-6 (Progressing 0/1 available)"),
+        "{text}"
+    );
+    assert!(refusal.fix.contains("--force"), "{refusal:?}");
+    let c = calls(&fake);
+    assert!(writes(&c).is_empty());
+    // The control planes were LISTed by the label istiod carries, in every namespace.
+    let cp = c
+        .iter()
+        .find(|c| c.path == "/apis/apps/v1/deployments")
+        .expect("a LIST of the control-plane Deployments");
+    assert_eq!(
+        cp.query.get("labelSelector").map(String::as_str),
+        Some("istio.io%2Frev")
+    );
+    // --force: planned and executed.
+    let forced = CanaryOptions {
+        control_planes: ControlPlanes::Force,
+        ..options
+    };
+    let plan = plan_canary(&client, forced).await.expect("forced");
+    assert!(plan.create_revision && plan.create_tag);
+    execute_canary(&client, &plan, &mut |_| {})
+        .await
+        .expect("execute");
+    assert_eq!(writes(&take_calls(&fake)).len(), 2);
+}
+
+#[tokio::test]
+async fn switch_and_promote_are_refused_while_the_canary_istiod_is_missing_unless_forced() {
+    let mut f = canary_mesh();
+    istiod_down(&mut f, "1-23-6", true);
+    let (client, fake) = serve(f);
+    let err = plan_switch(&client, "other", "canary", false, ControlPlanes::Require)
+        .await
+        .expect_err("no istiod-1-23-6");
+    let text = err.to_string();
+    assert!(
+        text.contains("cannot switch namespace other to canary"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Deployment istio-system/istiod-1-23-6 (NotFound)"),
+        "{text}"
+    );
+    let err = plan_promote(&client, ControlPlanes::Require)
+        .await
+        .expect_err("no istiod-1-23-6");
+    assert!(err.to_string().contains("cannot promote"), "{err}");
+    assert!(err.to_string().contains("istiod-1-23-6"), "{err}");
+    assert!(writes(&take_calls(&fake)).is_empty());
+    // Rolling back to stable is still allowed: stable's istiod is up.
+    plan_rollback(&client, "default", false, ControlPlanes::Require)
+        .await
+        .expect("stable is up");
+    // --force plans both.
+    let plan = plan_switch(&client, "other", "canary", false, ControlPlanes::Force)
+        .await
+        .expect("forced switch");
+    assert!(plan.relabels());
+    let plan = plan_promote(&client, ControlPlanes::Force)
+        .await
+        .expect("forced promote");
+    assert!(plan.steps.move_stable);
+}
+
 #[tokio::test]
 async fn canary_refused_by_the_skip_policy_makes_no_call() {
     let (client, fake) = serve(stable_mesh());
