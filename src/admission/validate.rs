@@ -1,9 +1,13 @@
 //! `/validate`: the upgrade guards for plain `kubectl` users, as a validating webhook for
-//! `meshrev.io` `revisiontags` and `meshrevisions` (CREATE, UPDATE, DELETE).
+//! `meshrev.io` `revisiontags` and `meshrevisions` (CREATE, UPDATE, DELETE), and for
+//! namespaces carrying `istio.io/rev` or `istio-injection` (CREATE, UPDATE: the webhook's
+//! object selectors send only those).
 //!
 //! The same rules as `meshrev upgrade` ([`crate::upgrade::guards`]): the version skip policy
 //! when tag `canary` is created or moved; no tag pointing at a missing revision; no deleting
-//! a tag or revision while namespaces or pods use it. A refusal is `allowed: false` with
+//! a tag or revision while namespaces or pods use it; no tag moving, and no namespace label
+//! switching, to a revision whose control plane (istiod Deployment) is not ready. There is
+//! no force here: `--force` belongs to the CLI. A refusal is `allowed: false` with
 //! `status.code` 403 and a `status.message` that lists the blocking objects.
 //!
 //! Not the injection hot path, and no API call: a guarded review is judged against a
@@ -20,6 +24,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{GROUP, MeshRevision, RevisionTag};
+use crate::core::NamespaceLabels;
 use crate::upgrade::{MeshView, guards};
 
 use super::write_reply;
@@ -45,6 +50,13 @@ pub(crate) enum Change {
         name: String,
         force: bool,
     },
+    /// A namespace's injection labels change (CREATE with labels, or UPDATE).
+    NamespaceWrite {
+        namespace: String,
+        /// `None` on CREATE.
+        before: Option<NamespaceLabels>,
+        after: NamespaceLabels,
+    },
     /// Nothing a guard checks changed.
     Unguarded,
 }
@@ -63,7 +75,9 @@ impl Change {
     pub(crate) fn needs(&self) -> Option<Needs> {
         match self {
             Change::Unguarded => None,
-            Change::TagWrite { .. } | Change::RevisionWrite { .. } => Some(Needs::Config),
+            Change::TagWrite { .. }
+            | Change::RevisionWrite { .. }
+            | Change::NamespaceWrite { .. } => Some(Needs::Config),
             Change::TagDelete { .. } | Change::RevisionDelete { .. } => Some(Needs::Usage),
         }
     }
@@ -82,6 +96,12 @@ impl Change {
                 guards::revision_write(view, name, version).map(|()| Vec::new())
             }
             Change::RevisionDelete { name, force } => guards::revision_delete(view, name, *force),
+            Change::NamespaceWrite {
+                namespace,
+                before,
+                after,
+            } => guards::namespace_write(view, namespace, before.as_ref(), after)
+                .map(|()| Vec::new()),
         }
     }
 }
@@ -208,9 +228,10 @@ pub(crate) fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
     };
     let kind = match &req.kind {
         Some(k) if k.group == GROUP => k.kind.clone(),
+        Some(k) if k.group.is_empty() && k.kind == "Namespace" => k.kind.clone(),
         Some(k) => {
             return Err(fail(format!(
-                "request.kind is {}/{}; /validate only judges meshrev.io RevisionTags and MeshRevisions (check the webhook's rules)",
+                "request.kind is {}/{}; /validate only judges meshrev.io RevisionTags and MeshRevisions, and Namespaces (check the webhook's rules)",
                 k.group, k.kind
             )));
         }
@@ -262,7 +283,33 @@ pub(crate) fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
                 == Some("true");
             Change::RevisionDelete { name, force }
         }
-        (_, "CONNECT") => Change::Unguarded,
+        ("Namespace", "CREATE" | "UPDATE") => {
+            let labels = |v: &Option<Value>| -> Option<NamespaceLabels> {
+                let v = v.as_ref().filter(|v| !v.is_null())?;
+                let map = v.pointer("/metadata/labels").and_then(Value::as_object);
+                Some(NamespaceLabels::from_labels(|k| {
+                    map.and_then(|m| m.get(k)).and_then(Value::as_str)
+                }))
+            };
+            let after = labels(&req.object).unwrap_or_default();
+            let before = labels(&req.old_object);
+            let namespace = req
+                .object
+                .as_ref()
+                .and_then(|o| o.pointer("/metadata/name"))
+                .and_then(Value::as_str)
+                .map_or(name, str::to_string);
+            if before.as_ref() == Some(&after) || (before.is_none() && after.is_empty()) {
+                Change::Unguarded
+            } else {
+                Change::NamespaceWrite {
+                    namespace,
+                    before,
+                    after,
+                }
+            }
+        }
+        ("Namespace", _) | (_, "CONNECT") => Change::Unguarded,
         (k, op) => {
             return Err(fail(format!(
                 "cannot judge {op} of {k}: /validate handles CREATE, UPDATE and DELETE of RevisionTag and MeshRevision"
@@ -647,6 +694,61 @@ mod tests {
         // Available: allowed.
         m.deployments.insert(istiod, DeploymentSummary::ready(1));
         assert_eq!(reply_with_view(&parsed, &m).1, Verdict::Allowed);
+    }
+
+    #[test]
+    fn a_namespace_label_to_a_revision_whose_istiod_is_down_is_refused() {
+        use crate::core::control_plane::{ControlPlaneRef, DeploymentSummary};
+        let ns = |labels: Value| {
+            json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": labels}})
+        };
+        let body = |op: &str, new: Value, old: Value| {
+            let mut r: Value = serde_json::from_slice(&review("x", op, "shop", new, old)).unwrap();
+            r["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Namespace"});
+            serde_json::to_vec(&r).unwrap()
+        };
+        let switch = body(
+            "UPDATE",
+            ns(json!({"istio.io/rev": "canary"})),
+            ns(json!({"istio-injection": "enabled"})),
+        );
+        let p = parse(&switch).unwrap();
+        assert_eq!(p.change.needs(), Some(Needs::Config));
+        let mut m = view();
+        m.deployments
+            .remove(&ControlPlaneRef::resolve("1-23-6", None, None));
+        let (reply, verdict) = reply_with_view(&p, &m);
+        assert_eq!(verdict, Verdict::Denied);
+        let a: Value = serde_json::from_slice(&reply).unwrap();
+        let msg = a["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with("namespace shop labelled istio.io/rev=canary refused"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("Deployment istio-system/istiod-1-23-6 (NotFound)"),
+            "{msg}"
+        );
+        m.deployments.insert(
+            ControlPlaneRef::resolve("1-23-6", None, None),
+            DeploymentSummary::ready(1),
+        );
+        assert_eq!(reply_with_view(&p, &m).1, Verdict::Allowed);
+        // Other label or annotation changes: unguarded, answered without a view.
+        let same = body(
+            "UPDATE",
+            ns(json!({"istio.io/rev": "canary", "team": "a"})),
+            ns(json!({"istio.io/rev": "canary"})),
+        );
+        assert_eq!(parse(&same).unwrap().change, Change::Unguarded);
+        let plain = body("CREATE", ns(json!({"team": "a"})), Value::Null);
+        assert_eq!(parse(&plain).unwrap().change, Change::Unguarded);
+        let created = body("CREATE", ns(json!({"istio.io/rev": "1-23-6"})), Value::Null);
+        assert!(matches!(
+            parse(&created).unwrap().change,
+            Change::NamespaceWrite { before: None, .. }
+        ));
     }
 
     #[test]

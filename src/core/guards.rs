@@ -314,6 +314,39 @@ pub(crate) fn tag_write(
     control_plane_ready(view, revision, &action, check)
 }
 
+/// A namespace's injection labels changing from `before` (`None`: a new namespace) to
+/// `after` (webhook CREATE/UPDATE of a Namespace, i.e. `kubectl label namespace …`): when
+/// its new pods would get another revision than before, that revision's control plane
+/// must be ready (the same rule as `meshrev upgrade switch`; the webhook has no force).
+/// A label naming neither tag nor revision, or one that turns injection off, is not this
+/// guard's business (`meshrev upgrade status` flags the former).
+pub(crate) fn namespace_write(
+    view: &MeshView,
+    namespace: &str,
+    before: Option<&NamespaceLabels>,
+    after: &NamespaceLabels,
+) -> Result<(), Refusal> {
+    let route_with = |labels: Option<&NamespaceLabels>| {
+        let mut v = view.clone();
+        match labels {
+            Some(l) => v.namespaces.insert(namespace.to_string(), l.clone()),
+            None => v.namespaces.remove(namespace),
+        };
+        v.namespace_route(namespace).revision().map(str::to_string)
+    };
+    let Some(revision) = route_with(Some(after)) else {
+        return Ok(());
+    };
+    if before.is_some() && route_with(before).as_deref() == Some(revision.as_str()) {
+        return Ok(());
+    }
+    let action = format!(
+        "namespace {namespace} labelled {} refused (its new pods would get revision {revision})",
+        after.describe()
+    );
+    control_plane_ready(view, &revision, &action, ControlPlanes::Require)
+}
+
 /// Namespaces whose labels name `name` (a tag or a revision), as blockers.
 fn namespaces_naming(view: &MeshView, name: &str) -> Vec<Blocker> {
     view.namespaces
@@ -1033,6 +1066,56 @@ mod tests {
         assert!(tag_write(&m, "prod", "1-23-6", require).is_ok());
         assert!(switch(&m, "plain", "canary", require).is_ok());
         assert!(promote(&m, require).is_ok());
+    }
+
+    #[test]
+    fn namespace_labels_to_a_revision_whose_istiod_is_down_are_refused() {
+        let mut m = view(true);
+        istiod(&mut m, "1-23-6", not_available());
+        let before = NamespaceLabels::injection_enabled();
+        let e = namespace_write(
+            &m,
+            "default",
+            Some(&before),
+            &NamespaceLabels::rev("canary"),
+        )
+        .unwrap_err();
+        let line = e.one_line();
+        assert!(
+            line.starts_with("namespace default labelled istio.io/rev=canary refused"),
+            "{line}"
+        );
+        assert!(
+            line.contains("Deployment istio-system/istiod-1-23-6 (Progressing 0/1 available)"),
+            "{line}"
+        );
+        // By revision name, and on a new namespace.
+        assert!(namespace_write(&m, "new", None, &NamespaceLabels::rev("1-23-6")).is_err());
+        // To stable (up), or unchanged routing, or injection off: allowed.
+        assert!(namespace_write(&m, "new", None, &NamespaceLabels::rev("stable")).is_ok());
+        let canary = NamespaceLabels::rev("canary");
+        assert!(
+            namespace_write(
+                &m,
+                "default",
+                Some(&canary),
+                &NamespaceLabels::rev("1-23-6")
+            )
+            .is_ok()
+        );
+        let off = NamespaceLabels {
+            injection: Some("disabled".into()),
+            rev: None,
+        };
+        assert!(namespace_write(&m, "default", Some(&before), &off).is_ok());
+        // A name that resolves to nothing: not this guard's refusal.
+        assert!(
+            namespace_write(&m, "default", Some(&before), &NamespaceLabels::rev("nope")).is_ok()
+        );
+        // System namespaces are never injected.
+        assert!(namespace_write(&m, "kube-system", None, &canary).is_ok());
+        istiod(&mut m, "1-23-6", DeploymentSummary::ready(1));
+        assert!(namespace_write(&m, "default", Some(&before), &canary).is_ok());
     }
 
     #[test]
