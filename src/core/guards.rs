@@ -1290,6 +1290,15 @@ mod tests {
         let e = tag_delete(&m, "canary").unwrap_err();
         let names: Vec<&str> = e.blockers.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, ["default", "plain/gw-1"]);
+        // A pod that opts out (istiod's own pods: istio.io/rev=<rev> and inject=false) never
+        // gets a sidecar: it does not use the tag or revision its label names.
+        let mut istiod = pod("istio-system", "istiod-1-23-6-x", "none");
+        istiod.revision = None;
+        istiod.selector.rev_label = Some("1-23-6".into());
+        istiod.selector.inject_label = Some("false".into());
+        let mut m2 = view(true);
+        m2.pods.push(istiod);
+        assert!(revoke(&m2).is_ok(), "{:?}", revoke(&m2));
         // Stable: istio-injection=enabled counts.
         let m = view(false);
         let e = tag_delete(&m, "stable").unwrap_err();

@@ -312,13 +312,18 @@ impl MeshView {
     }
 
     /// True when a pod's own labels (not its namespace's) select `name` (a tag or revision),
-    /// the way the router reads them: only in a namespace without injection labels.
+    /// the way the router reads them: only in a namespace without injection labels, and
+    /// not for a pod the router never injects (its own opt-out, host network, a system
+    /// namespace): istiod's pods carry `istio.io/rev: <revision>` and
+    /// `sidecar.istio.io/inject: "false"`, and do not use the revision they serve.
     pub(crate) fn pod_selects(&self, pod: &PodInfo, name: &str) -> bool {
         let unlabelled = self
             .namespaces
             .get(&pod.namespace)
             .is_none_or(|l| l.select() == NamespaceSelect::Unlabelled);
-        unlabelled && route::pod_selection(&pod.selector) == Some(name)
+        unlabelled
+            && route::pod_selection(&pod.selector) == Some(name)
+            && route::never_injected(&pod.namespace, &pod.selector).is_none()
     }
 
     /// Pods whose sidecar is `revision`.
