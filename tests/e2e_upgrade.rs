@@ -140,6 +140,38 @@ async fn kubectl_meshrev_status(kubeconfig: &Path) -> Result<String> {
     Ok(stdout)
 }
 
+/// Runs `kubectl ARGS --kubeconfig KUBECONFIG` when kubectl is on PATH (`None` without
+/// it); prints and returns its stdout, after checking it succeeded.
+async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<Option<String>> {
+    let Some(kubectl) = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join("kubectl"))
+        .find(|k| k.is_file())
+    else {
+        println!("$ kubectl {}: no kubectl on PATH, skipped", args.join(" "));
+        return Ok(None);
+    };
+    let out = tokio::process::Command::new(kubectl)
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running kubectl")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!(
+        "$ kubectl {} → {}\n{stdout}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    anyhow::ensure!(out.status.success(), "kubectl {} failed", args.join(" "));
+    Ok(Some(stdout))
+}
+
 /// The test's view of things: client, kubeconfig, the kubelet switch.
 struct Env {
     client: kube::Client,
@@ -676,6 +708,20 @@ async fn canary_upgrade_rollback_and_promotion() -> Result<()> {
             && l.contains("istio-system/istiod-1-23-6")),
         "{text}"
     );
+    // kubectl's own view: the Control-Plane column (where kubectl is on PATH).
+    if let Some(out) = kubectl(&env.kubeconfig, &["get", "mrev"]).await? {
+        assert!(
+            out.lines()
+                .next()
+                .is_some_and(|h| h.contains("CONTROL-PLANE")),
+            "{out}"
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("1-23-6") && l.contains("Progressing")),
+            "{out}"
+        );
+    }
     // Plain API calls (what kubectl patch/create/label send) through /validate.
     let canary_tag = RevisionTag::new(
         "canary",

@@ -243,7 +243,7 @@ pub(crate) fn control_plane_ready(
             cp.describe()
         ),
         format!(
-            "wait until istiod is available (kubectl -n {} rollout status deployment/{}), or set spec.controlPlane of MeshRevision {revision} to its istiod Deployment; the meshrev upgrade CLI's --force skips this check (nothing does through kubectl)",
+            "wait until istiod is available (kubectl -n {} rollout status deployment/{}), or point spec.controlPlane of MeshRevision {revision} at its istiod Deployment",
             d.namespace, d.name
         ),
     )
@@ -1029,7 +1029,10 @@ mod tests {
             line.contains("rollout status deployment/istiod-1-23-6"),
             "{line}"
         );
-        assert!(line.contains("--force"), "{line}");
+        assert!(
+            !line.contains("--force"),
+            "the webhook has no force: {line}"
+        );
         assert_eq!(e.blockers[0].kind, BlockerKind::Deployment);
         // Not found: named too, with where meshrev looked.
         let e = tag_write(&m, "prod", "1-23-7", require).unwrap_err();

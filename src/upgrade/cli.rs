@@ -82,8 +82,8 @@ pub(crate) struct CanaryArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) discovery_address: Option<String>,
     /// Skip the control-plane readiness check (the revision's istiod Deployment need not be
-    /// available). meshrev's validating webhook never skips it, so where it is installed a
-    /// tag write to such a revision is still refused.
+    /// available). meshrev's validating webhook never skips it: where it is installed, the
+    /// tag or namespace label write is still refused.
     #[arg(long)]
     pub(crate) force: bool,
 }
@@ -143,8 +143,8 @@ pub(crate) struct SwitchArgs {
     #[arg(long)]
     pub(crate) restart: bool,
     /// Skip the control-plane readiness check (the revision's istiod Deployment need not be
-    /// available). meshrev's validating webhook never skips it, so where it is installed a
-    /// tag write to such a revision is still refused.
+    /// available). meshrev's validating webhook never skips it: where it is installed, the
+    /// tag or namespace label write is still refused.
     #[arg(long)]
     pub(crate) force: bool,
 }
@@ -158,8 +158,8 @@ pub(crate) struct PromoteArgs {
     #[arg(long)]
     pub(crate) yes: bool,
     /// Skip the control-plane readiness check (the revision's istiod Deployment need not be
-    /// available). meshrev's validating webhook never skips it, so where it is installed a
-    /// tag write to such a revision is still refused.
+    /// available). meshrev's validating webhook never skips it: where it is installed, the
+    /// tag or namespace label write is still refused.
     #[arg(long)]
     pub(crate) force: bool,
 }
@@ -183,8 +183,8 @@ pub(crate) struct RollbackArgs {
     #[arg(long)]
     pub(crate) restart: bool,
     /// Skip the control-plane readiness check (the revision's istiod Deployment need not be
-    /// available). meshrev's validating webhook never skips it, so where it is installed a
-    /// tag write to such a revision is still refused.
+    /// available). meshrev's validating webhook never skips it: where it is installed, the
+    /// tag or namespace label write is still refused.
     #[arg(long)]
     pub(crate) force: bool,
 }

@@ -25,10 +25,22 @@ use crate::config::MeshRevisionSpec;
 use crate::core::{TAG_CANARY, TAG_STABLE};
 
 use super::cluster::{self, ClusterError, Needs, PodDetail};
-use super::guards::{self, ControlPlanes, Refusal};
+use super::guards::{self, BlockerKind, ControlPlanes, Refusal};
 use super::rollout::Progress;
 use super::status::StatusReport;
 use super::view::{MeshView, NamespaceLabels, PodInfo, WorkloadId, WorkloadKind, WorkloadState};
+
+/// A readiness refusal from the CLI also names `--force` (the webhook's never does: it has
+/// none). `--force` skips only this check of the CLI's: meshrev's validating webhook,
+/// where installed, still refuses the tag or namespace label write.
+fn force_hint(mut r: Refusal) -> Refusal {
+    if r.blockers.iter().any(|b| b.kind == BlockerKind::Deployment) {
+        r.fix.push_str(
+            "; or rerun with --force to skip this check (meshrev's validating webhook, where installed, still refuses the write)",
+        );
+    }
+    r
+}
 
 /// How long to wait for the injector to pick up a label or tag change before restarting.
 pub(crate) const INJECTOR_DEADLINE: Duration = Duration::from_secs(30);
@@ -373,7 +385,8 @@ pub(crate) async fn plan_canary(
         &options.revision,
         &options.version,
         options.control_planes,
-    )?;
+    )
+    .map_err(force_hint)?;
     let stable = view.stable().unwrap_or_default().to_string();
     let stable_version = view
         .revisions
@@ -512,7 +525,7 @@ pub(crate) async fn plan_switch(
     check: ControlPlanes,
 ) -> Result<RelabelPlan, OpError> {
     let view = cluster::load_view(client, &Needs::namespace(namespace)).await?;
-    let labels = guards::switch(&view, namespace, to, check)?;
+    let labels = guards::switch(&view, namespace, to, check).map_err(force_hint)?;
     Ok(relabel_plan(view, namespace, labels, restart, |w| {
         w.needs_upgrade()
     }))
@@ -527,7 +540,7 @@ pub(crate) async fn plan_rollback(
     check: ControlPlanes,
 ) -> Result<RelabelPlan, OpError> {
     let view = cluster::load_view(client, &Needs::namespace(namespace)).await?;
-    let labels = guards::rollback(&view, namespace, check)?;
+    let labels = guards::rollback(&view, namespace, check).map_err(force_hint)?;
     let canary = view.canary().unwrap_or_default().to_string();
     Ok(relabel_plan(view, namespace, labels, restart, |w| {
         w.runs(&canary)
@@ -716,7 +729,7 @@ pub(crate) async fn plan_promote(
     check: ControlPlanes,
 ) -> Result<PromotePlan, OpError> {
     let view = cluster::load_view(client, &Needs::all()).await?;
-    let steps = guards::promote(&view, check)?;
+    let steps = guards::promote(&view, check).map_err(force_hint)?;
     let relabel = steps
         .relabel
         .iter()
