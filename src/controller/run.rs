@@ -455,7 +455,19 @@ impl Driver {
                             | watcher::Error::WatchStartFailed(kube::Error::Api(s))
                             if s.code == 404
                     );
-                    if missing && matches!(kind, Kind::Revisions | Kind::Tags) {
+                    let forbidden = matches!(
+                        &e,
+                        watcher::Error::InitialListFailed(kube::Error::Api(s))
+                            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+                            if s.code == 403
+                    );
+                    if forbidden && kind == Kind::ControlPlanes {
+                        tracing::warn!(
+                            resource,
+                            error = %e,
+                            "watch error: meshrev's ClusterRole must allow get/list/watch of apps/v1 deployments (manifests/rbac.yaml); /readyz stays not ready until it lists them; backing off"
+                        );
+                    } else if missing && matches!(kind, Kind::Revisions | Kind::Tags) {
                         tracing::warn!(
                             resource,
                             error = %e,
