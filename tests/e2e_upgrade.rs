@@ -140,6 +140,35 @@ async fn kubectl_meshrev_status(kubeconfig: &Path) -> Result<String> {
     Ok(stdout)
 }
 
+/// Creates a pod with a raw request, to read the `Warning` headers the API server relays
+/// from the webhook's `warnings`; returns the created pod and the warnings.
+async fn create_pod_with_warnings(
+    client: &kube::Client,
+    ns: &str,
+    pod: Value,
+) -> Result<(Value, Vec<String>)> {
+    let req = http::Request::post(format!("/api/v1/namespaces/{ns}/pods"))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&pod)?)?;
+    let resp = client.send(req.map(kube::client::Body::from)).await?;
+    let warnings = resp
+        .headers()
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let status = resp.status();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await?
+        .to_bytes();
+    anyhow::ensure!(
+        status.is_success(),
+        "create pod: {status}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    Ok((serde_json::from_slice(&bytes)?, warnings))
+}
+
 /// Runs `kubectl ARGS --kubeconfig KUBECONFIG` when kubectl is on PATH (`None` without
 /// it); prints and returns its stdout, after checking it succeeded.
 async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<Option<String>> {
@@ -771,6 +800,39 @@ async fn canary_upgrade_rollback_and_promotion() -> Result<()> {
             "Deployment istio-system/istiod-1-23-6 (Progressing 0/1 available",
         ],
     );
+    // The injector still injects a pod pinned to 1-23-6 (pods must stay creatable), with a
+    // warning that names the revision and its Deployment.
+    let (pinned, warnings) = create_pod_with_warnings(
+        &client,
+        GATEWAY_NS,
+        json!({"metadata": {"name": "pinned-to-canary",
+                "labels": {"istio.io/rev": "1-23-6", KUBELET_IGNORE: "true"}},
+               "spec": {"containers": [{"name": "app", "image": "app"}]}}),
+    )
+    .await?;
+    println!("pod pinned to 1-23-6: warnings {warnings:?}");
+    assert_eq!(
+        pinned["metadata"]["annotations"]["istio.io/rev"], "1-23-6",
+        "{pinned:#}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("revision 1-23-6")
+            && w.contains("istio-system/istiod-1-23-6")
+            && w.contains("not ready")),
+        "{warnings:?}"
+    );
+    let gw_pods: Api<Pod> = Api::namespaced(client.clone(), GATEWAY_NS);
+    gw_pods
+        .delete("pinned-to-canary", &DeleteParams::default())
+        .await?;
+    meshrev_proc::eventually("pod pinned-to-canary gone", WAIT, || async {
+        Ok(gw_pods
+            .get_opt("pinned-to-canary")
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
     // --force skips the CLI's check only: the webhook still refuses the tag.
     let forced = env
         .refused(
