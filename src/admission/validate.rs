@@ -6,7 +6,8 @@
 //! The same rules as `meshrev upgrade` ([`crate::upgrade::guards`]): the version skip policy
 //! when tag `canary` is created or moved; no tag pointing at a missing revision; no deleting
 //! a tag or revision while namespaces or pods use it; no tag moving, and no namespace label
-//! switching, to a revision whose control plane (istiod Deployment) is not ready. There is
+//! switching, to a revision whose control plane (istiod Deployment) is not ready, and no
+//! revision in use repointed (`spec.controlPlane`) at a Deployment that is not ready. There is
 //! no force here: `--force` belongs to the CLI. A refusal is `allowed: false` with
 //! `status.code` 403 and a `status.message` that lists the blocking objects.
 //!
@@ -25,6 +26,7 @@ use serde_json::Value;
 
 use crate::config::{GROUP, MeshRevision, RevisionTag};
 use crate::core::NamespaceLabels;
+use crate::upgrade::view::{ControlPlaneRef, RevisionInfo};
 use crate::upgrade::{MeshView, guards};
 
 use super::write_reply;
@@ -49,6 +51,13 @@ pub(crate) enum Change {
     RevisionDelete {
         name: String,
         force: bool,
+    },
+    /// An UPDATE that points `spec.controlPlane` at another Deployment (defaults resolved),
+    /// with the new version when that changes too.
+    ControlPlaneWrite {
+        name: String,
+        deployment: ControlPlaneRef,
+        version: Option<String>,
     },
     /// A namespace's injection labels change (CREATE with labels, or UPDATE).
     NamespaceWrite {
@@ -78,7 +87,9 @@ impl Change {
             Change::TagWrite { .. }
             | Change::RevisionWrite { .. }
             | Change::NamespaceWrite { .. } => Some(Needs::Config),
-            Change::TagDelete { .. } | Change::RevisionDelete { .. } => Some(Needs::Usage),
+            Change::TagDelete { .. }
+            | Change::RevisionDelete { .. }
+            | Change::ControlPlaneWrite { .. } => Some(Needs::Usage),
         }
     }
 
@@ -102,6 +113,16 @@ impl Change {
                 after,
             } => guards::namespace_write(view, namespace, before.as_ref(), after)
                 .map(|()| Vec::new()),
+            Change::ControlPlaneWrite {
+                name,
+                deployment,
+                version,
+            } => {
+                if let Some(v) = version {
+                    guards::revision_write(view, name, v)?;
+                }
+                guards::control_plane_write(view, name, deployment).map(|()| Vec::new())
+            }
         }
     }
 }
@@ -264,13 +285,24 @@ pub(crate) fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             let (new, old): (MeshRevision, Option<MeshRevision>) =
                 new_and_old(&req).map_err(fail)?;
             let rev = new.metadata.name.clone().unwrap_or(name);
-            if old.is_some_and(|o| o.spec.version == new.spec.version) {
-                Change::Unguarded
-            } else {
-                Change::RevisionWrite {
+            let deployment = |r: &MeshRevision| RevisionInfo::from(r).control_plane;
+            let version_changed = old
+                .as_ref()
+                .is_none_or(|o| o.spec.version != new.spec.version);
+            let moved = old
+                .as_ref()
+                .and_then(|o| deployment(&new).filter(|d| deployment(o).as_ref() != Some(d)));
+            match (moved, version_changed) {
+                (Some(deployment), changed) => Change::ControlPlaneWrite {
+                    name: rev,
+                    deployment,
+                    version: changed.then_some(new.spec.version),
+                },
+                (None, true) => Change::RevisionWrite {
                     name: rev,
                     version: new.spec.version,
-                }
+                },
+                (None, false) => Change::Unguarded,
             }
         }
         ("MeshRevision", "DELETE") => {
@@ -749,6 +781,51 @@ mod tests {
             parse(&created).unwrap().change,
             Change::NamespaceWrite { before: None, .. }
         ));
+    }
+
+    #[test]
+    fn repointing_a_used_revision_at_a_deployment_that_is_not_ready_is_refused() {
+        let mut new = rev("1-22-6", "1.22.6", false);
+        new["spec"]["controlPlane"] = json!({"name": "istiod"});
+        let body = review(
+            "MeshRevision",
+            "UPDATE",
+            "1-22-6",
+            new.clone(),
+            rev("1-22-6", "1.22.6", false),
+        );
+        let p = parse(&body).unwrap();
+        assert_eq!(p.change.needs(), Some(Needs::Usage));
+        let (reply, verdict) = reply_with_view(&p, &view());
+        assert_eq!(verdict, Verdict::Denied);
+        let a: Value = serde_json::from_slice(&reply).unwrap();
+        let msg = a["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("Deployment istio-system/istiod (NotFound)")
+                && msg.contains("in use by stable"),
+            "{msg}"
+        );
+        // The same spec again (a label added): unguarded.
+        let again = review("MeshRevision", "UPDATE", "1-22-6", new.clone(), new.clone());
+        assert_eq!(parse(&again).unwrap().change, Change::Unguarded);
+        // With a version change too: the skip policy is judged as well.
+        let mut both = new;
+        both["spec"]["version"] = json!("1.25.0");
+        let body = review(
+            "MeshRevision",
+            "UPDATE",
+            "1-23-6",
+            {
+                let mut b = both.clone();
+                b["metadata"]["name"] = json!("1-23-6");
+                b
+            },
+            rev("1-23-6", "1.23.6", false),
+        );
+        let (reply, _) = reply_with_view(&parse(&body).unwrap(), &view());
+        let a: Value = serde_json::from_slice(&reply).unwrap();
+        let msg = a["response"]["status"]["message"].as_str().unwrap();
+        assert!(msg.contains("skip policy"), "{msg}");
     }
 
     #[test]

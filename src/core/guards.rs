@@ -10,15 +10,17 @@
 //!   [`revision_delete`]);
 //! - no tag moving to, no namespace switching to, and no promotion of a revision whose
 //!   control plane (its istiod Deployment) is not ready ([`control_plane_ready`], checked by
-//!   [`tag_write`], [`switch`], [`promote`], [`canary`]). Only the CLI may skip it
-//!   ([`ControlPlanes::Force`], `--force`); the webhook always requires it.
+//!   [`tag_write`], [`switch`], [`promote`], [`canary`], [`namespace_write`]), and no
+//!   revision in use repointed at a Deployment that is not ready ([`control_plane_write`]).
+//!   Only the CLI may skip it ([`ControlPlanes::Force`], `--force`); the webhook always
+//!   requires it.
 
 use std::fmt;
 
 use semver::Version;
 
 use super::Error;
-use super::control_plane::ControlPlane;
+use super::control_plane::{ControlPlane, ControlPlaneRef};
 use super::labels::{NamespaceLabels, NamespaceSelect};
 use super::validate;
 use super::view::{MeshView, parse_version};
@@ -345,6 +347,36 @@ pub(crate) fn namespace_write(
         after.describe()
     );
     control_plane_ready(view, &revision, &action, ControlPlanes::Require)
+}
+
+/// Pointing revision `name`'s `spec.controlPlane` at `deployment` (webhook UPDATE of a
+/// MeshRevision): while tags, namespaces or pods' own labels route pods to the revision,
+/// the Deployment it now names must be ready, as for a tag moving to it. An unused
+/// revision may name any Deployment (its condition shows the state).
+pub(crate) fn control_plane_write(
+    view: &MeshView,
+    name: &str,
+    deployment: &ControlPlaneRef,
+) -> Result<(), Refusal> {
+    let mut users: Vec<String> = view.tags_of(name).into_iter().map(str::to_string).collect();
+    let mut namers: Vec<&str> = vec![name];
+    namers.extend(view.tags_of(name));
+    for n in &namers {
+        users.extend(namespaces_naming(view, n).into_iter().map(|b| b.name));
+        users.extend(pods_selecting(view, n).into_iter().map(|b| b.name));
+    }
+    if users.is_empty() {
+        return Ok(());
+    }
+    let mut after = view.clone();
+    if let Some(r) = after.revisions.get_mut(name) {
+        r.control_plane = Some(deployment.clone());
+    }
+    let action = format!(
+        "MeshRevision {name:?} spec.controlPlane → Deployment {deployment} refused (in use by {})",
+        users.join(", ")
+    );
+    control_plane_ready(&after, name, &action, ControlPlanes::Require)
 }
 
 /// Namespaces whose labels name `name` (a tag or a revision), as blockers.
@@ -1119,6 +1151,38 @@ mod tests {
         assert!(namespace_write(&m, "kube-system", None, &canary).is_ok());
         istiod(&mut m, "1-23-6", DeploymentSummary::ready(1));
         assert!(namespace_write(&m, "default", Some(&before), &canary).is_ok());
+    }
+
+    #[test]
+    fn repointing_a_used_revision_needs_a_ready_deployment() {
+        let mut m = view(true);
+        let elsewhere = ControlPlaneRef::resolve("1-22-6", Some("istiod-new"), None);
+        // Tag stable routes to 1-22-6: the new Deployment must be ready.
+        let e = control_plane_write(&m, "1-22-6", &elsewhere).unwrap_err();
+        let line = e.one_line();
+        assert!(line.contains("in use by stable"), "{line}");
+        assert!(
+            line.contains("Deployment istio-system/istiod-new (NotFound)"),
+            "{line}"
+        );
+        m.deployments
+            .insert(elsewhere.clone(), DeploymentSummary::ready(1));
+        assert!(control_plane_write(&m, "1-22-6", &elsewhere).is_ok());
+        // An unused revision may point anywhere.
+        m.revisions
+            .insert("1-24-0".into(), RevisionInfo::new("1.24.0"));
+        let nowhere = ControlPlaneRef::resolve("1-24-0", Some("nope"), None);
+        assert!(control_plane_write(&m, "1-24-0", &nowhere).is_ok());
+        // ... unless a namespace pins it by name.
+        m.namespaces
+            .insert("pin".into(), NamespaceLabels::rev("1-24-0"));
+        let e = control_plane_write(&m, "1-24-0", &nowhere).unwrap_err();
+        let line = e.one_line();
+        assert!(line.contains("in use by pin"), "{line}");
+        assert!(
+            line.contains("Deployment istio-system/nope (NotFound)"),
+            "{line}"
+        );
     }
 
     #[test]
