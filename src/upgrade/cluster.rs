@@ -25,8 +25,8 @@ use crate::core::{
 
 use super::rollout::{self, Progress};
 use super::view::{
-    MeshView, NamespaceLabels, PodInfo, RevisionInfo, TagInfo, WorkloadId, WorkloadInfo,
-    WorkloadKind, injected_revision, namespace_entry,
+    CONTROL_PLANE_LABEL, MeshView, NamespaceLabels, PodInfo, RevisionInfo, TagInfo, WorkloadId,
+    WorkloadInfo, WorkloadKind, control_plane_entry, injected_revision, namespace_entry,
 };
 
 /// Field manager of meshrev's writes.
@@ -34,6 +34,20 @@ pub(crate) const FIELD_MANAGER: &str = "meshrev-upgrade";
 /// Pods that count: everything but completed and failed pods.
 pub(crate) const COUNTED_PODS: &str = "status.phase!=Succeeded,status.phase!=Failed";
 const PAGE: u32 = 500;
+
+/// Names meshrev in every request `config`'s client makes (`meshrev/<version> (<role>)`),
+/// so that the API server's audit log and its per-client metrics tell the webhook's
+/// controller (`serve`) apart from an operator's CLI (`upgrade`). Without it the requests
+/// carry no User-Agent at all.
+pub(crate) fn identify(config: &mut kube::Config, role: &str) {
+    let agent = format!("meshrev/{} ({role})", env!("CARGO_PKG_VERSION"));
+    let value = http::HeaderValue::try_from(agent)
+        .expect("a user agent built from the crate version and a role name must be a valid header");
+    config
+        .headers
+        .retain(|(k, _)| k != http::header::USER_AGENT);
+    config.headers.push((http::header::USER_AGENT, value));
+}
 
 /// How much of the pods a view needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +63,9 @@ pub(crate) struct Needs {
     pub(crate) namespaces: bool,
     pub(crate) pods: PodDetail,
     pub(crate) workloads: bool,
+    /// The control-plane Deployments (labelled `istio.io/rev`, every namespace): what
+    /// the readiness guards and the status's control-plane column read.
+    pub(crate) control_planes: bool,
     /// Limit pods and workloads to one namespace.
     pub(crate) namespace: Option<String>,
 }
@@ -60,15 +77,17 @@ impl Needs {
             namespaces: true,
             pods: PodDetail::Full,
             workloads: true,
+            control_planes: true,
             namespace: None,
         }
     }
-    /// Revisions and tags only.
+    /// Revisions, tags and their control planes.
     pub(crate) fn config() -> Self {
         Needs {
             namespaces: false,
             pods: PodDetail::None,
             workloads: false,
+            control_planes: true,
             namespace: None,
         }
     }
@@ -298,6 +317,15 @@ pub(crate) async fn load_view(client: &Client, needs: &Needs) -> Result<MeshView
                 |ns: &str, rs: &str| rs_owner.get(&(ns.to_string(), rs.to_string())).cloned();
             view.pods = pods.iter().map(|p| PodInfo::from_pod(p, &lookup)).collect();
         }
+    }
+    if needs.control_planes {
+        // The controller's watch reads the same selector, so the CLI and the webhook judge
+        // the same Deployments (see `core::control_plane`).
+        let lp = ListParams::default().labels(CONTROL_PLANE_LABEL);
+        let ds = list_all(&Api::<Deployment>::all(client.clone()), &lp)
+            .await
+            .map_err(listing("control-plane deployments (labelled istio.io/rev)"))?;
+        view.deployments = ds.iter().filter_map(control_plane_entry).collect();
     }
     if needs.workloads {
         let lp = ListParams::default();
@@ -545,4 +573,30 @@ pub(crate) async fn probe_injection(
         .await
         .map_err(|e| ClusterError::api(format!("dry-run creating a pod in {namespace}"), e))?;
     Ok(injected_revision(&created.metadata))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::identify;
+
+    #[test]
+    fn clients_say_they_are_meshrev_and_which_role_once() {
+        let mut config = kube::Config::new("https://127.0.0.1:6443".parse().expect("a URI"));
+        config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static("kube-rs"),
+        ));
+        identify(&mut config, "serve");
+        identify(&mut config, "upgrade");
+        let agents: Vec<_> = config
+            .headers
+            .iter()
+            .filter(|(k, _)| k == http::header::USER_AGENT)
+            .map(|(_, v)| v.to_str().expect("ASCII"))
+            .collect();
+        assert_eq!(
+            agents,
+            [format!("meshrev/{} (upgrade)", env!("CARGO_PKG_VERSION"))]
+        );
+    }
 }
