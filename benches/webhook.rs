@@ -457,8 +457,12 @@ fn server_cpu() -> Duration {
 
 /// `nproc`, the CPU model and the load average: absolute figures depend on them.
 fn machine() -> String {
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // The machine's processors (this thread is pinned to one, so not available_parallelism).
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let nproc = cpuinfo
+        .lines()
+        .filter(|l| l.split(':').next().is_some_and(|k| k.trim() == "processor"))
+        .count();
     let model = cpuinfo
         .lines()
         .find_map(|l| {
