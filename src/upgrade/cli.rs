@@ -624,7 +624,10 @@ fn render_event(event: &ops::Event) -> String {
 
 /// A client: from `kubeconfig` when given, else the usual inference (`$KUBECONFIG`,
 /// `~/.kube/config`, in-cluster).
-async fn client(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Result<Client> {
+pub(crate) async fn client(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> anyhow::Result<Client> {
     let options = kube::config::KubeConfigOptions {
         context: context.map(str::to_string),
         ..Default::default()
