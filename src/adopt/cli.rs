@@ -184,6 +184,12 @@ pub(crate) fn render_plan(plan: &Plan) -> String {
             t.why
         );
     }
+    if let Some(p) = &plan.reinvocation_policy {
+        let _ = writeln!(
+            s,
+            "meshrev's webhook configuration gets Istio's reinvocationPolicy: {p}"
+        );
+    }
     if plan.differences.is_empty() {
         let _ = writeln!(s, "Differences meshrev cannot express: none");
     } else {

@@ -340,6 +340,22 @@ pub(crate) fn unparked(
     Ok(Some(m))
 }
 
+/// `m` with every webhook's `reinvocationPolicy` set to `policy`; `None` if it has it.
+pub(crate) fn with_reinvocation(
+    m: &MutatingWebhookConfiguration,
+    policy: &str,
+) -> Option<MutatingWebhookConfiguration> {
+    let mut m = m.clone();
+    let mut changed = false;
+    for w in m.webhooks.iter_mut().flatten() {
+        if w.reinvocation_policy.as_deref() != Some(policy) {
+            w.reinvocation_policy = Some(policy.to_string());
+            changed = true;
+        }
+    }
+    changed.then_some(m)
+}
+
 /// Replaces a webhook configuration (optimistic concurrency on its resourceVersion).
 pub(crate) async fn replace_webhook_config(
     client: &Client,

@@ -41,7 +41,10 @@
 //!   injected by both is the pod Istio alone injected. So a pod created at any moment gets
 //!   exactly one sidecar, the one Istio's injector would have given it. (meshrev's
 //!   `reinvocationPolicy: IfNeeded` lets the API server call meshrev again after another
-//!   webhook's change; Istio's `Never` is the default, so Istio is not called again.)
+//!   webhook's change, rebuilding its sidecar; Istio's default is `Never`, under which the
+//!   sidecar keeps what the API server's own re-run of its admission plugins adds — the
+//!   ServiceAccount token mount on the new containers. So `adopt --yes` gives meshrev's
+//!   webhooks Istio's `reinvocationPolicy`, and the pods stay identical.)
 
 pub(crate) mod cli;
 pub(crate) mod cluster;
@@ -153,14 +156,29 @@ pub(crate) async fn apply(
     cluster::apply_plan(client, plan, force, &mut *ev).await?;
     let istio = cluster::istio_injectors(client).await?;
     let istio_active = istio.iter().any(|m| !cluster::is_parked(m));
-    if let Some(m) = cluster::webhook_config(client, webhook).await?
-        && istio_active
-        && let Some(p) = cluster::parked(&m)
-    {
-        cluster::replace_webhook_config(client, &p).await?;
-        ev(format!(
-            "MutatingWebhookConfiguration {webhook} parked: Istio's injector keeps injecting until meshrev adopt --takeover"
-        ));
+    if let Some(mut m) = cluster::webhook_config(client, webhook).await? {
+        let mut what = Vec::new();
+        if let Some(policy) = &plan.reinvocation_policy
+            && let Some(r) = cluster::with_reinvocation(&m, policy)
+        {
+            m = r;
+            what.push(format!(
+                "reinvocationPolicy {policy}, as Istio's injector webhooks"
+            ));
+        }
+        if istio_active && let Some(p) = cluster::parked(&m) {
+            m = p;
+            what.push(
+                "parked: Istio's injector keeps injecting until meshrev adopt --takeover".into(),
+            );
+        }
+        if !what.is_empty() {
+            cluster::replace_webhook_config(client, &m).await?;
+            ev(format!(
+                "MutatingWebhookConfiguration {webhook}: {}",
+                what.join("; ")
+            ));
+        }
     }
     Ok(())
 }
@@ -315,7 +333,12 @@ pub(crate) async fn takeover(
         .with_context(|| format!("MutatingWebhookConfiguration {webhook} not found. Fix: install meshrev's webhook (kubectl apply -k manifests/; it may stay parked: adopt --yes parks it), or name yours with --webhook"))?;
     let hooks = meshrev.webhooks.clone().unwrap_or_default();
     check_meshrev_serves(client, plan, &hooks, ev).await?;
-    // (1) meshrev's webhook matches, then (2) Istio's stop: see the module docs.
+    // (1) meshrev's webhook matches, then (2) Istio's stop: see the module docs. Its
+    // reinvocationPolicy is Istio's (adopt --yes set it; set again in case it was re-applied).
+    let meshrev = match &plan.reinvocation_policy {
+        Some(policy) => cluster::with_reinvocation(&meshrev, policy).unwrap_or(meshrev),
+        None => meshrev,
+    };
     if let Some(m) = cluster::unparked(&meshrev)? {
         cluster::replace_webhook_config(client, &m).await?;
         ev(format!(

@@ -142,6 +142,11 @@ pub(crate) struct Plan {
     pub(crate) tags: Vec<AdoptedTag>,
     pub(crate) namespaces: Vec<NamespaceRoute>,
     pub(crate) differences: Vec<Difference>,
+    /// Istio's `sidecarInjectorWebhook.reinvocationPolicy` (the same in every revision), which
+    /// meshrev's webhooks take over: it decides whether the API server's re-run of its own
+    /// admission plugins after an injection (the ServiceAccount token mount it adds to the new
+    /// containers) is followed by another injection that rebuilds the sidecar without it.
+    pub(crate) reinvocation_policy: Option<String>,
 }
 
 impl Plan {
@@ -332,6 +337,32 @@ pub(crate) fn plan(inst: &Installation) -> Plan {
         });
     }
     plan.namespaces = routes;
+
+    let mut policies: Vec<(String, String)> = inst
+        .revisions
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_str(&r.values).unwrap_or(Value::Null);
+            let p = v["sidecarInjectorWebhook"]["reinvocationPolicy"]
+                .as_str()
+                .unwrap_or("Never")
+                .to_string();
+            (revision_name(&r.revision).to_string(), p)
+        })
+        .collect();
+    policies.sort_by(|a, b| a.1.cmp(&b.1));
+    match (policies.first(), policies.last()) {
+        (Some(a), Some(b)) if a.1 != b.1 => plan.differences.push(Difference {
+            subject: format!("revisions {} and {}", a.0, b.0),
+            path: "values.sidecarInjectorWebhook.reinvocationPolicy".into(),
+            what: format!(
+                "{} and {}: meshrev's one webhook configuration has one reinvocationPolicy",
+                a.1, b.1
+            ),
+        }),
+        (Some(a), _) => plan.reinvocation_policy = Some(a.1.clone()),
+        _ => {}
+    }
     plan
 }
 
