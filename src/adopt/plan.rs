@@ -231,7 +231,7 @@ pub(crate) fn plan(inst: &Installation) -> Plan {
                 .map(|_| {
                     (
                         DEFAULT_REVISION.to_string(),
-                        format!("Istio's default revision ({LABEL_INJECTION}=enabled)"),
+                        format!("{LABEL_INJECTION}=enabled: Istio's default revision"),
                     )
                 })
         });
