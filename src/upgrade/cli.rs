@@ -632,7 +632,7 @@ pub(crate) async fn client(
         context: context.map(str::to_string),
         ..Default::default()
     };
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -647,6 +647,7 @@ pub(crate) async fn client(
             "no cluster configured: pass --kubeconfig PATH, set KUBECONFIG, or run inside a pod",
         )?,
     };
+    super::identify(&mut config, "upgrade");
     Ok(Client::try_from(config)?)
 }
 
