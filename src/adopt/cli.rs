@@ -49,8 +49,12 @@ pub(crate) struct AdoptArgs {
 
 /// Runs `meshrev adopt`.
 pub(crate) async fn run(args: AdoptArgs) -> anyhow::Result<()> {
-    let client =
-        crate::upgrade::cli::client(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    let client = crate::upgrade::cli::client_as(
+        args.kubeconfig.as_deref(),
+        args.context.as_deref(),
+        "adopt",
+    )
+    .await?;
     let mut print = |line: String| println!("{line}");
     let (_, plan) = super::plan(&client).await?;
     if args.release {
