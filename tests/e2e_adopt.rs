@@ -114,6 +114,7 @@ struct IstioInjector {
     _stdin: Option<ChildStdin>,
     url: String,
     ca: Vec<u8>,
+    log: PathBuf,
 }
 
 impl Drop for IstioInjector {
@@ -173,8 +174,20 @@ impl IstioInjector {
             _stdin: stdin,
             url: format!("https://{addr}/inject"),
             ca: std::fs::read(dir.join("tls/ca.crt"))?,
+            log: dir.join("log"),
         })
     }
+
+    /// How many injection requests it has received (it logs each before answering).
+    fn calls(&self) -> Result<usize> {
+        Ok(std::fs::read_to_string(&self.log)?
+            .matches("oracle: /inject request ")
+            .count())
+    }
+}
+
+fn istio_calls(injectors: &[IstioInjector]) -> Result<usize> {
+    injectors.iter().map(IstioInjector::calls).sum()
 }
 
 /// Applies one rendered document; kinds the test API server does not serve are skipped
@@ -420,7 +433,7 @@ async fn adopt_takeover_and_release_a_real_istio_installation() -> Result<()> {
     let client = c.client().await?;
     let dir = c.dir.join("adopt");
     std::fs::create_dir_all(&dir)?;
-    let _istio = install_istio(&client, &dir).await?;
+    let istio = install_istio(&client, &dir).await?;
 
     // Namespaces as an Istio user labels them, and the revision Istio gives each.
     let cases = [
@@ -519,6 +532,7 @@ async fn adopt_takeover_and_release_a_real_istio_installation() -> Result<()> {
     // Takeover while pods are created in every namespace.
     let injected_by_meshrev = || m.metric("meshrev_injection_requests_total{result=\"injected\"}");
     let meshrev_before = injected_by_meshrev()?;
+    let istio_before = istio_calls(&istio)?;
     let created = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     // Each pod, renamed, must be the pod Istio's injector gave `web` in its namespace.
@@ -582,6 +596,33 @@ async fn adopt_takeover_and_release_a_real_istio_installation() -> Result<()> {
         total - switched
     );
     ensure!(total >= 24);
+    // Never both: every pod of the burst went through exactly one injector. Besides them,
+    // meshrev answered the takeover's own checks: one review per revision sent straight to
+    // it, one dry-run pod per revision after the switch.
+    let checks = 2 * REVISIONS.len();
+    let counts = || -> Result<(usize, usize)> {
+        Ok((
+            istio_calls(&istio)? - istio_before,
+            (injected_by_meshrev()? - meshrev_before) as usize,
+        ))
+    };
+    // meshrev counts a request once it has answered: wait for the last ones.
+    let _ = eventually("injection counts settle", Duration::from_secs(10), || {
+        let c = counts();
+        async move {
+            let (i, m) = c?;
+            Ok((i + m >= total + checks).then_some(()))
+        }
+    })
+    .await;
+    let (istio_n, meshrev_n) = counts()?;
+    println!(
+        "injections during the burst: {istio_n} by Istio's injector, {meshrev_n} by meshrev ({checks} of them the takeover's checks), for {total} pods"
+    );
+    ensure!(
+        istio_n + meshrev_n == total + checks,
+        "no pod went through both injectors: {istio_n} + {meshrev_n} != {total} + {checks}"
+    );
     ensure!(
         meshrev_before == 0.0,
         "meshrev injected nothing while parked"

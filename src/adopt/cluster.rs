@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
+use k8s_openapi::api::admissionregistration::v1::{
+    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
@@ -351,6 +353,40 @@ pub(crate) fn with_reinvocation(
         if w.reinvocation_policy.as_deref() != Some(policy) {
             w.reinvocation_policy = Some(policy.to_string());
             changed = true;
+        }
+    }
+    changed.then_some(m)
+}
+
+/// The name of the match condition that keeps meshrev's webhooks off pods that already carry
+/// a sidecar while both injectors' configurations are live (see the module docs of
+/// [`super`]).
+pub(crate) const GUARD_CONDITION: &str = "meshrev.io/adopt-not-yet-injected";
+/// Its CEL expression: the pod, as the earlier webhooks left it, has no sidecar status.
+const GUARD_EXPRESSION: &str = "!has(object.metadata.annotations) || !('sidecar.istio.io/status' in object.metadata.annotations)";
+
+/// `m` with [`GUARD_CONDITION`] on every webhook (`on`) or on none; `None` if already so.
+pub(crate) fn with_guard(
+    m: &MutatingWebhookConfiguration,
+    on: bool,
+) -> Option<MutatingWebhookConfiguration> {
+    let mut m = m.clone();
+    let mut changed = false;
+    for w in m.webhooks.iter_mut().flatten() {
+        let conds = w.match_conditions.get_or_insert_with(Vec::new);
+        let has = conds.iter().any(|c| c.name == GUARD_CONDITION);
+        if on && !has {
+            conds.push(MatchCondition {
+                name: GUARD_CONDITION.into(),
+                expression: GUARD_EXPRESSION.into(),
+            });
+            changed = true;
+        } else if !on && has {
+            conds.retain(|c| c.name != GUARD_CONDITION);
+            changed = true;
+        }
+        if conds.is_empty() {
+            w.match_conditions = None;
         }
     }
     changed.then_some(m)

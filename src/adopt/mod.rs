@@ -22,29 +22,40 @@
 //! from it exactly; nothing is deleted. (An Istio upgrade that re-applies Istio's webhook
 //! configurations unparks them: take over again afterwards.)
 //!
-//! `--takeover` writes twice, in this order: (1) unpark meshrev's configuration, (2) park
-//! each of Istio's. `--release` is the mirror: (1) unpark Istio's, (2) park meshrev's.
+//! While both injectors' configurations are live, meshrev's webhooks carry the *guard*, the
+//! match condition `meshrev.io/adopt-not-yet-injected`:
+//! `!('sidecar.istio.io/status' in object.metadata.annotations)`. The API server evaluates
+//! match conditions against the pod as the earlier webhooks left it.
+//!
+//! `--takeover` writes three times, in this order: (1) meshrev's configuration unparked,
+//! with the guard; (2) each of Istio's parked; (3) the guard removed. `--release`: (1) the
+//! guard added; (2) Istio's unparked; (3) meshrev's parked, the guard removed.
 //!
 //! - **Never neither.** Every API server sees webhook configurations through one watch, in
-//!   the order they were written (resourceVersion order), so no API server can see (2)
-//!   before (1): whenever Istio's webhooks stop matching a pod, meshrev's match it already.
-//!   meshrev's selectors are Istio's own four (`manifests/mutatingwebhook.yaml`), so every
-//!   pod Istio's webhooks matched, meshrev's match.
-//! - **Both, harmlessly.** Between (1) and (2) — the time between two API writes — a pod can
-//!   match both. The API server calls mutating webhook configurations in name order, so
-//!   Istio's (`istio-…`) inject first; meshrev's (`meshrev-…`) then receive an injected
-//!   pod, and meshrev re-injects an injected pod for the revision its labels select instead
-//!   of adding a second sidecar (the same revision Istio chose: the adopted table is
-//!   Istio's, which the plan checked namespace by namespace). The takeover first checks
-//!   that meshrev's webhook answers each adopted revision with exactly what meshrev's
-//!   injector computes locally for it, and the e2e test (`tests/e2e_adopt.rs`) that a pod
-//!   injected by both is the pod Istio alone injected. So a pod created at any moment gets
-//!   exactly one sidecar, the one Istio's injector would have given it. (meshrev's
-//!   `reinvocationPolicy: IfNeeded` lets the API server call meshrev again after another
-//!   webhook's change, rebuilding its sidecar; Istio's default is `Never`, under which the
-//!   sidecar keeps what the API server's own re-run of its admission plugins adds — the
-//!   ServiceAccount token mount on the new containers. So `adopt --yes` gives meshrev's
-//!   webhooks Istio's `reinvocationPolicy`, and the pods stay identical.)
+//!   the order they were written (resourceVersion order), so none can see a later write
+//!   before an earlier one: whenever Istio's webhooks stop matching a pod, meshrev's match it
+//!   already, and whenever meshrev's stop, Istio's match again. meshrev's selectors are
+//!   Istio's own four (`manifests/mutatingwebhook.yaml`), so every pod Istio's webhooks
+//!   matched, meshrev's match. The guard excludes only pods that already carry a sidecar.
+//! - **Never both.** While both are live (between (1) and (2) of either command), the API
+//!   server calls mutating webhook configurations in name order: Istio's (`istio-…`) first.
+//!   A pod Istio injects then carries `sidecar.istio.io/status`, and the guard keeps
+//!   meshrev's webhooks from matching it. A pod Istio does not match reaches meshrev as it
+//!   came. So each pod is injected by exactly one of them.
+//! - **The same sidecar.** The takeover first checks that meshrev's webhook answers each
+//!   adopted revision with exactly what meshrev's injector computes locally for it; the plan
+//!   checked that the adopted table routes each labelled namespace as Istio does; the e2e
+//!   test (`tests/e2e_adopt.rs`) that the pods are the ones Istio's injector gave. meshrev's
+//!   webhooks take Istio's `reinvocationPolicy` (`Never` by default): with `IfNeeded`, the
+//!   API server's re-run of its own admission plugins after an injection (the ServiceAccount
+//!   plugin mounts its token into the new containers) is followed by a re-injection that
+//!   rebuilds the sidecar without that mount, which Istio's sidecars carry.
+//!
+//! What the guard costs: while it is on (between (1) and (3), a few API writes), a pod
+//! created with a sidecar already in it (e.g. `istioctl kube-inject` output) is not
+//! re-injected by meshrev; Istio re-injects it until its webhooks are parked, and after
+//! that, for the moment until (3), it keeps the sidecar it came with. Match conditions need
+//! Kubernetes 1.28 or later (GA in 1.30).
 
 pub(crate) mod cli;
 pub(crate) mod cluster;
@@ -333,22 +344,20 @@ pub(crate) async fn takeover(
         .with_context(|| format!("MutatingWebhookConfiguration {webhook} not found. Fix: install meshrev's webhook (kubectl apply -k manifests/; it may stay parked: adopt --yes parks it), or name yours with --webhook"))?;
     let hooks = meshrev.webhooks.clone().unwrap_or_default();
     check_meshrev_serves(client, plan, &hooks, ev).await?;
-    // (1) meshrev's webhook matches, then (2) Istio's stop: see the module docs. Its
-    // reinvocationPolicy is Istio's (adopt --yes set it; set again in case it was re-applied).
-    let meshrev = match &plan.reinvocation_policy {
-        Some(policy) => cluster::with_reinvocation(&meshrev, policy).unwrap_or(meshrev),
-        None => meshrev,
-    };
-    if let Some(m) = cluster::unparked(&meshrev)? {
-        cluster::replace_webhook_config(client, &m).await?;
-        ev(format!(
-            "[1/2] MutatingWebhookConfiguration {webhook} unparked: meshrev injects"
-        ));
-    } else {
-        ev(format!(
-            "[1/2] MutatingWebhookConfiguration {webhook} already matches"
-        ));
+    // (1) meshrev's webhook matches, guarded; (2) Istio's stop; (3) the guard goes: see
+    // the module docs. Its reinvocationPolicy is Istio's (adopt --yes set it; set again in
+    // case the configuration was re-applied since).
+    let mut m = meshrev;
+    if let Some(policy) = &plan.reinvocation_policy {
+        m = cluster::with_reinvocation(&m, policy).unwrap_or(m);
     }
+    m = cluster::with_guard(&m, true).unwrap_or(m);
+    m = cluster::unparked(&m)?.unwrap_or(m);
+    cluster::replace_webhook_config(client, &m).await?;
+    ev(format!(
+        "[1/3] MutatingWebhookConfiguration {webhook} matches, except pods that already carry a sidecar (condition {})",
+        cluster::GUARD_CONDITION
+    ));
     let istio = cluster::istio_injectors(client).await?;
     let mut parked = Vec::new();
     for m in &istio {
@@ -358,13 +367,18 @@ pub(crate) async fn takeover(
         }
     }
     ev(format!(
-        "[2/2] Istio's injector webhooks parked (selectors recorded in {}): {}",
+        "[2/3] Istio's injector webhooks parked (selectors recorded in {}): {}",
         cluster::ANNOTATION_PARKED,
         if parked.is_empty() {
             "none left to park".to_string()
         } else {
             parked.join(", ")
         }
+    ));
+    set_guard(client, webhook, false).await?;
+    ev(format!(
+        "[3/3] MutatingWebhookConfiguration {webhook}: condition {} removed, meshrev injects",
+        cluster::GUARD_CONDITION
     ));
     if let Err(e) = check_dry_run(client, plan, check_namespace, ev).await {
         ev(format!(
@@ -376,8 +390,19 @@ pub(crate) async fn takeover(
     Ok(())
 }
 
-/// `adopt --release` (and the undo of a failed takeover): (1) Istio's webhooks unparked,
-/// (2) meshrev's parked.
+/// Adds or removes [`cluster::GUARD_CONDITION`] on meshrev's webhook configuration.
+async fn set_guard(client: &Client, webhook: &str, on: bool) -> anyhow::Result<()> {
+    let m = cluster::webhook_config(client, webhook)
+        .await?
+        .with_context(|| format!("MutatingWebhookConfiguration {webhook} disappeared meanwhile"))?;
+    if let Some(g) = cluster::with_guard(&m, on) {
+        cluster::replace_webhook_config(client, &g).await?;
+    }
+    Ok(())
+}
+
+/// `adopt --release` (and the undo of a failed takeover): (1) meshrev's webhooks guarded,
+/// (2) Istio's unparked, (3) meshrev's parked and unguarded.
 pub(crate) async fn release(
     client: &Client,
     plan: &plan::Plan,
@@ -386,6 +411,20 @@ pub(crate) async fn release(
     ev: Events<'_>,
     check: bool,
 ) -> anyhow::Result<()> {
+    let meshrev = cluster::webhook_config(client, webhook).await?;
+    if let Some(m) = &meshrev
+        && !cluster::is_parked(m)
+    {
+        set_guard(client, webhook, true).await?;
+        ev(format!(
+            "[1/3] MutatingWebhookConfiguration {webhook}: pods that already carry a sidecar excluded (condition {})",
+            cluster::GUARD_CONDITION
+        ));
+    } else {
+        ev(format!(
+            "[1/3] MutatingWebhookConfiguration {webhook} parked or absent already"
+        ));
+    }
     let istio = cluster::istio_injectors(client).await?;
     let mut restored = Vec::new();
     for m in &istio {
@@ -395,7 +434,7 @@ pub(crate) async fn release(
         }
     }
     ev(format!(
-        "[1/2] Istio's injector webhooks restored: {}",
+        "[2/3] Istio's injector webhooks restored: {}",
         if restored.is_empty() {
             "none were parked".to_string()
         } else {
@@ -403,19 +442,18 @@ pub(crate) async fn release(
         }
     ));
     match cluster::webhook_config(client, webhook).await? {
-        Some(m) => match cluster::parked(&m) {
-            Some(p) => {
+        Some(m) => {
+            let mut p = cluster::parked(&m).unwrap_or_else(|| m.clone());
+            p = cluster::with_guard(&p, false).unwrap_or(p);
+            if p != m {
                 cluster::replace_webhook_config(client, &p).await?;
-                ev(format!(
-                    "[2/2] MutatingWebhookConfiguration {webhook} parked: Istio injects"
-                ));
             }
-            None => ev(format!(
-                "[2/2] MutatingWebhookConfiguration {webhook} already parked"
-            )),
-        },
+            ev(format!(
+                "[3/3] MutatingWebhookConfiguration {webhook} parked: Istio injects"
+            ));
+        }
         None => ev(format!(
-            "[2/2] MutatingWebhookConfiguration {webhook} not found; nothing to park"
+            "[3/3] MutatingWebhookConfiguration {webhook} not found; nothing to park"
         )),
     }
     if check {

@@ -418,3 +418,36 @@ fn parking_matches_nothing_and_unparking_restores_exactly() {
     assert_eq!(u, m, "restored exactly, annotation removed");
     assert!(unparked(&m).ok().flatten().is_none());
 }
+
+#[test]
+fn the_guard_is_added_once_and_removed_without_a_trace() {
+    let m: k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration =
+        serde_json::from_value(json!({
+            "metadata": {"name": "meshrev-sidecar-injector"},
+            "webhooks": [
+                {"name": "namespace.injection.meshrev.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                 "clientConfig": {"url": "https://127.0.0.1:1/inject"}},
+                {"name": "object.rev.meshrev.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                 "clientConfig": {"url": "https://127.0.0.1:1/inject"},
+                 "matchConditions": [{"name": "other", "expression": "true"}]}
+            ]
+        }))
+        .unwrap_or_default();
+    let g = crate::adopt::cluster::with_guard(&m, true).unwrap_or_default();
+    assert!(
+        crate::adopt::cluster::with_guard(&g, true).is_none(),
+        "added once"
+    );
+    for w in g.webhooks.iter().flatten() {
+        let conds = w.match_conditions.clone().unwrap_or_default();
+        let guard = conds
+            .iter()
+            .find(|c| c.name == crate::adopt::cluster::GUARD_CONDITION);
+        assert!(
+            guard.is_some_and(|c| c.expression.contains("'sidecar.istio.io/status' in")),
+            "{conds:?}"
+        );
+    }
+    let back = crate::adopt::cluster::with_guard(&g, false).unwrap_or_default();
+    assert_eq!(back, m, "other conditions kept, no empty list left behind");
+}

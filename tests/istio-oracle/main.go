@@ -42,6 +42,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -133,7 +135,15 @@ func main() {
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
 	}
 	fmt.Println("ready", ln.Addr().String())
-	log.Fatal(http.Serve(ln, mux))
+	// One log line per injection request, written before Istio's handler answers, so a test
+	// can count which injector a pod went through (tests/e2e_adopt.rs).
+	var calls atomic.Int64
+	log.Fatal(http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/inject") {
+			fmt.Fprintf(os.Stderr, "oracle: /inject request %d\n", calls.Add(1))
+		}
+		mux.ServeHTTP(w, r)
+	})))
 }
 
 // renderInjectorConfig renders the charts as Istio's own injection tests do and returns
