@@ -698,6 +698,40 @@ async fn adopt_takeover_and_release_a_real_istio_installation() -> Result<()> {
         },
     )
     .await?;
+
+    // A value meshrev does not model and a custom template, as an operator might have set
+    // them with `istioctl install --set …`: the plan names them, --yes refuses.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ISTIO_NS);
+    let name = "istio-sidecar-injector-1-30-3";
+    let cm = cms.get(name).await?;
+    let data = cm.data.clone().unwrap_or_default();
+    let mut values: Value = serde_json::from_str(data.get("values").context("values")?)?;
+    values["global"]["proxy"]["tracer"] = json!("zipkin");
+    let mut config = meshrev::yaml::from_str(data.get("config").context("config")?)?;
+    config["templates"]["company-sidecar"] = json!("spec:\n  containers: []\n");
+    cms.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"data": {"values": values.to_string(), "config": config.to_string()}}),
+        ),
+    )
+    .await?;
+    let plan = adopt(&c.kubeconfig, &["--dry-run"]).await?;
+    for line in [
+        "Differences meshrev cannot express (2; adopt --yes refuses them without --force):",
+        "revision 1-30-3: values.global.proxy.tracer: set to \"zipkin\"",
+        "revision 1-30-3: config.templates.company-sidecar: a custom template",
+    ] {
+        ensure!(plan.stdout.contains(line), "the plan shows {line:?}");
+    }
+    let refused = adopt(&c.kubeconfig, &["--yes"]).await?;
+    ensure!(
+        refused.code != 0
+            && refused.stderr.contains("2 difference(s)")
+            && refused.stderr.contains("--force"),
+        "adopt --yes refuses differences, naming the fix"
+    );
     drop(m);
     Ok(())
 }

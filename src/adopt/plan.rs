@@ -210,10 +210,7 @@ pub(crate) fn plan(inst: &Installation) -> Plan {
         }
         tags.insert(
             t.tag.clone(),
-            (
-                t.revision.clone(),
-                format!("Istio tag {} ({})", t.tag, t.webhook),
-            ),
+            (t.revision.clone(), format!("from {}", t.webhook)),
         );
     }
     let default_target = tags
@@ -221,7 +218,7 @@ pub(crate) fn plan(inst: &Installation) -> Plan {
         .map(|(r, _)| {
             (
                 r.clone(),
-                format!("Istio's default tag ({LABEL_INJECTION}=enabled)"),
+                format!("{LABEL_INJECTION}=enabled: Istio's default tag"),
             )
         })
         .or_else(|| {
