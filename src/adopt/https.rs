@@ -24,15 +24,8 @@ pub(crate) async fn post(url: &str, ca_pem: Option<&[u8]>, body: &[u8]) -> anyho
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-            h,
-            p.parse::<u16>()
-                .with_context(|| format!("{url}: bad port"))?,
-        ),
-        _ => (authority, 443),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let (host, port) =
+        split_authority(authority).with_context(|| format!("{url}: bad host or port"))?;
     let mut roots = rustls::RootCertStore::empty();
     let Some(ca) = ca_pem else {
         bail!("{url}: the webhook has no caBundle to verify it with");
@@ -89,6 +82,24 @@ pub(crate) async fn post(url: &str, ca_pem: Option<&[u8]>, body: &[u8]) -> anyho
     Ok(body.to_vec())
 }
 
+/// `host[:port]` or `[v6][:port]` → (host, port), 443 by default.
+fn split_authority(authority: &str) -> Option<(&str, u16)> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => 443,
+    };
+    (!host.is_empty()).then_some((host, port))
+}
+
 fn dechunk(mut b: &[u8]) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
@@ -108,5 +119,32 @@ fn dechunk(mut b: &[u8]) -> anyhow::Result<Vec<u8>> {
         }
         out.extend_from_slice(&b[..size]);
         b = &b[size + 2..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities() {
+        assert_eq!(split_authority("127.0.0.1:9443"), Some(("127.0.0.1", 9443)));
+        assert_eq!(
+            split_authority("meshrev.example"),
+            Some(("meshrev.example", 443))
+        );
+        assert_eq!(split_authority("[::1]:8443"), Some(("::1", 8443)));
+        assert_eq!(split_authority("[::1]"), Some(("::1", 443)));
+        assert_eq!(split_authority("host:x"), None);
+        assert_eq!(split_authority(":1"), None);
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        assert_eq!(
+            dechunk(b"4\r\nWiki\r\n5;x=1\r\npedia\r\n0\r\n\r\n").ok(),
+            Some(b"Wikipedia".to_vec())
+        );
+        assert!(dechunk(b"9\r\nshort\r\n").is_err());
     }
 }
