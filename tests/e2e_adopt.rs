@@ -484,8 +484,8 @@ async fn adopt_takeover_and_release_a_real_istio_installation() -> Result<()> {
     let plan = adopt(&c.kubeconfig, &["--dry-run"]).await?;
     ensure!(plan.code == 0, "adopt --dry-run failed");
     for line in [
-        "CREATE    MeshRevision 1-30-2 {\"version\":\"1.30.2\"}",
-        "CREATE    MeshRevision 1-30-3 {\"version\":\"1.30.3\"}",
+        "CREATE    MeshRevision 1-30-2 {\"version\":\"1.30.2\",\"controlPlane\":{\"name\":\"istiod-1-30-2\",\"namespace\":\"istio-system\"}}",
+        "CREATE    MeshRevision 1-30-3 {\"version\":\"1.30.3\",\"controlPlane\":{\"name\":\"istiod-1-30-3\",\"namespace\":\"istio-system\"}}",
         "CREATE    RevisionTag canary → 1-30-3",
         "CREATE    RevisionTag default → 1-30-2",
         "CREATE    RevisionTag stable → 1-30-2",
@@ -523,6 +523,25 @@ async fn adopt_takeover_and_release_a_real_istio_installation() -> Result<()> {
         parked(&mwcs.get(WEBHOOK).await?),
         "adopt --yes parks meshrev's webhook"
     );
+    // The adopted revisions name Istio's istiod Deployments: meshrev's controller reports
+    // them ready.
+    for (rev, _, _) in REVISIONS {
+        eventually(
+            &format!("MeshRevision {rev} ControlPlaneReady"),
+            WAIT,
+            || async {
+                let r = revs.get(rev).await?;
+                Ok(r.status
+                    .and_then(|s| {
+                        s.conditions
+                            .into_iter()
+                            .find(|c| c.type_ == "ControlPlaneReady")
+                    })
+                    .filter(|c| c.status == "True"))
+            },
+        )
+        .await?;
+    }
     let again = adopt(&c.kubeconfig, &["--dry-run"]).await?;
     ensure!(
         again.stdout.contains("Objects (0 to write"),

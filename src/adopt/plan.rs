@@ -20,7 +20,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::config::{MeshRevision, MeshRevisionSpec, ProxyResources, RevisionTag, RevisionTagSpec};
+use crate::config::{
+    ControlPlaneRef, MeshRevision, MeshRevisionSpec, ProxyResources, RevisionTag, RevisionTagSpec,
+};
 use crate::core::{INJECTION_ENABLED, LABEL_INJECTION, LABEL_REV, TAG_STABLE};
 
 /// Istio's name for the tag behind `istio-injection=enabled`.
@@ -510,6 +512,16 @@ fn adopt_revision(r: &InstalledRevision, inst: &Installation, plan: &mut Plan) {
     }
     let templates_of = check_config(&r.config, &version, &mut diff);
 
+    // The istiod Deployment found (Istio names it istiod-<rev>, or istiod for the default
+    // revision), whose readiness the controller reports and the upgrade guards require.
+    let (cp_name, cp_namespace) = match &r.deployment {
+        Some(d) => (d.name.clone(), d.namespace.clone()),
+        None => (istiod_name(&r.revision), r.namespace.clone()),
+    };
+    spec.control_plane = Some(ControlPlaneRef {
+        name: Some(cp_name),
+        namespace: Some(cp_namespace),
+    });
     let mut object = MeshRevision::new(&name, spec);
     object.metadata.labels = Some(BTreeMap::from([(
         "app.kubernetes.io/managed-by".to_string(),

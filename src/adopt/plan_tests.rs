@@ -142,9 +142,13 @@ fn rendered_istio_values_adopt_without_differences() {
         specs[0].1,
         crate::config::MeshRevisionSpec {
             version: "1.30.2".into(),
+            control_plane: Some(crate::config::ControlPlaneRef {
+                name: Some("istiod-1-30-2".into()),
+                namespace: Some("istio-system".into()),
+            }),
             ..Default::default()
         },
-        "Istio's defaults are meshrev's defaults: nothing but the version to set"
+        "Istio's defaults are meshrev's defaults: nothing but the version and the istiod found"
     );
     assert_eq!(p.revisions[0].image, "docker.io/istio/proxyv2:1.30.2");
     assert_eq!(p.revisions[1].templates_of.as_deref(), Some("1.30.3"));
@@ -331,12 +335,36 @@ fn a_revisionless_install_is_revision_default_behind_stable() {
         Some("istiod.istio-system.svc:15012"),
         "Istio's revisionless istiod is istiod, not istiod-default"
     );
+    assert_eq!(
+        p.revisions[0].object.spec.control_plane,
+        Some(crate::config::ControlPlaneRef {
+            name: Some("istiod".into()),
+            namespace: Some("istio-system".into()),
+        }),
+        "and so is its Deployment"
+    );
     assert_eq!(p.tags.len(), 1);
     assert_eq!(p.tags[0].object.metadata.name.as_deref(), Some("stable"));
     assert!(
         p.namespaces
             .iter()
             .all(|n| n.meshrev.as_deref() == Some("default"))
+    );
+}
+
+#[test]
+fn without_a_deployment_the_control_plane_is_istios_name_for_it() {
+    let mut inst = two_revisions();
+    inst.revisions[1].deployment = None;
+    inst.revisions[1].namespace = "istio-canary".into();
+    let p = plan(&inst);
+    assert_eq!(
+        p.revisions[1].object.spec.control_plane,
+        Some(crate::config::ControlPlaneRef {
+            name: Some("istiod-1-30-3".into()),
+            namespace: Some("istio-canary".into()),
+        }),
+        "the controller then reports it NotFound, not an error"
     );
 }
 
