@@ -122,8 +122,13 @@ struct Run {
 }
 
 async fn adopt(kubeconfig: &Path, args: &[&str]) -> Result<Run> {
+    meshrev_cli(kubeconfig, "adopt", args).await
+}
+
+/// Runs `meshrev COMMAND ARGS --kubeconfig KUBECONFIG` and prints what it said.
+async fn meshrev_cli(kubeconfig: &Path, command: &str, args: &[&str]) -> Result<Run> {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshrev"))
-        .arg("adopt")
+        .arg(command)
         .args(args)
         .arg("--kubeconfig")
         .arg(kubeconfig)
@@ -136,7 +141,7 @@ async fn adopt(kubeconfig: &Path, args: &[&str]) -> Result<Run> {
         stderr: String::from_utf8_lossy(&out.stderr).into(),
     };
     println!(
-        "$ meshrev adopt {} → exit {}\n{}{}",
+        "$ meshrev {command} {} → exit {}\n{}{}",
         args.join(" "),
         run.code,
         run.stdout,
@@ -456,6 +461,69 @@ async fn adopt_takeover_and_release_a_real_istio_installation() -> Result<()> {
                 ensure!(sidecar(&p)?.as_deref() == Some("1-30-3"));
                 Ok((injected_by_meshrev()? == before).then_some(()))
             }
+        },
+    )
+    .await?;
+
+    // The readiness guards on Istio's own istiod: scaled to zero, the canary's control
+    // plane is not ready, and moving a namespace to it is refused, naming the Deployment.
+    let deploys: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), istio::ISTIO_NS);
+    let scale = |n: i32| {
+        let deploys = deploys.clone();
+        async move {
+            deploys
+                .patch(
+                    "istiod-1-30-3",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"replicas": n}})),
+                )
+                .await
+        }
+    };
+    scale(0).await?;
+    eventually("1-30-3's control plane not ready", WAIT, || async {
+        let r = revs.get("1-30-3").await?;
+        Ok(r.status
+            .and_then(|s| {
+                s.conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "ControlPlaneReady")
+            })
+            .filter(|c| c.status == "False"))
+    })
+    .await?;
+    let status = meshrev_cli(&c.kubeconfig, "upgrade", &["status"]).await?;
+    ensure!(
+        status
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("1-30-3") && l.contains("istio-system/istiod-1-30-3")),
+        "upgrade status shows the adopted revision's control plane"
+    );
+    let refused = meshrev_cli(
+        &c.kubeconfig,
+        "upgrade",
+        &["switch", &nss[0], "--to", "canary"],
+    )
+    .await?;
+    ensure!(
+        refused.code != 0 && refused.stderr.contains("istio-system/istiod-1-30-3"),
+        "switching to a revision whose istiod is scaled to zero is refused, naming it"
+    );
+    scale(1).await?;
+    meshrev_proc::istiod_ready(&client, "1-30-3").await?;
+    eventually(
+        "the switch passes once istiod is available",
+        WAIT,
+        || async {
+            let r = meshrev_cli(
+                &c.kubeconfig,
+                "upgrade",
+                &["switch", &nss[0], "--to", "canary"],
+            )
+            .await?;
+            Ok((r.code == 0).then_some(()))
         },
     )
     .await?;
