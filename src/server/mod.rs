@@ -42,8 +42,8 @@
 //!   is read, or frame by frame without one; gauge `meshrev_inflight_body_bytes`.
 //! - `--max-connections` (1024): beyond it a new connection is accepted and closed at once
 //!   (`meshrev_connections`, `meshrev_connections_refused_total`).
-//! - `--max-concurrent-streams` (100) per HTTP/2 connection. HTTP/2 flow-control windows:
-//!   64 KiB per stream, and per connection room for all its streams' windows (6.25 MiB), so
+//! - `--max-concurrent-streams` (32) per HTTP/2 connection. HTTP/2 flow-control windows:
+//!   64 KiB per stream, and per connection room for all its streams' windows (2 MiB), so
 //!   streams waiting for the budget never stall one that is being read.
 //! - At most `limits::MAX_WAITING` (512) requests wait for the budget at once; more get
 //!   503 at once.
@@ -109,12 +109,9 @@ pub const MAX_BODY_BYTES: usize = 2 * 3 * 1024 * 1024 + 64 * 1024;
 pub(crate) const DEFAULT_MAX_INFLIGHT_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// Default of `--max-connections`.
 pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-/// Default of `--max-concurrent-streams` (HTTP/2 streams per connection): 100, the least
-/// RFC 9113 recommends. The API server's Go client opens another connection when a
-/// connection's streams are taken; with more streams on one connection, more requests are
-/// read and answered per wakeup (under 64 concurrent reviews on one connection, server CPU
-/// per request fell about 8 % from 32 streams, `benches/webhook.rs`).
-pub(crate) const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Default of `--max-concurrent-streams` (HTTP/2 streams per connection). The API server's
+/// Go client opens another connection when a connection's streams are taken.
+pub(crate) const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 32;
 /// Default of `--idle-timeout`.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a request waits for room in the body budget before it is refused with 503.
