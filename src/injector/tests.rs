@@ -462,8 +462,17 @@ fn a_bad_annotation_is_an_annotation_refusal_with_the_message_as_its_display() {
 #[test]
 fn strings_are_written_as_serde_json_writes_them() {
     for s in [
-        "", "plain", "a\"b", "back\\slash", "tab\there", "nl\n", "\u{1}", "\u{7f}", "é ☃ 😀",
-        "</script>", "\u{2028}",
+        "",
+        "plain",
+        "a\"b",
+        "back\\slash",
+        "tab\there",
+        "nl\n",
+        "\u{1}",
+        "\u{7f}",
+        "é ☃ 😀",
+        "</script>",
+        "\u{2028}",
     ] {
         let mut out = Vec::new();
         push_str_json(&mut out, s);
