@@ -169,9 +169,10 @@ fn monitoring_objects_are_the_manifests_ones() {
     // And they are off by default (they need the Prometheus Operator's CRDs).
     let default = render("meshrev", "meshrev-system", &[]);
     assert!(
-        !default
-            .iter()
-            .any(|o| o["apiVersion"].as_str().unwrap_or("").starts_with("monitoring.")),
+        !default.iter().any(|o| o["apiVersion"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("monitoring.")),
         "monitoring objects must be opt-in"
     );
 }

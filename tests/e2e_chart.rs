@@ -55,7 +55,8 @@ fn render(port: u16, ca: Option<&Path>) -> Result<Vec<Value>> {
             "webhook.namespaceSelector.matchExpressions[0].operator=Exists",
         ]);
     if let Some(ca) = ca {
-        cmd.arg("--set-file").arg(format!("tls.ca={}", ca.display()));
+        cmd.arg("--set-file")
+            .arg(format!("tls.ca={}", ca.display()));
     }
     let out = cmd.output().context("running helm")?;
     if !out.status.success() {
@@ -166,10 +167,7 @@ async fn helm_template_installs_and_its_webhook_injects() -> Result<()> {
         .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_string))
         .collect();
     wait_established(&client, &crd_names).await?;
-    let rest: Vec<Value> = rest
-        .into_iter()
-        .filter(|o| !is_webhook_config(o))
-        .collect();
+    let rest: Vec<Value> = rest.into_iter().filter(|o| !is_webhook_config(o)).collect();
     let applied = apply_all(&client, &rest).await?;
     println!("applied from the chart: {}", applied.join(", "));
 

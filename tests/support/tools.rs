@@ -5,9 +5,9 @@
 //! Use with `#[path = "support/tools.rs"] mod tools;`.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
