@@ -540,6 +540,15 @@ async fn canary_upgrade_rollback_and_promotion() -> Result<()> {
     assert!(text.contains("PHASE: stable only"), "{text}");
     let plugin = kubectl_meshrev_status(&env.kubeconfig).await?;
     assert!(plugin.contains("PHASE: stable only"), "{plugin}");
+    // The hint is a command the user can type as they invoked the CLI.
+    assert!(
+        plugin.contains("NEXT:  to upgrade: kubectl meshrev upgrade canary --revision"),
+        "{plugin}"
+    );
+    assert!(
+        text.contains("NEXT:  to upgrade: meshrev upgrade canary --revision"),
+        "{text}"
+    );
     assert!(
         plugin.contains("deployment/istio-ingressgateway (gateway)"),
         "{plugin}"
