@@ -3,7 +3,6 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::core::validate::is_quantity;
 use crate::injector::template::VOLUME_NAMES;
 use crate::router::{Outcome, inject};
 use crate::table::{NamespaceLabels, Table, embedded_default};
@@ -386,16 +385,6 @@ metadata: {name: n, labels: {istio.io/rev: 1-24-0}}
     assert_eq!(p["resources"]["requests"]["cpu"], "50m");
     assert_eq!(p["resources"]["limits"]["memory"], "2Gi");
     assert_eq!(out["metadata"]["annotations"]["example.com/team"], "mesh");
-}
-
-#[test]
-fn quantities() {
-    for ok in ["100m", "1", "1.5", "128Mi", "1e3", "2Gi", "0.5"] {
-        assert!(is_quantity(ok), "{ok}");
-    }
-    for bad in ["", "m", "lots", "1.2.3", "10mb", "1e"] {
-        assert!(!is_quantity(bad), "{bad}");
-    }
 }
 
 #[test]

@@ -16,28 +16,8 @@ REPO=$(cd "$HERE/../.." && pwd)
 OUT=${MESHREV_ORACLE_BIN:-$REPO/target/istio-oracle/oracle}
 
 cd "$HERE"
-
-need_go() {
-  # Find a Go toolchain: PATH first, then the usual install location.
-  if ! command -v go >/dev/null 2>&1; then
-    if [ -x /usr/local/go/bin/go ]; then
-      export PATH=/usr/local/go/bin:$PATH
-    else
-      echo "build.sh: no Go toolchain found (need go >= 1.26.0 on PATH or in /usr/local/go)" >&2
-      exit 1
-    fi
-  fi
-  # Never let `go` download another toolchain (no network for that here).
-  export GOTOOLCHAIN=local
-}
-
-up_to_date() {
-  [ -x "$OUT" ] || return 1
-  local f
-  for f in *.go go.mod go.sum; do
-    [ "$OUT" -nt "$f" ] || return 1
-  done
-}
+# shellcheck source=../go-tool.sh
+. "$HERE/../go-tool.sh"
 
 case "${1:-}" in
   --force) FORCE=1 ;;
@@ -45,17 +25,4 @@ case "${1:-}" in
   *) echo "usage: $0 [--force]" >&2; exit 2 ;;
 esac
 
-if [ "$FORCE" = 0 ] && up_to_date; then
-  echo "build.sh: $OUT is up to date"
-  exit 0
-fi
-
-need_go
-mkdir -p "$(dirname "$OUT")"
-start=$(date +%s)
-echo "build.sh: building $OUT (first build takes minutes; later builds use Go's build cache)"
-# -trimpath makes the cache entries independent of the checkout path, so a
-# fresh clone elsewhere hits the cache; -s -w shrinks the binary and the link.
-go build -trimpath -ldflags='-s -w' -o "$OUT.tmp.$$" .
-mv -f "$OUT.tmp.$$" "$OUT"
-echo "build.sh: built $OUT ($(du -h "$OUT" | cut -f1)) in $(( $(date +%s) - start ))s"
+go_tool_build "$HERE" "$OUT" "$FORCE"

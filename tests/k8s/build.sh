@@ -19,20 +19,8 @@ REPO=$(cd "$HERE/../.." && pwd)
 OUT=${MESHREV_KUBE_BIN:-$REPO/target/k8s/kube}
 
 cd "$HERE"
-
-need_go() {
-  # Find a Go toolchain: PATH first, then the usual install location.
-  if ! command -v go >/dev/null 2>&1; then
-    if [ -x /usr/local/go/bin/go ]; then
-      export PATH=/usr/local/go/bin:$PATH
-    else
-      echo "build.sh: no Go toolchain found (need go >= 1.26.0 on PATH or in /usr/local/go)" >&2
-      exit 1
-    fi
-  fi
-  # Never let `go` download another toolchain (no network for that here).
-  export GOTOOLCHAIN=local
-}
+# shellcheck source=../go-tool.sh
+. "$HERE/../go-tool.sh"
 
 update_deps() {
   need_go
@@ -61,14 +49,6 @@ update_deps() {
   go mod tidy
 }
 
-up_to_date() {
-  [ -x "$OUT" ] || return 1
-  local f
-  for f in *.go go.mod go.sum; do
-    [ "$OUT" -nt "$f" ] || return 1
-  done
-}
-
 case "${1:-}" in
   update-deps) shift; update_deps "$@"; exit 0 ;;
   --force) FORCE=1 ;;
@@ -76,17 +56,4 @@ case "${1:-}" in
   *) echo "usage: $0 [--force | update-deps [VERSION]]" >&2; exit 2 ;;
 esac
 
-if [ "$FORCE" = 0 ] && up_to_date; then
-  echo "build.sh: $OUT is up to date"
-  exit 0
-fi
-
-need_go
-mkdir -p "$(dirname "$OUT")"
-start=$(date +%s)
-echo "build.sh: building $OUT (first build takes a long time; later builds use Go's build cache)"
-# -trimpath makes the cache entries independent of the checkout path, so a
-# fresh clone elsewhere hits the cache; -s -w shrinks the binary and the link.
-go build -trimpath -ldflags='-s -w' -o "$OUT.tmp.$$" .
-mv -f "$OUT.tmp.$$" "$OUT"
-echo "build.sh: built $OUT ($(du -h "$OUT" | cut -f1)) in $(( $(date +%s) - start ))s"
+go_tool_build "$HERE" "$OUT" "$FORCE"
