@@ -8,7 +8,8 @@
 //! Everything else is the chart's: CRDs, namespace, RBAC, Service, PDB, the sample revision
 //! and tag, the webhooks' rules, selectors and CA. The Deployment's ReplicaSet does create
 //! its pods, which the namespace's Pod Security level `restricted` admits only if the chart's
-//! pod template complies.
+//! pod template complies. A second release, installed with `helm install`, runs side by side
+//! with its own namespace, names and namespaces to inject, then `helm uninstall` removes it.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -262,6 +263,92 @@ async fn helm_template_installs_and_its_webhook_injects() -> Result<()> {
     )
     .await?;
     println!("{n} meshrev pods created in {NAMESPACE} (Pending: no kubelet here)");
+
+    // 7. A second release side by side, installed by `helm install` itself: its own names,
+    //    its own namespace (Helm creates it), its own namespaces to inject, its own meshrev.
+    let blue_dir = dir.join("blue");
+    std::fs::create_dir_all(&blue_dir)?;
+    let blue = Meshrev::start(&c.kubeconfig, &blue_dir, 0)?;
+    let blue_ca = blue_dir.join("ca.crt");
+    std::fs::write(&blue_ca, blue.ca_pem()?)?;
+    let helm = |args: &[&str]| -> Result<String> {
+        let out = Command::new(tools::tool("helm"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&c.kubeconfig)
+            .output()
+            .context("running helm")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "helm {args:?}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(text)
+    };
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/meshrev");
+    let chart = chart.to_str().context("chart path")?;
+    let out = helm(&[
+        "install",
+        "meshrev-blue",
+        chart,
+        "--namespace",
+        "meshrev-blue",
+        "--create-namespace",
+        "--set",
+        "namespace.create=false,samples.enabled=false",
+        "--set",
+        &format!("webhook.url=https://127.0.0.1:{}", blue.port),
+        "--set",
+        "webhook.namespaceSelector.matchExpressions[0].key=meshrev.io/blue",
+        "--set",
+        "webhook.namespaceSelector.matchExpressions[0].operator=Exists",
+        "--set-file",
+        &format!("tls.ca={}", blue_ca.display()),
+    ])?;
+    println!("$ helm install meshrev-blue …\n{out}");
+    let status = helm(&["status", "meshrev-blue", "-n", "meshrev-blue", "-o", "json"])?;
+    let status: Value = serde_json::from_str(&status)?;
+    assert_eq!(status["info"]["status"], "deployed", "{status}");
+    let blue_ns = cluster::create_namespace(
+        &client,
+        "blue-app",
+        &[("istio-injection", "enabled"), ("meshrev.io/blue", "yes")],
+    )
+    .await?;
+    let p = Api::<Pod>::namespaced(client.clone(), &blue_ns)
+        .create(&PostParams::default(), &pod("web")?)
+        .await?;
+    assert_eq!(revision_of(&p).as_deref(), Some("1-22-6"));
+    assert!(
+        blue.metric("meshrev_injections_total{revision=\"1-22-6\",tag=\"stable\"}")? >= 1.0,
+        "the blue release's meshrev injected it"
+    );
+    println!("pod {blue_ns}/web injected through the helm-installed release meshrev-blue");
+    let configs: Vec<String> = injector
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    assert!(
+        configs.contains(&format!("{RELEASE}-meshrev-sidecar-injector"))
+            && configs.contains(&"meshrev-blue-sidecar-injector".to_string()),
+        "{configs:?}"
+    );
+
+    // `helm uninstall` takes the release's webhooks away again.
+    helm(&["uninstall", "meshrev-blue", "-n", "meshrev-blue"])?;
+    assert!(
+        injector
+            .get_opt("meshrev-blue-sidecar-injector")
+            .await?
+            .is_none(),
+        "uninstalled"
+    );
+    drop(blue);
     drop(m);
     Ok(())
 }
