@@ -154,6 +154,9 @@ async fn helm_template_installs_and_its_webhook_injects() -> Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
+    // The sample revision's istiod, available: the guards refuse a tag or namespace label
+    // pointing at a revision whose control plane is not ready.
+    meshrev_proc::control_plane(&client, "1-22-6").await?;
 
     // 1. CRDs first (as Helm installs crds/), then everything but the webhook configurations:
     //    meshrev needs its CRDs to start, and the webhooks need meshrev's CA.
