@@ -32,7 +32,7 @@ pub(crate) fn for_display(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn rename_commands<'a>(text: &'a str, name: &str) -> std::borrow::Cow<'a, str> {
-    const SUBCOMMANDS: [&str; 5] = ["upgrade", "certs", "inject", "crd", "serve"];
+    const SUBCOMMANDS: [&str; 6] = ["upgrade", "adopt", "certs", "inject", "crd", "serve"];
     if name == "meshrev" || !text.contains("meshrev ") {
         return text.into();
     }
@@ -802,6 +802,7 @@ mod tests {
         for same in [
             "admission webhook meshrev-upgrade-guards",
             "meshrev upgraded 3 pods",
+            "meshrev injects every pod",
             "the meshrev ClusterRole",
             "kubectl meshrev upgrade status",
             "/usr/bin/meshrev upgrade status",
@@ -809,6 +810,10 @@ mod tests {
         ] {
             assert_eq!(rename_commands(same, k), same);
         }
+        assert_eq!(
+            rename_commands("Adopted. Next: meshrev adopt --takeover", k),
+            "Adopted. Next: kubectl meshrev adopt --takeover"
+        );
         let plain = "Next: meshrev upgrade unpublish";
         assert_eq!(rename_commands(plain, "meshrev"), plain);
         assert!(matches!(
