@@ -151,6 +151,11 @@ fn adjust_init_user(pod: &mut Value, user: &Value) {
     let Some(uid) = user["securityContext"]["runAsUser"].as_i64() else {
         return;
     };
+    // Istio stops here when the pod has no istio-init (a gateway, a proxyless template):
+    // even under TPROXY the proxy keeps the pod's user.
+    if find_mut(pod, INIT_CONTAINER).is_none() {
+        return;
+    }
     let tproxy = pod["metadata"]["annotations"]["sidecar.istio.io/interceptionMode"] == "TPROXY";
     if tproxy && let Some((_, proxy)) = find_mut(pod, PROXY_CONTAINER) {
         proxy["securityContext"]["runAsUser"] = json!(0);

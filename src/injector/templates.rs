@@ -33,19 +33,34 @@ pub(crate) fn validate(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the templates a pod asks for read `sidecar.istio.io/userVolume[Mount]`: `sidecar`
+/// (the default) and `grpc-agent` do, `gateway` and `grpc-simple` never look at them, so a
+/// value that is not JSON is refused only when one of the first two is applied. Called only
+/// on that refusal path.
+pub(crate) fn read_user_volumes(templates: Option<&str>) -> bool {
+    templates.is_none_or(|list| {
+        list.split(',')
+            .map(str::trim)
+            .any(|t| t == "sidecar" || t == "grpc-agent")
+    })
+}
+
 /// Transforms the sidecar-injected pod for the templates the original pod asks for.
+/// Returns whether the template already applied and recorded the pod's own containers
+/// (`proxy.istio.io/overrides`): the proxyless gRPC templates list every container of the
+/// pod, so every one is an override.
 pub(crate) fn apply(
     tmpl: &RevisionTemplate,
     original: &Value,
     injected: &mut Value,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     if tmpl.features.core_dump_container
         && original["metadata"]["annotations"]["sidecar.istio.io/enableCoreDump"] == "true"
     {
         core_dump(injected);
     }
     let Some(list) = original["metadata"]["annotations"][ANNOTATION_TEMPLATES].as_str() else {
-        return Ok(());
+        return Ok(false);
     };
     validate(list).map_err(|e| format!("annotation {ANNOTATION_TEMPLATES}: {e}"))?;
     let names: Vec<&str> = list.split(',').map(str::trim).collect();
@@ -55,8 +70,9 @@ pub(crate) fn apply(
         grpc_agent(tmpl, original, injected);
     } else if names.contains(&"grpc-simple") {
         grpc_simple(tmpl, original, injected);
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 fn take_container(pod: &mut Value, list: &str, name: &str) -> Option<Value> {
@@ -79,12 +95,82 @@ fn set_status(pod: &mut Value, status: Value) {
     pod["metadata"]["annotations"][super::ANNOTATION_STATUS] = Value::String(status.to_string());
 }
 
+/// Whether the proxy must start before the app (Istio's `reorderPod`): the installation's
+/// `holdApplicationUntilProxyStarts`, or the pod's `proxy.istio.io/config` setting it.
+fn hold_application(tmpl: &RevisionTemplate, original: &Value) -> bool {
+    tmpl.hold_application
+        || original["metadata"]["annotations"]["proxy.istio.io/config"]
+            .as_str()
+            .and_then(|pc| {
+                serde_json::from_str::<Value>(pc)
+                    .ok()
+                    .or_else(|| crate::yaml::from_str(pc).ok())
+            })
+            .is_some_and(|c| c["holdApplicationUntilProxyStarts"] == true)
+}
+
+/// The names a `sidecar.istio.io/userVolume[Mount]` annotation adds (a JSON object of name →
+/// object; anything else adds none).
+fn user_names(original: &Value, key: &str) -> Vec<String> {
+    original["metadata"]["annotations"][key]
+        .as_str()
+        .and_then(|v| serde_json::from_str::<serde_json::Map<String, Value>>(v).ok())
+        .map(|m| m.into_iter().map(|(k, _)| k).collect())
+        .unwrap_or_default()
+}
+
+/// Removes the volumes the sidecar template added for `sidecar.istio.io/userVolume` (the
+/// pod's own volumes of the same name stay).
+fn drop_user_volumes(original: &Value, pod: &mut Value) {
+    let user = user_names(original, "sidecar.istio.io/userVolume");
+    if user.is_empty() {
+        return;
+    }
+    let own = |n: &Value| {
+        original["spec"]["volumes"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|x| x["name"] == *n))
+    };
+    if let Some(vols) = pod["spec"]["volumes"].as_array_mut() {
+        vols.retain(|v| own(&v["name"]) || !user.iter().any(|u| v["name"] == u.as_str()));
+    }
+}
+
+/// Istio's `service.istio.io/canonical-name` without the sidecar template's truncation: the
+/// label, else `app.kubernetes.io/name`, else `app`, else the workload name.
+fn untruncated_canonical_name(original: &Value, workload: &str) -> String {
+    let labels = &original["metadata"]["labels"];
+    [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|k| labels[*k].as_str().filter(|v| !v.is_empty()))
+    .unwrap_or(workload)
+    .to_string()
+}
+
+/// The value of env var `name` of a container.
+fn env_value<'c>(container: &'c Value, name: &str) -> Option<&'c str> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+}
+
+/// Istio's `gateway` template, from the sidecar-injected pod. The template reads none of the
+/// sidecar's per-pod annotations (readiness, interceptionMode, userVolume[Mount], status
+/// port): its proxy is fixed apart from image, log levels and the proxy config; Istio's
+/// post-processing (app probe rewrite, Prometheus merge, ordering) applies as to a sidecar.
 fn gateway(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
     let proxy = take_container(pod, "initContainers", PROXY_CONTAINER)
         .or_else(|| take_container(pod, "containers", PROXY_CONTAINER));
     take_container(pod, "initContainers", INIT_CONTAINER);
     drop_if_emptied(pod, original, "initContainers");
     let Some(mut proxy) = proxy else { return };
+    let user_mounts = user_names(original, "sidecar.istio.io/userVolumeMount");
     if let Some(p) = proxy.as_object_mut() {
         p.insert("args".into(), {
             let mut args = p["args"].clone();
@@ -98,23 +184,51 @@ fn gateway(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
             "securityContext".into(),
             json!({"runAsUser": 1337, "runAsGroup": 1337}),
         );
+        // The template's readiness probe takes the installation's values only, and is there
+        // whatever the status port.
+        p.insert(
+            "readinessProbe".into(),
+            json!({"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 15,
+                   "timeoutSeconds": 3, "failureThreshold": 4}),
+        );
         if let Some(mounts) = p.get_mut("volumeMounts").and_then(Value::as_array_mut) {
-            mounts.retain(|m| m["name"] != "istio-ca-crl");
+            mounts.retain(|m| {
+                m["name"] != "istio-ca-crl" && !user_mounts.iter().any(|u| m["name"] == u.as_str())
+            });
+        }
+        // The mode of the proxy config, not the pod's annotation.
+        if let Some(env) = p.get_mut("env").and_then(Value::as_array_mut)
+            && let Some(e) = env
+                .iter_mut()
+                .find(|e| e["name"] == "ISTIO_META_INTERCEPTION_MODE")
+        {
+            e["value"] = json!("REDIRECT");
         }
     }
-    match pod["spec"]["containers"].as_array_mut() {
+    let workload = env_value(&proxy, "ISTIO_META_WORKLOAD_NAME")
+        .unwrap_or_default()
+        .to_string();
+    let containers = &mut pod["spec"]["containers"];
+    match containers.as_array_mut() {
+        Some(cs) if hold_application(tmpl, original) => cs.insert(0, proxy),
         Some(cs) => cs.push(proxy),
-        None => pod["spec"]["containers"] = json!([proxy]),
+        None => *containers = json!([proxy]),
     }
     if let Some(vols) = pod["spec"]["volumes"].as_array_mut() {
         vols.retain(|v| v["name"] != "istio-ca-crl");
     }
-    if original["metadata"]["labels"]
-        .get("security.istio.io/tlsMode")
-        .is_none()
-        && let Some(l) = pod["metadata"]["labels"].as_object_mut()
-    {
-        l.remove("security.istio.io/tlsMode");
+    drop_user_volumes(original, pod);
+    if let Some(l) = pod["metadata"]["labels"].as_object_mut() {
+        if original["metadata"]["labels"]
+            .get("security.istio.io/tlsMode")
+            .is_none()
+        {
+            l.remove("security.istio.io/tlsMode");
+        }
+        l.insert(
+            "service.istio.io/canonical-name".into(),
+            Value::String(untruncated_canonical_name(original, &workload)),
+        );
     }
     let sc = &mut pod["spec"]["securityContext"];
     if !sc.is_object() {
@@ -165,6 +279,18 @@ fn grpc_simple(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
         "prometheus.io/port",
         "prometheus.io/scrape",
     ];
+    // Istio's Prometheus merge gives its env var to the pod's own istio-proxy, if any.
+    let prom_env = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|l| pod["spec"][*l].as_array())
+        .flatten()
+        .find(|c| c["name"] == PROXY_CONTAINER)
+        .and_then(|c| c["env"].as_array())
+        .and_then(|env| {
+            env.iter()
+                .find(|e| e["name"] == "ISTIO_PROMETHEUS_ANNOTATIONS")
+                .cloned()
+        });
     let mut out = original.clone();
     // Keep what Istio's post-processing adds to every injected pod.
     for k in prom {
@@ -188,7 +314,15 @@ fn grpc_simple(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
     let mut overrides = Vec::new();
     if let Some(cs) = out["spec"]["containers"].as_array_mut() {
         for c in cs.iter_mut() {
-            overrides.push(c.clone());
+            // The template lists every container, so Istio records each as the pod's override
+            // of it (`image: auto` dropped, as for any override).
+            let mut recorded = c.clone();
+            if recorded["image"] == "auto"
+                && let Some(r) = recorded.as_object_mut()
+            {
+                r.remove("image");
+            }
+            overrides.push(recorded);
             names.push(c["name"].clone());
             let tmpl_part = json!({
                 "env": [
@@ -203,6 +337,21 @@ fn grpc_simple(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
             let mut merged = tmpl_part;
             super::overrides::strategic_merge(&mut merged, c);
             *c = merged;
+        }
+        // The pod's own istio-proxy is Istio's "sidecar" for post-processing: it gets the
+        // Prometheus env var, and goes last (first under holdApplicationUntilProxyStarts).
+        if let Some(i) = cs.iter().position(|c| c["name"] == PROXY_CONTAINER) {
+            let mut proxy = cs.remove(i);
+            if let Some(e) = prom_env
+                && let Some(env) = proxy["env"].as_array_mut()
+            {
+                env.push(e);
+            }
+            if hold_application(tmpl, original) {
+                cs.insert(0, proxy);
+            } else {
+                cs.push(proxy);
+            }
         }
     }
     // The template's init container comes first: Istio merges the pod over the template,

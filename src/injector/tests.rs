@@ -458,3 +458,174 @@ fn a_bad_annotation_is_an_annotation_refusal_with_the_message_as_its_display() {
     );
     assert_eq!(refusal.into_message(), shown);
 }
+
+/// A 1.30.3 revision `default`, injecting namespace `n` (the differential test's setting).
+fn table_1_30() -> Table {
+    crate::table::from_text(
+        "apiVersion: meshrev.io/v1alpha1\nkind: MeshRevision\nmetadata: {name: default}\n\
+         spec: {version: \"1.30.3\"}\n---\napiVersion: v1\nkind: Namespace\n\
+         metadata: {name: n, labels: {istio.io/rev: default}}\n",
+    )
+    .expect("the table must build")
+}
+
+fn container<'v>(pod: &'v Value, name: &str) -> &'v Value {
+    pod["spec"]["containers"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("container {name} must be there"))
+}
+
+fn json_annotation(pod: &Value, key: &str) -> Value {
+    let text = pod["metadata"]["annotations"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("annotation {key} must be set"));
+    serde_json::from_str(text).expect("the annotation must be JSON")
+}
+
+/// Istio's 1.30.3 `gateway` template reads none of the sidecar's per-pod annotations; Istio's
+/// post-processing still orders the proxy and rewrites app probes. Expected values are Istio's
+/// injector's output for this pod (the differential test's oracle).
+#[test]
+fn gateway_template_ignores_sidecar_annotations_as_istio_does() {
+    const LONG: &str =
+        "a-very-long-application-name-that-goes-well-past-the-sixty-three-char-limit";
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "n", "labels": {"app": LONG},
+            "annotations": {
+                "inject.istio.io/templates": "gateway",
+                "readiness.status.sidecar.istio.io/failureThreshold": "10",
+                "sidecar.istio.io/interceptionMode": "TPROXY",
+                "status.sidecar.istio.io/port": "0",
+                "proxy.istio.io/config": "holdApplicationUntilProxyStarts: true",
+                "sidecar.istio.io/userVolume": r#"{"extra":{"emptyDir":{}}}"#,
+                "sidecar.istio.io/userVolumeMount": r#"{"extra":{"mountPath":"/extra"}}"#}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1",
+            "readinessProbe": {"httpGet": {"port": 8080, "path": "/ready"}}}]}});
+    let (_, out) = run(&table_1_30(), "n", &pod);
+    let out = out.expect("injected");
+    // holdApplicationUntilProxyStarts: the proxy first.
+    assert_eq!(names(&out, "containers"), ["istio-proxy", "app"]);
+    assert_eq!(out["spec"].get("initContainers"), None);
+    let p = container(&out, "istio-proxy");
+    assert_eq!(
+        p["readinessProbe"],
+        json!({"httpGet": {"path": "/healthz/ready", "port": 15021}, "failureThreshold": 4,
+               "timeoutSeconds": 3, "periodSeconds": 15})
+    );
+    assert_eq!(
+        p["securityContext"],
+        json!({"runAsGroup": 1337, "runAsUser": 1337})
+    );
+    assert_eq!(env(p, "ISTIO_META_INTERCEPTION_MODE"), "REDIRECT");
+    let mounts: Vec<&str> = p["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .map(|m| m["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            "workload-socket",
+            "credential-socket",
+            "workload-certs",
+            "istiod-ca-cert",
+            "istio-data",
+            "istio-envoy",
+            "istio-token",
+            "istio-podinfo"
+        ]
+    );
+    let volumes = [
+        "workload-socket",
+        "credential-socket",
+        "workload-certs",
+        "istio-envoy",
+        "istio-data",
+        "istio-podinfo",
+        "istio-token",
+        "istiod-ca-cert",
+    ];
+    assert_eq!(names(&out, "volumes"), volumes);
+    // App probes are rewritten, to the annotation's status port even when it is 0.
+    let probers: Value =
+        serde_json::from_str(env(p, "ISTIO_KUBE_APP_PROBERS").as_str().expect("probers"))
+            .expect("probers JSON");
+    assert_eq!(
+        probers,
+        json!({"/app-health/app/readyz": {"httpGet": {"path": "/ready", "port": 8080}}})
+    );
+    assert_eq!(
+        container(&out, "app")["readinessProbe"],
+        json!({"httpGet": {"path": "/app-health/app/readyz", "port": 0}})
+    );
+    // The canonical name is not truncated.
+    assert_eq!(
+        out["metadata"]["labels"]["service.istio.io/canonical-name"],
+        LONG
+    );
+    assert_eq!(
+        json_annotation(&out, "sidecar.istio.io/status"),
+        json!({"initContainers": null, "containers": ["istio-proxy"], "volumes": volumes,
+               "imagePullSecrets": null, "revision": "default"})
+    );
+}
+
+/// A gateway pod's own `istio-proxy` keeps its `runAsUser` under TPROXY: Istio's
+/// `adjustInitContainerUser` stops when the pod has no istio-init (Istio's output).
+#[test]
+fn gateway_keeps_the_pods_proxy_user_under_tproxy() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "n", "annotations": {
+            "inject.istio.io/templates": "gateway",
+            "sidecar.istio.io/interceptionMode": "TPROXY"}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1"},
+            {"name": "istio-proxy", "image": "auto", "securityContext": {"runAsUser": 2000}}]}});
+    let (_, out) = run(&table_1_30(), "n", &pod);
+    let out = out.expect("injected");
+    let p = container(&out, "istio-proxy");
+    assert_eq!(p["securityContext"]["runAsUser"], 2000);
+    assert_eq!(env(p, "ISTIO_META_INTERCEPTION_MODE"), "REDIRECT");
+}
+
+/// `grpc-simple` lists every container of the pod, so Istio records each in
+/// `proxy.istio.io/overrides`; the pod's own `istio-proxy` is the "sidecar" of Istio's
+/// post-processing (Prometheus env, first under holdApplicationUntilProxyStarts); a
+/// `userVolume` that is not JSON is never read. Expected values are Istio's output.
+#[test]
+fn grpc_simple_records_every_container_and_post_processes_the_pods_proxy() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "n", "annotations": {
+            "inject.istio.io/templates": "grpc-simple",
+            "prometheus.io/port": "9090",
+            "sidecar.istio.io/userVolume": "{",
+            "proxy.istio.io/config": "holdApplicationUntilProxyStarts: true"}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1"},
+            {"name": "istio-proxy", "image": "auto", "args": ["proxy", "router"]}]}});
+    let (outcome, out) = run(&table_1_30(), "n", &pod);
+    let out = out.unwrap_or_else(|| panic!("injected, not {outcome}"));
+    assert_eq!(names(&out, "containers"), ["istio-proxy", "app"]);
+    assert_eq!(
+        json_annotation(&out, "proxy.istio.io/overrides"),
+        json!({"containers": [{"name": "app", "image": "example/app:1"},
+                              {"name": "istio-proxy", "args": ["proxy", "router"]}]})
+    );
+    let p = container(&out, "istio-proxy");
+    let prom: Value = serde_json::from_str(
+        env(p, "ISTIO_PROMETHEUS_ANNOTATIONS")
+            .as_str()
+            .expect("prometheus env"),
+    )
+    .expect("JSON");
+    assert_eq!(prom, json!({"scrape": "", "path": "", "port": "9090"}));
+    assert_eq!(p["image"], "auto");
+    assert_eq!(
+        env(container(&out, "app"), "ISTIO_PROMETHEUS_ANNOTATIONS"),
+        &Value::Null
+    );
+    assert_eq!(
+        out["metadata"]["annotations"]["prometheus.io/port"],
+        "15020"
+    );
+}
