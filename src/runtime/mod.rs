@@ -133,7 +133,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), RuntimeError> {
 
 /// The client of `--kubeconfig PATH`, or of the pod's service account (`None`).
 async fn kube_client(kubeconfig: Option<PathBuf>) -> Result<Client, RuntimeError> {
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         None => kube::Config::incluster().map_err(RuntimeError::InCluster)?,
         Some(path) => {
             let kubeconfig = match kube::config::Kubeconfig::read_from(&path) {
@@ -151,5 +151,6 @@ async fn kube_client(kubeconfig: Option<PathBuf>) -> Result<Client, RuntimeError
             }
         }
     };
+    crate::upgrade::identify(&mut config, "serve");
     Client::try_from(config).map_err(RuntimeError::Client)
 }

@@ -629,7 +629,7 @@ async fn client(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Res
         context: context.map(str::to_string),
         ..Default::default()
     };
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -644,6 +644,7 @@ async fn client(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Res
             "no cluster configured: pass --kubeconfig PATH, set KUBECONFIG, or run inside a pod",
         )?,
     };
+    super::identify(&mut config, "upgrade");
     Ok(Client::try_from(config)?)
 }
 

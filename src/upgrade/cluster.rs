@@ -35,6 +35,20 @@ pub(crate) const FIELD_MANAGER: &str = "meshrev-upgrade";
 pub(crate) const COUNTED_PODS: &str = "status.phase!=Succeeded,status.phase!=Failed";
 const PAGE: u32 = 500;
 
+/// Names meshrev in every request `config`'s client makes (`meshrev/<version> (<role>)`),
+/// so that the API server's audit log and its per-client metrics tell the webhook's
+/// controller (`serve`) apart from an operator's CLI (`upgrade`). Without it the requests
+/// carry no User-Agent at all.
+pub(crate) fn identify(config: &mut kube::Config, role: &str) {
+    let agent = format!("meshrev/{} ({role})", env!("CARGO_PKG_VERSION"));
+    let value = http::HeaderValue::try_from(agent)
+        .expect("a user agent built from the crate version and a role name must be a valid header");
+    config
+        .headers
+        .retain(|(k, _)| k != http::header::USER_AGENT);
+    config.headers.push((http::header::USER_AGENT, value));
+}
+
 /// How much of the pods a view needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PodDetail {
@@ -545,4 +559,30 @@ pub(crate) async fn probe_injection(
         .await
         .map_err(|e| ClusterError::api(format!("dry-run creating a pod in {namespace}"), e))?;
     Ok(injected_revision(&created.metadata))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::identify;
+
+    #[test]
+    fn clients_say_they_are_meshrev_and_which_role_once() {
+        let mut config = kube::Config::new("https://127.0.0.1:6443".parse().expect("a URI"));
+        config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static("kube-rs"),
+        ));
+        identify(&mut config, "serve");
+        identify(&mut config, "upgrade");
+        let agents: Vec<_> = config
+            .headers
+            .iter()
+            .filter(|(k, _)| k == http::header::USER_AGENT)
+            .map(|(_, v)| v.to_str().expect("ASCII"))
+            .collect();
+        assert_eq!(
+            agents,
+            [format!("meshrev/{} (upgrade)", env!("CARGO_PKG_VERSION"))]
+        );
+    }
 }

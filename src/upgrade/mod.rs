@@ -34,4 +34,5 @@ pub(crate) mod status;
 pub(crate) mod view;
 
 pub(crate) use crate::core::guards;
+pub(crate) use cluster::identify;
 pub(crate) use view::MeshView;
