@@ -108,15 +108,6 @@ const KNOWN: &[Known] = &[
         },
     },
     Known {
-        id: "template-grpc-agent",
-        reason: "meshrev's fault: the 1.30.3 grpc-agent template applies the readiness and \
-                 userVolume annotations, keeps the proxy's probe, resources and mounts with \
-                 status port 0, puts istio-proxy first under holdApplicationUntilProxyStarts, and \
-                 does not truncate canonical-name; Istio records every container in \
-                 proxy.istio.io/overrides. meshrev does none of these",
-        applies: |pod| templates(pod) == Some("grpc-agent"),
-    },
-    Known {
         id: "template-sidecar-and-grpc-agent",
         reason: "meshrev's fault: for templates \"sidecar,grpc-agent\" Istio keeps the sidecar \
                  template's istio-init, volumes and tlsMode label under grpc-agent's merge; meshrev \

@@ -13,7 +13,7 @@
 
 use serde_json::{Value, json};
 
-use super::{INIT_CONTAINER, PROXY_CONTAINER, RevisionTemplate};
+use super::{ANNOTATION_STATUS, INIT_CONTAINER, PROXY_CONTAINER, RevisionTemplate};
 // The annotation naming the templates, comma-separated, applied in order.
 use crate::core::ANNOTATION_TEMPLATES;
 
@@ -68,6 +68,7 @@ pub(crate) fn apply(
         gateway(tmpl, original, injected);
     } else if names.contains(&"grpc-agent") {
         grpc_agent(tmpl, original, injected);
+        return Ok(true);
     } else if names.contains(&"grpc-simple") {
         grpc_simple(tmpl, original, injected);
         return Ok(true);
@@ -424,9 +425,43 @@ fn core_dump(pod: &mut Value) {
     }
 }
 
+/// The entries of a `sidecar.istio.io/userVolume[Mount]` annotation as Istio's templates
+/// write them: `{"name": key, …value}`, by key (Go ranges over a map in key order).
+fn user_entries(original: &Value, key: &str) -> Vec<Value> {
+    original["metadata"]["annotations"][key]
+        .as_str()
+        .and_then(|v| serde_json::from_str::<serde_json::Map<String, Value>>(v).ok())
+        .map(|m| {
+            m.into_iter()
+                .map(|(name, v)| {
+                    let mut e = json!({"name": name});
+                    if let (Some(e), Value::Object(fields)) = (e.as_object_mut(), v) {
+                        for (k, f) in fields {
+                            e.entry(k).or_insert(f);
+                        }
+                    }
+                    e
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The pod's own container of that name with `image: auto` dropped: what Istio merges over
+/// the template's and records in `proxy.istio.io/overrides`.
+fn overlay_of(c: &Value) -> Value {
+    let mut overlay = c.clone();
+    if overlay["image"] == "auto"
+        && let Some(o) = overlay.as_object_mut()
+    {
+        o.remove("image");
+    }
+    overlay
+}
+
 /// The app containers of the original pod, each merged over the template's version of it
-/// (Istio reapplies the pod's own containers of the same name), and their originals for
-/// `proxy.istio.io/overrides`.
+/// (Istio reapplies the pod's own containers of the same name), and what Istio records of
+/// them in `proxy.istio.io/overrides`.
 fn merged_app_containers(original: &Value, tmpl_part: &Value) -> (Vec<Value>, Vec<Value>) {
     let mut merged = Vec::new();
     let mut originals = Vec::new();
@@ -438,7 +473,7 @@ fn merged_app_containers(original: &Value, tmpl_part: &Value) -> (Vec<Value>, Ve
         if c["name"] == PROXY_CONTAINER {
             continue;
         }
-        originals.push(c.clone());
+        originals.push(overlay_of(c));
         let mut m = tmpl_part.clone();
         m["name"] = c["name"].clone();
         super::overrides::strategic_merge(&mut m, c);
@@ -448,7 +483,9 @@ fn merged_app_containers(original: &Value, tmpl_part: &Value) -> (Vec<Value>, Ve
 }
 
 /// Proxyless gRPC with the agent (Istio's `grpc-agent` template): the proxy container runs
-/// only the agent (`DISABLE_ENVOY`), the app containers read its xDS bootstrap.
+/// only the agent (`DISABLE_ENVOY`), the app containers read its xDS bootstrap. The template
+/// lists the proxy and every app container, so the pod's own versions of all of them are
+/// merged over it and recorded in `proxy.istio.io/overrides` here.
 fn grpc_agent(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
     let Some(mut proxy) = take_container(pod, "initContainers", PROXY_CONTAINER)
         .or_else(|| take_container(pod, "containers", PROXY_CONTAINER))
@@ -457,6 +494,12 @@ fn grpc_agent(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
     };
     take_container(pod, "initContainers", INIT_CONTAINER);
     drop_if_emptied(pod, original, "initContainers");
+    let ann = &original["metadata"]["annotations"];
+    // The template compares the annotation's text with "0": with status port 0 it writes no
+    // readiness probe, no resources and no volume mounts; the userVolumeMount entries it then
+    // writes land in the env list (as env vars of that name) - Istio's output, reproduced.
+    let status_port_zero = ann["status.sidecar.istio.io/port"] == "0";
+    let user_mounts = user_entries(original, "sidecar.istio.io/userVolumeMount");
     if let Some(p) = proxy.as_object_mut() {
         let drop_env = [
             "ISTIO_CPU_LIMIT",
@@ -479,6 +522,9 @@ fn grpc_agent(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
         );
         env.push(json!({"name": "ISTIO_META_DNS_CAPTURE", "value": "false"}));
         env.push(json!({"name": "DISABLE_ENVOY", "value": "true"}));
+        if status_port_zero {
+            env.extend(user_mounts.iter().map(|m| json!({"name": m["name"]})));
+        }
         p.insert("env".into(), Value::Array(env));
         p.insert(
             "lifecycle".into(),
@@ -488,26 +534,53 @@ fn grpc_agent(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
             "ports".into(),
             json!([{"containerPort": 15020, "name": "mesh-metrics", "protocol": "TCP"}]),
         );
-        p.insert(
-            "readinessProbe".into(),
-            json!({"httpGet": {"path": "/healthz/ready", "port": 15020}, "periodSeconds": 15,
-                   "timeoutSeconds": 3, "failureThreshold": 4}),
-        );
-        for k in ["startupProbe", "restartPolicy", "securityContext"] {
+        for k in [
+            "startupProbe",
+            "restartPolicy",
+            "securityContext",
+            "readinessProbe",
+        ] {
             p.remove(k);
         }
-        p.insert(
-            "volumeMounts".into(),
-            json!([
-                {"mountPath": "/var/run/secrets/workload-spiffe-uds", "name": "workload-socket"},
-                {"mountPath": "/var/run/secrets/workload-spiffe-credentials", "name": "workload-certs"},
-                {"mountPath": "/var/run/secrets/istio", "name": "istiod-ca-cert"},
-                {"mountPath": "/var/lib/istio/data", "name": "istio-data"},
-                {"mountPath": "/etc/istio/proxy", "name": "istio-xds"},
-                {"mountPath": "/var/run/secrets/tokens", "name": "istio-token"},
-                {"mountPath": "/etc/istio/pod", "name": "istio-podinfo"},
-            ]),
-        );
+        if status_port_zero {
+            p.remove("resources");
+            p.remove("volumeMounts");
+        } else {
+            // The readiness annotations apply (validated as integers); Go omits zeros.
+            let get = |k: &str, d: u64| {
+                ann[format!("readiness.status.sidecar.istio.io/{k}")]
+                    .as_str()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(d)
+            };
+            let mut ready = serde_json::Map::new();
+            ready.insert(
+                "httpGet".into(),
+                json!({"path": "/healthz/ready", "port": 15020}),
+            );
+            for (k, v) in [
+                ("initialDelaySeconds", get("initialDelaySeconds", 0)),
+                ("periodSeconds", get("periodSeconds", 15)),
+                ("timeoutSeconds", 3),
+                ("failureThreshold", get("failureThreshold", 4)),
+            ] {
+                if v != 0 {
+                    ready.insert(k.into(), json!(v));
+                }
+            }
+            p.insert("readinessProbe".into(), Value::Object(ready));
+            let mut mounts = vec![
+                json!({"mountPath": "/var/run/secrets/workload-spiffe-uds", "name": "workload-socket"}),
+                json!({"mountPath": "/var/run/secrets/workload-spiffe-credentials", "name": "workload-certs"}),
+                json!({"mountPath": "/var/run/secrets/istio", "name": "istiod-ca-cert"}),
+                json!({"mountPath": "/var/lib/istio/data", "name": "istio-data"}),
+                json!({"mountPath": "/etc/istio/proxy", "name": "istio-xds"}),
+                json!({"mountPath": "/var/run/secrets/tokens", "name": "istio-token"}),
+                json!({"mountPath": "/etc/istio/pod", "name": "istio-podinfo"}),
+            ];
+            mounts.extend(user_mounts.iter().cloned());
+            p.insert("volumeMounts".into(), Value::Array(mounts));
+        }
     }
     let app = json!({
         "env": [
@@ -520,10 +593,26 @@ fn grpc_agent(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
             {"mountPath": "/var/run/secrets/workload-spiffe-credentials", "name": "workload-certs"},
         ],
     });
+    // The pod's own istio-proxy, merged over the template's (and recorded first: the
+    // template lists the proxy before the app containers).
+    let mut recorded = Vec::new();
+    if let Some(own) = original["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == PROXY_CONTAINER))
+    {
+        let overlay = overlay_of(own);
+        super::overrides::strategic_merge(&mut proxy, &overlay);
+        recorded.push(overlay);
+    }
     let (mut containers, originals) = merged_app_containers(original, &app);
+    recorded.extend(originals);
     let mut names = vec![json!(PROXY_CONTAINER)];
     names.extend(containers.iter().map(|c| c["name"].clone()));
-    containers.push(proxy);
+    if hold_application(tmpl, original) {
+        containers.insert(0, proxy);
+    } else {
+        containers.push(proxy);
+    }
     pod["spec"]["containers"] = Value::Array(containers);
     let gone = ["credential-socket", "istio-envoy", "istio-ca-crl"];
     let mut vols: Vec<Value> = original["spec"]["volumes"]
@@ -536,33 +625,53 @@ fn grpc_agent(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
         json!({"name": "istio-xds", "emptyDir": {"medium": "Memory"}}),
         json!({"name": "istio-data", "emptyDir": {}}),
     ];
-    let kept: Vec<Value> = pod["spec"]["volumes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|v| {
-            ["istio-podinfo", "istio-token", "istiod-ca-cert"]
-                .iter()
-                .any(|n| v["name"] == *n)
+    let kept: Vec<Value> = ["istio-podinfo", "istio-token", "istiod-ca-cert"]
+        .iter()
+        .filter_map(|n| {
+            pod["spec"]["volumes"]
+                .as_array()
+                .and_then(|vs| vs.iter().find(|v| v["name"] == *n))
+                .cloned()
         })
-        .cloned()
         .collect();
-    let vol_names: Vec<Value> = own.iter().chain(&kept).map(|v| v["name"].clone()).collect();
-    vols.extend(own);
-    vols.extend(kept);
+    let user_volumes = user_entries(original, "sidecar.istio.io/userVolume");
+    let added: Vec<Value> = own.into_iter().chain(kept).chain(user_volumes).collect();
+    let vol_names: Vec<Value> = added.iter().map(|v| v["name"].clone()).collect();
+    vols.retain(|v| !added.iter().any(|a| a["name"] == v["name"]));
+    vols.extend(added);
     vols.retain(|v| !gone.iter().any(|g| v["name"] == *g));
     pod["spec"]["volumes"] = Value::Array(vols);
-    if original["metadata"]["labels"]
-        .get("security.istio.io/tlsMode")
-        .is_none()
-        && let Some(l) = pod["metadata"]["labels"].as_object_mut()
-    {
-        l.remove("security.istio.io/tlsMode");
+    let workload = env_value(
+        pod["spec"]["containers"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == PROXY_CONTAINER))
+            .unwrap_or(&Value::Null),
+        "ISTIO_META_WORKLOAD_NAME",
+    )
+    .unwrap_or_default()
+    .to_string();
+    if let Some(l) = pod["metadata"]["labels"].as_object_mut() {
+        if original["metadata"]["labels"]
+            .get("security.istio.io/tlsMode")
+            .is_none()
+        {
+            l.remove("security.istio.io/tlsMode");
+        }
+        l.insert(
+            "service.istio.io/canonical-name".into(),
+            Value::String(untruncated_canonical_name(original, &workload)),
+        );
     }
     let ann = &mut pod["metadata"]["annotations"];
     ann["sidecar.istio.io/rewriteAppHTTPProbers"] = json!("false");
-    ann[super::overrides::ANNOTATION_OVERRIDES] =
-        Value::String(json!({"containers": originals}).to_string());
+    if original["metadata"]["annotations"]
+        .get(ANNOTATION_STATUS)
+        .is_none()
+        && !recorded.is_empty()
+    {
+        ann[super::overrides::ANNOTATION_OVERRIDES] =
+            Value::String(json!({"containers": recorded}).to_string());
+    }
     set_status(
         pod,
         json!({"initContainers": null, "containers": names, "volumes": vol_names,

@@ -629,3 +629,135 @@ fn grpc_simple_records_every_container_and_post_processes_the_pods_proxy() {
         "15020"
     );
 }
+
+fn mount_names(c: &Value) -> Vec<&str> {
+    c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| m["name"].as_str().unwrap_or(""))
+        .collect()
+}
+
+/// Istio's 1.30.3 `grpc-agent` template applies the readiness and userVolume[Mount]
+/// annotations, lists the proxy and every app container (so the pod's own versions are
+/// merged and recorded in `proxy.istio.io/overrides`, proxy first), does not truncate the
+/// canonical name, and Istio puts the proxy first under holdApplicationUntilProxyStarts.
+/// Expected values are Istio's injector's output for this pod.
+#[test]
+fn grpc_agent_template_as_istio_renders_it() {
+    const NAME: &str =
+        "a-very-long-application-name-that-goes-well-past-the-sixty-three-char-limit-pod";
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": NAME, "namespace": "n", "annotations": {
+            "inject.istio.io/templates": "grpc-agent",
+            "readiness.status.sidecar.istio.io/failureThreshold": "10",
+            "readiness.status.sidecar.istio.io/initialDelaySeconds": "5",
+            "proxy.istio.io/config": "holdApplicationUntilProxyStarts: true",
+            "sidecar.istio.io/userVolumeMount": r#"{"extra":{"mountPath":"/extra"}}"#,
+            "sidecar.istio.io/userVolume": r#"{"extra":{"emptyDir":{}}}"#}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1"},
+            {"name": "istio-proxy", "image": "auto", "resources": {"requests": {"cpu": "50m"}}}]}});
+    let (outcome, out) = run(&table_1_30(), "n", &pod);
+    let out = out.unwrap_or_else(|| panic!("injected, not {outcome}"));
+    assert_eq!(names(&out, "containers"), ["istio-proxy", "app"]);
+    let p = container(&out, "istio-proxy");
+    assert_eq!(p["image"], "docker.io/istio/proxyv2:1.30.3");
+    assert_eq!(
+        p["readinessProbe"],
+        json!({"failureThreshold": 10, "httpGet": {"path": "/healthz/ready", "port": 15020},
+               "initialDelaySeconds": 5, "periodSeconds": 15, "timeoutSeconds": 3})
+    );
+    assert_eq!(p["resources"]["requests"]["cpu"], "50m");
+    assert_eq!(
+        mount_names(p),
+        [
+            "workload-socket",
+            "workload-certs",
+            "istiod-ca-cert",
+            "istio-data",
+            "istio-xds",
+            "istio-token",
+            "istio-podinfo",
+            "extra"
+        ]
+    );
+    assert_eq!(
+        p["volumeMounts"][7],
+        json!({"mountPath": "/extra", "name": "extra"})
+    );
+    let volumes = [
+        "workload-socket",
+        "workload-certs",
+        "istio-xds",
+        "istio-data",
+        "istio-podinfo",
+        "istio-token",
+        "istiod-ca-cert",
+        "extra",
+    ];
+    assert_eq!(names(&out, "volumes"), volumes);
+    assert_eq!(
+        json_annotation(&out, "sidecar.istio.io/status"),
+        json!({"initContainers": null, "containers": ["istio-proxy", "app"], "volumes": volumes,
+               "imagePullSecrets": null, "revision": "default"})
+    );
+    assert_eq!(
+        json_annotation(&out, "proxy.istio.io/overrides"),
+        json!({"containers": [
+            {"name": "istio-proxy", "resources": {"requests": {"cpu": "50m"}}},
+            {"name": "app", "image": "example/app:1"}]})
+    );
+    assert_eq!(
+        out["metadata"]["labels"]["service.istio.io/canonical-name"],
+        NAME
+    );
+    assert_eq!(
+        out["metadata"]["labels"].get("security.istio.io/tlsMode"),
+        None
+    );
+    assert_eq!(
+        out["metadata"]["annotations"]["sidecar.istio.io/rewriteAppHTTPProbers"],
+        "false"
+    );
+}
+
+/// With `status.sidecar.istio.io/port: "0"` the `grpc-agent` template writes no readiness
+/// probe, resources or volume mounts for the agent, and the userVolumeMount entries it then
+/// writes fall into the env list as env vars named after them (Istio's output).
+#[test]
+fn grpc_agent_with_status_port_zero_as_istio_renders_it() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "n", "annotations": {
+            "inject.istio.io/templates": "grpc-agent",
+            "status.sidecar.istio.io/port": "0",
+            "sidecar.istio.io/userVolumeMount":
+                r#"{"extra":{"mountPath":"/extra"},"b":{"mountPath":"/b","readOnly":true}}"#,
+            "sidecar.istio.io/userVolume": r#"{"extra":{"emptyDir":{}}}"#}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}});
+    let (outcome, out) = run(&table_1_30(), "n", &pod);
+    let out = out.unwrap_or_else(|| panic!("injected, not {outcome}"));
+    assert_eq!(names(&out, "containers"), ["app", "istio-proxy"]);
+    let p = container(&out, "istio-proxy");
+    for k in ["readinessProbe", "resources", "volumeMounts"] {
+        assert_eq!(p.get(k), None, "{k}");
+    }
+    let env = p["env"].as_array().expect("env");
+    assert_eq!(
+        env[env.len() - 4..],
+        [
+            json!({"name": "ISTIO_META_DNS_CAPTURE", "value": "false"}),
+            json!({"name": "DISABLE_ENVOY", "value": "true"}),
+            json!({"name": "b"}),
+            json!({"name": "extra"}),
+        ]
+    );
+    assert_eq!(
+        names(&out, "volumes").last().map(String::as_str),
+        Some("extra")
+    );
+    assert_eq!(
+        json_annotation(&out, "proxy.istio.io/overrides"),
+        json!({"containers": [{"name": "app", "image": "example/app:1"}]})
+    );
+}
