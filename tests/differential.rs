@@ -108,11 +108,17 @@ const KNOWN: &[Known] = &[
         },
     },
     Known {
-        id: "template-sidecar-and-grpc-agent",
-        reason: "meshrev's fault: for templates \"sidecar,grpc-agent\" Istio keeps the sidecar \
-                 template's istio-init, volumes and tlsMode label under grpc-agent's merge; meshrev \
-                 drops them",
-        applies: |pod| templates(pod).is_some_and(|t| t.contains(',')),
+        id: "sidecar-and-grpc-agent-native",
+        reason: "deliberate: for templates \"sidecar,grpc-agent\" with a native sidecar Istio's \
+                 result has two containers named istio-proxy (the sidecar's in initContainers, \
+                 grpc-agent's in containers), which the API server refuses; meshrev refuses the \
+                 pod itself, naming the annotations and the fix (nativeSidecar \"false\")",
+        applies: |pod| {
+            templates(pod).is_some_and(|t| {
+                let names: Vec<&str> = t.split(',').map(str::trim).collect();
+                names.contains(&"sidecar") && names.contains(&"grpc-agent")
+            }) && annotation(pod, "sidecar.istio.io/nativeSidecar") != Some("false")
+        },
     },
 ];
 

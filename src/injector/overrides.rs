@@ -147,7 +147,7 @@ fn find_mut<'v>(pod: &'v mut Value, name: &str) -> Option<(String, &'v mut Value
 /// A user `runAsUser` on `istio-proxy` becomes istio-iptables' `-u` (not 0, which would
 /// exempt root's traffic instead of the proxy's). Under TPROXY the proxy itself must run as
 /// root: its `runAsUser` goes back to 0 (`-u` still names the pod's user, as in Istio).
-fn adjust_init_user(pod: &mut Value, user: &Value) {
+pub(crate) fn adjust_init_user(pod: &mut Value, user: &Value) {
     let Some(uid) = user["securityContext"]["runAsUser"].as_i64() else {
         return;
     };

@@ -67,7 +67,13 @@ pub(crate) fn apply(
     if names.contains(&"gateway") {
         gateway(tmpl, original, injected);
     } else if names.contains(&"grpc-agent") {
-        grpc_agent(tmpl, original, injected);
+        match names.iter().position(|n| *n == "sidecar") {
+            Some(at) => {
+                let sidecar_last = names.iter().rposition(|n| *n == "grpc-agent") < Some(at);
+                sidecar_and_grpc_agent(tmpl, original, injected, sidecar_last)?;
+            }
+            None => grpc_agent(tmpl, original, injected),
+        }
         return Ok(true);
     } else if names.contains(&"grpc-simple") {
         grpc_simple(tmpl, original, injected);
@@ -677,4 +683,163 @@ fn grpc_agent(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
         json!({"initContainers": null, "containers": names, "volumes": vol_names,
                "imagePullSecrets": null, "revision": tmpl.revision}),
     );
+}
+
+/// `sidecar` and `grpc-agent` together: Istio merges both rendered templates over the pod, in
+/// the annotation's order, so the proxy is the sidecar's with grpc-agent's fields merged in
+/// (env and volume mounts by key, grpc-agent's ports first) and the sidecar's istio-init,
+/// volumes and tlsMode label stay; grpc-agent's `rewriteAppHTTPProbers: "false"` turns the
+/// app probe rewrite off whatever the order.
+///
+/// With a native sidecar Istio's result has two containers named istio-proxy (the sidecar's
+/// in initContainers, grpc-agent's in containers), which the API server refuses: meshrev
+/// refuses the pod instead, saying so.
+fn sidecar_and_grpc_agent(
+    tmpl: &RevisionTemplate,
+    original: &Value,
+    pod: &mut Value,
+    sidecar_last: bool,
+) -> Result<(), String> {
+    let in_list = |p: &Value, list: &str| {
+        p["spec"][list]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["name"] == PROXY_CONTAINER))
+    };
+    if in_list(pod, "initContainers") {
+        return Err(format!(
+            "annotation {ANNOTATION_TEMPLATES}: templates \"sidecar\" and \"grpc-agent\" with a \
+             native sidecar give two containers named istio-proxy (the sidecar's in \
+             initContainers, grpc-agent's in containers), which the API server refuses; set \
+             sidecar.istio.io/nativeSidecar: \"false\" on the pod, or use grpc-agent alone"
+        ));
+    }
+    let sidecar = pod.clone();
+    grpc_agent(tmpl, original, pod);
+    let find = |p: &Value| {
+        p["spec"]["containers"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == PROXY_CONTAINER))
+            .cloned()
+    };
+    let (Some(mut s_proxy), Some(g_proxy)) = (find(&sidecar), find(pod)) else {
+        return Ok(());
+    };
+    // The probe rewrite is off: the fast path's probers go.
+    if let Some(env) = s_proxy["env"].as_array_mut() {
+        env.retain(|e| e["name"] != "ISTIO_KUBE_APP_PROBERS");
+    }
+    let (mut base, over) = if sidecar_last {
+        (g_proxy.clone(), &s_proxy)
+    } else {
+        (s_proxy.clone(), &g_proxy)
+    };
+    super::overrides::strategic_merge(&mut base, over);
+    // Ports in the order Kubernetes' strategic merge gives them.
+    let under = if sidecar_last { &g_proxy } else { &s_proxy };
+    let port_of = |l: &Value| -> Vec<Value> {
+        l["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["containerPort"].clone())
+            .collect()
+    };
+    let order = smp_order(&port_of(under), &port_of(over));
+    if let Some(ports) = base["ports"].as_array_mut() {
+        ports.sort_by_key(|p| order.iter().position(|k| *k == p["containerPort"]));
+    }
+    // The pod's own istio-proxy is applied last, over both.
+    if let Some(own) = original["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == PROXY_CONTAINER))
+    {
+        super::overrides::strategic_merge(&mut base, &overlay_of(own));
+    }
+    if let Some(slot) = pod["spec"]["containers"]
+        .as_array_mut()
+        .and_then(|cs| cs.iter_mut().find(|c| c["name"] == PROXY_CONTAINER))
+    {
+        *slot = base;
+    }
+    // The sidecar's istio-init and volumes stay; grpc-agent adds its own volumes.
+    match sidecar["spec"].get("initContainers") {
+        Some(i) => pod["spec"]["initContainers"] = i.clone(),
+        None => {
+            if let Some(spec) = pod["spec"].as_object_mut() {
+                spec.remove("initContainers");
+            }
+        }
+    }
+    let mut vols: Vec<Value> = sidecar["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        if !vols.iter().any(|x| x["name"] == v["name"]) {
+            vols.push(v.clone());
+        }
+    }
+    pod["spec"]["volumes"] = Value::Array(vols);
+    let status = |p: &Value| {
+        p["metadata"]["annotations"][ANNOTATION_STATUS]
+            .as_str()
+            .and_then(|s| serde_json::from_str::<Value>(s).ok())
+            .unwrap_or_default()
+    };
+    let (s_status, mut st) = (status(&sidecar), status(pod));
+    let names = |st: &Value| st["volumes"].as_array().cloned().unwrap_or_default();
+    // Istio lists the volumes of its merged templates, in the strategic merge's order.
+    st["volumes"] = Value::Array(if sidecar_last {
+        smp_order(&names(&st), &names(&s_status))
+    } else {
+        smp_order(&names(&s_status), &names(&st))
+    });
+    st["initContainers"] = s_status["initContainers"].clone();
+    set_status(pod, st);
+    // Istio's adjustInitContainerUser: the pod's proxy user becomes istio-iptables' -u.
+    if let Some(own) = original["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == PROXY_CONTAINER))
+    {
+        super::overrides::adjust_init_user(pod, own);
+    }
+    // Labels: the sidecar's tlsMode stays; the last template's canonical name wins.
+    let labels = &sidecar["metadata"]["labels"];
+    let mut keep = vec!["security.istio.io/tlsMode"];
+    if sidecar_last {
+        keep.push("service.istio.io/canonical-name");
+    }
+    for k in keep {
+        if let Some(v) = labels.get(k) {
+            pod["metadata"]["labels"][k] = v.clone();
+        }
+    }
+    Ok(())
+}
+
+/// The order of a list's keys after Kubernetes' strategic merge of `patch` over `server`
+/// (`mergeSortedSlice`): the patch's items in their order, with the server's other items
+/// inserted where the server's order puts them.
+fn smp_order(server: &[Value], patch: &[Value]) -> Vec<Value> {
+    let left: Vec<&Value> = server.iter().filter(|k| !patch.contains(k)).collect();
+    let at = |k: &Value| server.iter().position(|x| x == k);
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::with_capacity(left.len() + patch.len());
+    while i < left.len() || j < patch.len() {
+        let take_left = if i >= left.len() {
+            false
+        } else if j >= patch.len() {
+            true
+        } else {
+            matches!((at(left[i]), at(&patch[j])), (Some(l), Some(r)) if l < r)
+        };
+        if take_left {
+            out.push(left[i].clone());
+            i += 1;
+        } else {
+            out.push(patch[j].clone());
+            j += 1;
+        }
+    }
+    out
 }

@@ -761,3 +761,97 @@ fn grpc_agent_with_status_port_zero_as_istio_renders_it() {
         json!({"containers": [{"name": "app", "image": "example/app:1"}]})
     );
 }
+
+/// `sidecar,grpc-agent` (classic sidecar): Istio merges both templates, so the sidecar's
+/// istio-init, volumes and tlsMode label stay and the proxy is the sidecar's with
+/// grpc-agent's fields merged in; grpc-agent turns the app probe rewrite off. Expected values
+/// are Istio's injector's output for this pod.
+#[test]
+fn sidecar_and_grpc_agent_merge_as_istio_merges_them() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "n", "annotations": {
+            "inject.istio.io/templates": "sidecar,grpc-agent",
+            "sidecar.istio.io/nativeSidecar": "false"}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1",
+            "readinessProbe": {"httpGet": {"port": 8080}}}]}});
+    let (outcome, out) = run(&table_1_30(), "n", &pod);
+    let out = out.unwrap_or_else(|| panic!("injected, not {outcome}"));
+    assert_eq!(names(&out, "initContainers"), ["istio-init"]);
+    assert_eq!(names(&out, "containers"), ["app", "istio-proxy"]);
+    assert_eq!(
+        out["metadata"]["labels"]["security.istio.io/tlsMode"],
+        "istio"
+    );
+    let app = container(&out, "app");
+    assert_eq!(app["readinessProbe"], json!({"httpGet": {"port": 8080}}));
+    let p = container(&out, "istio-proxy");
+    let ports: Vec<&Value> = p["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| &p["containerPort"])
+        .collect();
+    assert_eq!(ports, [15020, 15090]);
+    assert_eq!(
+        p["readinessProbe"],
+        json!({"failureThreshold": 4, "httpGet": {"path": "/healthz/ready", "port": 15020},
+               "periodSeconds": 15, "timeoutSeconds": 3})
+    );
+    assert_eq!(p["startupProbe"]["httpGet"]["port"], 15021);
+    assert_eq!(p["securityContext"]["runAsUser"], 1337);
+    assert_eq!(
+        p["lifecycle"],
+        json!({"postStart": {"exec": {"command": ["pilot-agent", "wait",
+            "--url=http://localhost:15020/healthz/ready"]}}})
+    );
+    for (name, value) in [
+        ("DISABLE_ENVOY", json!("true")),
+        ("ISTIO_META_GENERATOR", json!("grpc")),
+        ("ISTIO_META_INTERCEPTION_MODE", json!("REDIRECT")),
+        ("ISTIO_KUBE_APP_PROBERS", Value::Null),
+    ] {
+        assert_eq!(env(p, name), &value, "{name}");
+    }
+    let mut mounts = mount_names(p);
+    mounts.sort_unstable();
+    assert_eq!(
+        mounts,
+        [
+            "credential-socket",
+            "istio-ca-crl",
+            "istio-data",
+            "istio-podinfo",
+            "istio-token",
+            "istio-xds",
+            "istiod-ca-cert",
+            "workload-certs",
+            "workload-socket"
+        ]
+    );
+    assert_eq!(
+        json_annotation(&out, "sidecar.istio.io/status"),
+        json!({"initContainers": ["istio-init"], "containers": ["istio-proxy", "app"],
+               "volumes": ["workload-socket", "credential-socket", "workload-certs", "istio-xds",
+                           "istio-envoy", "istio-data", "istio-podinfo", "istio-token",
+                           "istiod-ca-cert", "istio-ca-crl"],
+               "imagePullSecrets": null, "revision": "default"})
+    );
+}
+
+/// With a native sidecar, Istio's `sidecar,grpc-agent` pod has two containers named
+/// istio-proxy, which the API server refuses: meshrev refuses it, naming the fix.
+#[test]
+fn sidecar_and_grpc_agent_with_a_native_sidecar_is_refused_with_the_fix() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "n", "annotations": {
+            "inject.istio.io/templates": "sidecar,grpc-agent"}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}});
+    let (outcome, out) = run(&table_1_30(), "n", &pod);
+    assert_eq!(out, None);
+    assert!(
+        outcome.starts_with("denied:")
+            && outcome.contains("inject.istio.io/templates")
+            && outcome.contains("sidecar.istio.io/nativeSidecar: \"false\""),
+        "{outcome}"
+    );
+}
