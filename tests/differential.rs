@@ -979,12 +979,14 @@ fn meshrev_agrees_with_istios_injector_on_generated_pods() {
     // Debugging aids: every generated pod asks for these templates; compare the pods of the
     // documented classes too (to see what still differs in them).
     let force_templates = std::env::var("DIFFERENTIAL_TEMPLATES").ok();
+    let per_known: std::cell::RefCell<BTreeMap<&str, u32>> = Default::default();
     let result = runner.run(&pod(), |mut pod| {
         if let Some(t) = &force_templates {
             pod["metadata"]["annotations"]["inject.istio.io/templates"] = t.as_str().into();
         }
-        if !compare_known && let Some(_k) = known_class(&pod) {
+        if !compare_known && let Some(k) = known_class(&pod) {
             stats.borrow_mut().2 += 1;
+            *per_known.borrow_mut().entry(k.id).or_insert(0) += 1;
             return Ok(());
         }
         let (_, istio, ours) = h.run(&pod);
@@ -1023,6 +1025,9 @@ fn meshrev_agrees_with_istios_injector_on_generated_pods() {
         KNOWN.len(),
         started.elapsed()
     );
+    for (id, n) in per_known.borrow().iter() {
+        eprintln!("  documented {id}: {n}");
+    }
     for (class, (n, pod, detail)) in classes.borrow().iter() {
         eprintln!("\n== {n} × {class}\n{pod}\n{detail}");
     }
