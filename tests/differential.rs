@@ -96,8 +96,15 @@ const KNOWN: &[Known] = &[
         id: "resource-request-above-limit",
         reason: "deliberate (the hostile-input issue): meshrev refuses a proxy request above its \
                  limit (sidecar.istio.io/proxyCPU > proxyCPULimit, or memory), naming both \
-                 annotations; Istio injects and the API server then refuses the pod",
+                 annotations; Istio injects and the API server then refuses the pod (templates \
+                 sidecar and grpc-agent: gateway and grpc-simple write no proxy resources, and \
+                 both inject)",
         applies: |pod| {
+            let unread = templates(pod).is_some_and(|t| {
+                !t.split(',')
+                    .any(|n| ["sidecar", "grpc-agent"].contains(&n.trim()))
+            });
+            !unread &&
             ["CPU", "Memory"].iter().any(|r| {
                 let q = |k: String| annotation(pod, &k).and_then(meshrev::injector::quantity_value);
                 matches!(

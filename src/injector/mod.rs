@@ -275,6 +275,8 @@ impl<'p> PodValues<'p> {
                 if let (Some(req), Some(lim)) = (r.requests.get(res), r.limits.get(res))
                     && let (Some(a), Some(b)) = (quantity_value(req), quantity_value(lim))
                     && a > b
+                    // The gateway and grpc-simple templates write no proxy resources.
+                    && templates::read_proxy_annotations(ann(crate::core::ANNOTATION_TEMPLATES))
                 {
                     return Err(format!(
                         "annotations sidecar.istio.io/proxy{0} ({req}) and sidecar.istio.io/proxy{0}Limit ({lim}): the request is above the limit, which the API server refuses",
@@ -514,7 +516,7 @@ fn named_objects(key: &str, v: &str) -> Result<Vec<String>, String> {
 /// A malformed `userVolume[Mount]` refuses the pod only when one of its templates reads it
 /// (Istio's `gateway` and `grpc-simple` never do, and inject): else it adds nothing.
 fn unread_user_volumes(meta: &Meta<'_>, refusal: String) -> Result<Vec<String>, String> {
-    if templates::read_user_volumes(meta.annotation(crate::core::ANNOTATION_TEMPLATES)) {
+    if templates::read_proxy_annotations(meta.annotation(crate::core::ANNOTATION_TEMPLATES)) {
         Err(refusal)
     } else {
         Ok(Vec::new())

@@ -855,3 +855,32 @@ fn sidecar_and_grpc_agent_with_a_native_sidecar_is_refused_with_the_fix() {
         "{outcome}"
     );
 }
+
+/// The gateway and grpc-simple templates write no proxy resources and never read
+/// userVolume[Mount]: a request above its limit, or a userVolume that is not JSON, does not
+/// stop Istio from injecting them, nor meshrev. The sidecar template reads both: refused.
+#[test]
+fn annotations_a_template_never_reads_do_not_refuse_it() {
+    let pod = |templates: Option<&str>| {
+        let mut anns = json!({"sidecar.istio.io/proxyMemory": "1Gi",
+            "sidecar.istio.io/proxyMemoryLimit": "512Mi",
+            "sidecar.istio.io/userVolume": "{"});
+        if let Some(t) = templates {
+            anns["inject.istio.io/templates"] = json!(t);
+        }
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-0", "namespace": "n", "annotations": anns},
+            "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}})
+    };
+    for t in ["gateway", "grpc-simple"] {
+        let (outcome, out) = run(&table_1_30(), "n", &pod(Some(t)));
+        assert!(out.is_some(), "{t}: {outcome}");
+    }
+    for t in [None, Some("grpc-agent")] {
+        let (outcome, out) = run(&table_1_30(), "n", &pod(t));
+        assert!(
+            out.is_none() && outcome.starts_with("denied:"),
+            "{t:?}: {outcome}"
+        );
+    }
+}
