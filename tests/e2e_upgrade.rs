@@ -3,9 +3,13 @@
 //! (`/validate`), and `meshrev upgrade …` run as the user would:
 //!
 //! 1. bookinfo in `default` (`istio-injection=enabled`) and an ingress gateway (pod label
-//!    `sidecar.istio.io/inject=true`) on stable `1-22-6`;
-//! 2. the rollback path: canary `1-23-6` → switch → redeploy reviews-v2 → rollback → revoke;
-//! 3. the canary again → switch → redeploy reviews-v2 → verify → promote → rollout →
+//!    `sidecar.istio.io/inject=true`) on stable `1-22-6`, whose istiod
+//!    (`istio-system/istiod-1-22-6`) is available;
+//! 2. the readiness guards: canary `1-23-6`'s istiod deployed but not available, so the CLI,
+//!    a RevisionTag and a namespace label are refused naming the Deployment (`--force`
+//!    skips the CLI's check, never the webhook's), until its pod is ready;
+//! 3. the rollback path: canary `1-23-6` → switch → redeploy reviews-v2 → rollback → revoke;
+//! 4. the canary again → switch → redeploy reviews-v2 → verify → promote → rollout →
 //!    unpublish;
 //!
 //! checking every pod's revision at each step, and each guard refusing, from the CLI (exit
@@ -17,7 +21,9 @@
 //! status subresource, as a kubelet would, so that Deployments roll (a new pod must become
 //! available before the old one goes) and `verify` has readiness to judge. It can be paused
 //! to see `verify` fail on Pending pods. Pods deleted before a node was bound go away at
-//! once, so old pods vanish as soon as the ReplicaSet controller deletes them.
+//! once, so old pods vanish as soon as the ReplicaSet controller deletes them. The istiod
+//! Deployments are made available the same way (their pods marked ready; the Deployment
+//! controller then reports them available), by `support/meshrev.rs`'s `istiod_ready`.
 //!
 //! One test: the revisions and tags are cluster-scoped and the steps are sequential.
 
@@ -134,6 +140,67 @@ async fn kubectl_meshrev_status(kubeconfig: &Path) -> Result<String> {
     Ok(stdout)
 }
 
+/// Creates a pod with a raw request, to read the `Warning` headers the API server relays
+/// from the webhook's `warnings`; returns the created pod and the warnings.
+async fn create_pod_with_warnings(
+    client: &kube::Client,
+    ns: &str,
+    pod: Value,
+) -> Result<(Value, Vec<String>)> {
+    let req = http::Request::post(format!("/api/v1/namespaces/{ns}/pods"))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&pod)?)?;
+    let resp = client.send(req.map(kube::client::Body::from)).await?;
+    let warnings = resp
+        .headers()
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let status = resp.status();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await?
+        .to_bytes();
+    anyhow::ensure!(
+        status.is_success(),
+        "create pod: {status}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    Ok((serde_json::from_slice(&bytes)?, warnings))
+}
+
+/// Runs `kubectl ARGS --kubeconfig KUBECONFIG` when kubectl is on PATH (`None` without
+/// it); prints and returns its stdout, after checking it succeeded.
+async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<Option<String>> {
+    let Some(kubectl) = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join("kubectl"))
+        .find(|k| k.is_file())
+    else {
+        println!("$ kubectl {}: no kubectl on PATH, skipped", args.join(" "));
+        return Ok(None);
+    };
+    let out = tokio::process::Command::new(kubectl)
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running kubectl")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!(
+        "$ kubectl {} → {}\n{stdout}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    anyhow::ensure!(out.status.success(), "kubectl {} failed", args.join(" "));
+    Ok(Some(stdout))
+}
+
 /// The test's view of things: client, kubeconfig, the kubelet switch.
 struct Env {
     client: kube::Client,
@@ -177,6 +244,34 @@ impl Env {
             );
         }
         Ok(r.stderr)
+    }
+
+    /// `(status, reason, message)` of a MeshRevision's `ControlPlaneReady` condition.
+    async fn control_plane_condition(&self, rev: &str) -> Result<Option<(String, String, String)>> {
+        let r = self.revs().get(rev).await?;
+        Ok(r.status.and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "ControlPlaneReady")
+                .map(|c| (c.status, c.reason, c.message))
+        }))
+    }
+
+    /// Waits until the condition has `status` and `reason` (the status writer runs after
+    /// the controller's watch saw the Deployment, so `/validate` sees it too).
+    async fn expect_control_plane(&self, rev: &str, status: &str, reason: &str) -> Result<String> {
+        meshrev_proc::eventually(
+            &format!("MeshRevision {rev}: ControlPlaneReady {status} ({reason})"),
+            WAIT,
+            || async {
+                Ok(self
+                    .control_plane_condition(rev)
+                    .await?
+                    .filter(|(s, r, _)| s == status && r == reason)
+                    .map(|(_, _, m)| m))
+            },
+        )
+        .await
     }
 
     async fn status(&self) -> Result<Value> {
@@ -430,6 +525,8 @@ async fn canary_upgrade_rollback_and_promotion() -> Result<()> {
         )
         .await?;
     }
+    // Stable's control plane, as Istio installs it, available.
+    meshrev_proc::control_plane(&client, "1-22-6").await?;
 
     let dir = c.dir.join("meshrev");
     std::fs::create_dir_all(&dir)?;
@@ -538,6 +635,16 @@ async fn canary_upgrade_rollback_and_promotion() -> Result<()> {
     assert_eq!(s["workloads"].as_array().map(Vec::len), Some(7), "{s:#}");
     let text = env.ok(&["status"]).await?;
     assert!(text.contains("PHASE: stable only"), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("1-22-6")
+            && l.contains("Available 1/1")
+            && l.contains("istio-system/istiod-1-22-6")),
+        "{text}"
+    );
+    let msg = env
+        .expect_control_plane("1-22-6", "True", "Available")
+        .await?;
+    assert_eq!(msg, "Deployment istio-system/istiod-1-22-6: Available 1/1");
     let plugin = kubectl_meshrev_status(&env.kubeconfig).await?;
     assert!(plugin.contains("PHASE: stable only"), "{plugin}");
     assert!(
@@ -597,6 +704,174 @@ async fn canary_upgrade_rollback_and_promotion() -> Result<()> {
         env.tags().create(&PostParams::default(), &dangling).await,
         &["1-99-0", "does not exist"],
     );
+
+    // ---- Readiness guards: the canary's istiod is deployed but not available yet ----
+    meshrev_proc::istiod_deploy(&client, "1-23-6").await?;
+    env.refused(
+        &["canary", "--revision", "1-23-6", "--version", "1.23.6"],
+        &[
+            "the control plane of MeshRevision 1-23-6 is not ready",
+            "Deployment istio-system/istiod-1-23-6 (Progressing 0/1 available",
+            "--force",
+        ],
+    )
+    .await?;
+    // The revision itself may be created; its condition says why it cannot be used yet.
+    apply(
+        &env.revs(),
+        json!({"apiVersion": "meshrev.io/v1alpha1", "kind": "MeshRevision",
+        "metadata": {"name": "1-23-6"}, "spec": {"version": "1.23.6"}}),
+    )
+    .await?;
+    let msg = env
+        .expect_control_plane("1-23-6", "False", "Progressing")
+        .await?;
+    assert!(
+        msg.starts_with("Deployment istio-system/istiod-1-23-6: Progressing 0/1 available"),
+        "{msg}"
+    );
+    let text = env.ok(&["status"]).await?;
+    assert!(
+        text.lines().any(|l| l.starts_with("1-23-6")
+            && l.contains("Progressing 0/1 available")
+            && l.contains("istio-system/istiod-1-23-6")),
+        "{text}"
+    );
+    // kubectl's own view: the Control-Plane column (where kubectl is on PATH).
+    if let Some(out) = kubectl(&env.kubeconfig, &["get", "mrev"]).await? {
+        assert!(
+            out.lines()
+                .next()
+                .is_some_and(|h| h.contains("CONTROL-PLANE")),
+            "{out}"
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("1-23-6") && l.contains("Progressing")),
+            "{out}"
+        );
+    }
+    // Plain API calls (what kubectl patch/create/label send) through /validate.
+    let canary_tag = RevisionTag::new(
+        "canary",
+        meshrev::config::RevisionTagSpec {
+            revision: "1-23-6".into(),
+        },
+    );
+    assert_denied(
+        "tag canary → 1-23-6 while its istiod is not available",
+        env.tags().create(&PostParams::default(), &canary_tag).await,
+        &["Deployment istio-system/istiod-1-23-6 (Progressing 0/1 available"],
+    );
+    let prod = RevisionTag::new(
+        "prod",
+        meshrev::config::RevisionTagSpec {
+            revision: "1-22-6".into(),
+        },
+    );
+    env.tags().create(&PostParams::default(), &prod).await?;
+    assert_denied(
+        "patch tag prod → 1-23-6",
+        env.tags()
+            .patch(
+                "prod",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"revision": "1-23-6"}})),
+            )
+            .await,
+        &["RevisionTag \"prod\" → \"1-23-6\" refused", "istiod-1-23-6"],
+    );
+    env.tags().delete("prod", &DeleteParams::default()).await?;
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "shop"}}))?,
+    )
+    .await?;
+    assert_denied(
+        "label namespace shop istio.io/rev=1-23-6",
+        nss.patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"istio.io/rev": "1-23-6"}}})),
+        )
+        .await,
+        &[
+            "namespace shop labelled istio.io/rev=1-23-6 refused",
+            "Deployment istio-system/istiod-1-23-6 (Progressing 0/1 available",
+        ],
+    );
+    // The injector still injects a pod pinned to 1-23-6 (pods must stay creatable), with a
+    // warning that names the revision and its Deployment.
+    let (pinned, warnings) = create_pod_with_warnings(
+        &client,
+        GATEWAY_NS,
+        json!({"metadata": {"name": "pinned-to-canary",
+                "labels": {"istio.io/rev": "1-23-6", KUBELET_IGNORE: "true"}},
+               "spec": {"containers": [{"name": "app", "image": "app"}]}}),
+    )
+    .await?;
+    println!("pod pinned to 1-23-6: warnings {warnings:?}");
+    assert_eq!(
+        pinned["metadata"]["annotations"]["istio.io/rev"], "1-23-6",
+        "{pinned:#}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("revision 1-23-6")
+            && w.contains("istio-system/istiod-1-23-6")
+            && w.contains("not ready")),
+        "{warnings:?}"
+    );
+    let gw_pods: Api<Pod> = Api::namespaced(client.clone(), GATEWAY_NS);
+    gw_pods
+        .delete("pinned-to-canary", &DeleteParams::default())
+        .await?;
+    meshrev_proc::eventually("pod pinned-to-canary gone", WAIT, || async {
+        Ok(gw_pods
+            .get_opt("pinned-to-canary")
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
+    // --force skips the CLI's check only: the webhook still refuses the tag.
+    let forced = env
+        .refused(
+            &[
+                "canary",
+                "--revision",
+                "1-23-6",
+                "--version",
+                "1.23.6",
+                "--force",
+            ],
+            &["guards.meshrev.io", "istiod-1-23-6"],
+        )
+        .await?;
+    assert!(forced.contains("creating RevisionTag canary"), "{forced}");
+    assert!(!env.tag_names().await?.contains_key("canary"));
+    // Its pod becomes ready: the Deployment is available, the condition flips, the guards pass.
+    meshrev_proc::istiod_ready(&client, "1-23-6").await?;
+    let msg = env
+        .expect_control_plane("1-23-6", "True", "Available")
+        .await?;
+    assert_eq!(msg, "Deployment istio-system/istiod-1-23-6: Available 1/1");
+    let text = env.ok(&["status"]).await?;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("1-23-6") && l.contains("Available 1/1")),
+        "{text}"
+    );
+    // The namespace label now passes. Removed again before the namespace goes, so that it
+    // does not hold the revision while it terminates (revoke would wait for it).
+    for label in [json!("1-23-6"), Value::Null] {
+        nss.patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"istio.io/rev": label}}})),
+        )
+        .await?;
+    }
+    nss.delete("shop", &DeleteParams::default()).await?;
 
     // ---- The rollback path: canary, switch, redeploy reviews-v2, rollback, revoke ----
     let out = env

@@ -237,7 +237,13 @@ pub fn review<'t>(table: &'t Table, body: &[u8], patch: &mut Vec<u8>) -> Reply<'
             warning,
         } => {
             let mut body = Vec::with_capacity(256 + patch.len() * 4 / 3);
-            let warnings: Vec<&str> = warning.as_deref().into_iter().collect();
+            // A pinned revision whose istiod is down still injects (pods must stay
+            // creatable), with the warning the controller rendered into the table.
+            let warnings: Vec<&str> = warning
+                .as_deref()
+                .into_iter()
+                .chain(table.control_plane_warning(&revision.name))
+                .collect();
             write_reply(&mut body, version, uid, true, Some(patch), None, &warnings);
             Reply {
                 body,

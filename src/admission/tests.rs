@@ -47,6 +47,32 @@ fn injects_and_echoes_the_uid() {
 }
 
 #[test]
+fn a_revision_whose_control_plane_is_down_still_injects_with_a_warning() {
+    let mut t = table();
+    assert!(answer(&t, fixture().to_string().as_bytes()).0["response"]["warnings"].is_null());
+    t.control_plane_warnings.insert(
+        "1-22-6".into(),
+        "meshrev: revision 1-22-6's control plane (Deployment istio-system/istiod-1-22-6) is not ready (NotFound)".into(),
+    );
+    let (v, result) = answer(&t, fixture().to_string().as_bytes());
+    assert_eq!(result, ReviewResult::Injected);
+    assert_eq!(v["response"]["patchType"], "JSONPatch");
+    let w = v["response"]["warnings"].as_array().expect("warnings");
+    assert_eq!(w.len(), 1, "{v}");
+    assert!(
+        w[0].as_str()
+            .unwrap()
+            .contains("istio-system/istiod-1-22-6"),
+        "{v}"
+    );
+    // Another revision's outage is not this pod's warning.
+    t.control_plane_warnings.clear();
+    t.control_plane_warnings
+        .insert("1-23-6".into(), "down".into());
+    assert!(answer(&t, fixture().to_string().as_bytes()).0["response"]["warnings"].is_null());
+}
+
+#[test]
 fn skip_carries_the_warning() {
     let t = embedded_default().with_namespaces(std::collections::HashMap::from([(
         "default".to_string(),

@@ -1,9 +1,14 @@
 //! `/validate`: the upgrade guards for plain `kubectl` users, as a validating webhook for
-//! `meshrev.io` `revisiontags` and `meshrevisions` (CREATE, UPDATE, DELETE).
+//! `meshrev.io` `revisiontags` and `meshrevisions` (CREATE, UPDATE, DELETE), and for
+//! namespaces carrying `istio.io/rev` or `istio-injection` (CREATE, UPDATE: the webhook's
+//! object selectors send only those).
 //!
 //! The same rules as `meshrev upgrade` ([`crate::upgrade::guards`]): the version skip policy
 //! when tag `canary` is created or moved; no tag pointing at a missing revision; no deleting
-//! a tag or revision while namespaces or pods use it. A refusal is `allowed: false` with
+//! a tag or revision while namespaces or pods use it; no tag moving, and no namespace label
+//! switching, to a revision whose control plane (istiod Deployment) is not ready, and no
+//! revision in use repointed (`spec.controlPlane`) at a Deployment that is not ready. There is
+//! no force here: `--force` belongs to the CLI. A refusal is `allowed: false` with
 //! `status.code` 403 and a `status.message` that lists the blocking objects.
 //!
 //! Not the injection hot path, and no API call: a guarded review is judged against a
@@ -20,6 +25,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{GROUP, MeshRevision, RevisionTag};
+use crate::core::NamespaceLabels;
+use crate::upgrade::view::{ControlPlaneRef, RevisionInfo};
 use crate::upgrade::{MeshView, guards};
 
 use super::write_reply;
@@ -45,6 +52,20 @@ pub(crate) enum Change {
         name: String,
         force: bool,
     },
+    /// An UPDATE that points `spec.controlPlane` at another Deployment (defaults resolved),
+    /// with the new version when that changes too.
+    ControlPlaneWrite {
+        name: String,
+        deployment: ControlPlaneRef,
+        version: Option<String>,
+    },
+    /// A namespace's injection labels change (CREATE with labels, or UPDATE).
+    NamespaceWrite {
+        namespace: String,
+        /// `None` on CREATE.
+        before: Option<NamespaceLabels>,
+        after: NamespaceLabels,
+    },
     /// Nothing a guard checks changed.
     Unguarded,
 }
@@ -63,8 +84,12 @@ impl Change {
     pub(crate) fn needs(&self) -> Option<Needs> {
         match self {
             Change::Unguarded => None,
-            Change::TagWrite { .. } | Change::RevisionWrite { .. } => Some(Needs::Config),
-            Change::TagDelete { .. } | Change::RevisionDelete { .. } => Some(Needs::Usage),
+            Change::TagWrite { .. }
+            | Change::RevisionWrite { .. }
+            | Change::NamespaceWrite { .. } => Some(Needs::Config),
+            Change::TagDelete { .. }
+            | Change::RevisionDelete { .. }
+            | Change::ControlPlaneWrite { .. } => Some(Needs::Usage),
         }
     }
 
@@ -73,13 +98,31 @@ impl Change {
         match self {
             Change::Unguarded => Ok(Vec::new()),
             Change::TagWrite { tag, revision } => {
-                guards::tag_write(view, tag, revision).map(|()| Vec::new())
+                // The webhook never skips the control-plane check: `--force` is the CLI's.
+                guards::tag_write(view, tag, revision, guards::ControlPlanes::Require)
+                    .map(|()| Vec::new())
             }
             Change::TagDelete { tag } => guards::tag_delete(view, tag).map(|()| Vec::new()),
             Change::RevisionWrite { name, version } => {
                 guards::revision_write(view, name, version).map(|()| Vec::new())
             }
             Change::RevisionDelete { name, force } => guards::revision_delete(view, name, *force),
+            Change::NamespaceWrite {
+                namespace,
+                before,
+                after,
+            } => guards::namespace_write(view, namespace, before.as_ref(), after)
+                .map(|()| Vec::new()),
+            Change::ControlPlaneWrite {
+                name,
+                deployment,
+                version,
+            } => {
+                if let Some(v) = version {
+                    guards::revision_write(view, name, v)?;
+                }
+                guards::control_plane_write(view, name, deployment).map(|()| Vec::new())
+            }
         }
     }
 }
@@ -206,9 +249,10 @@ pub(crate) fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
     };
     let kind = match &req.kind {
         Some(k) if k.group == GROUP => k.kind.clone(),
+        Some(k) if k.group.is_empty() && k.kind == "Namespace" => k.kind.clone(),
         Some(k) => {
             return Err(fail(format!(
-                "request.kind is {}/{}; /validate only judges meshrev.io RevisionTags and MeshRevisions (check the webhook's rules)",
+                "request.kind is {}/{}; /validate only judges meshrev.io RevisionTags and MeshRevisions, and Namespaces (check the webhook's rules)",
                 k.group, k.kind
             )));
         }
@@ -241,13 +285,24 @@ pub(crate) fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             let (new, old): (MeshRevision, Option<MeshRevision>) =
                 new_and_old(&req).map_err(fail)?;
             let rev = new.metadata.name.clone().unwrap_or(name);
-            if old.is_some_and(|o| o.spec.version == new.spec.version) {
-                Change::Unguarded
-            } else {
-                Change::RevisionWrite {
+            let deployment = |r: &MeshRevision| RevisionInfo::from(r).control_plane;
+            let version_changed = old
+                .as_ref()
+                .is_none_or(|o| o.spec.version != new.spec.version);
+            let moved = old
+                .as_ref()
+                .and_then(|o| deployment(&new).filter(|d| deployment(o).as_ref() != Some(d)));
+            match (moved, version_changed) {
+                (Some(deployment), changed) => Change::ControlPlaneWrite {
+                    name: rev,
+                    deployment,
+                    version: changed.then_some(new.spec.version),
+                },
+                (None, true) => Change::RevisionWrite {
                     name: rev,
                     version: new.spec.version,
-                }
+                },
+                (None, false) => Change::Unguarded,
             }
         }
         ("MeshRevision", "DELETE") => {
@@ -260,7 +315,33 @@ pub(crate) fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
                 == Some("true");
             Change::RevisionDelete { name, force }
         }
-        (_, "CONNECT") => Change::Unguarded,
+        ("Namespace", "CREATE" | "UPDATE") => {
+            let labels = |v: &Option<Value>| -> Option<NamespaceLabels> {
+                let v = v.as_ref().filter(|v| !v.is_null())?;
+                let map = v.pointer("/metadata/labels").and_then(Value::as_object);
+                Some(NamespaceLabels::from_labels(|k| {
+                    map.and_then(|m| m.get(k)).and_then(Value::as_str)
+                }))
+            };
+            let after = labels(&req.object).unwrap_or_default();
+            let before = labels(&req.old_object);
+            let namespace = req
+                .object
+                .as_ref()
+                .and_then(|o| o.pointer("/metadata/name"))
+                .and_then(Value::as_str)
+                .map_or(name, str::to_string);
+            if before.as_ref() == Some(&after) || (before.is_none() && after.is_empty()) {
+                Change::Unguarded
+            } else {
+                Change::NamespaceWrite {
+                    namespace,
+                    before,
+                    after,
+                }
+            }
+        }
+        ("Namespace", _) | (_, "CONNECT") => Change::Unguarded,
         (k, op) => {
             return Err(fail(format!(
                 "cannot judge {op} of {k}: /validate handles CREATE, UPDATE and DELETE of RevisionTag and MeshRevision"
@@ -376,7 +457,7 @@ pub(crate) fn validate(
 fn unavailable(parsed: &Parsed, why: &str) -> Vec<u8> {
     tracing::warn!(error = why, "upgrade guard could not read the cluster");
     let message = format!(
-        "meshrev could not check this change against the upgrade guards ({why}); retry, and check meshrev's RBAC (list and watch namespaces, pods, nodes, meshrevisions, revisiontags)"
+        "meshrev could not check this change against the upgrade guards ({why}); retry, and check meshrev's RBAC (list and watch namespaces, pods, nodes, deployments, meshrevisions, revisiontags)"
     );
     let mut out = Vec::with_capacity(256 + message.len());
     write_reply(
@@ -446,7 +527,7 @@ mod tests {
             revision: Some("1-23-6".into()),
             ..Default::default()
         });
-        m
+        m.with_ready_control_planes()
     }
 
     fn answer(body: &[u8]) -> Value {
@@ -601,6 +682,150 @@ mod tests {
         ));
         assert_eq!(a["response"]["allowed"], true, "{a}");
         assert!(a["response"].get("status").is_none());
+    }
+
+    #[test]
+    fn a_tag_to_a_revision_whose_control_plane_is_down_is_refused_naming_it() {
+        use crate::core::control_plane::{ControlPlaneRef, DeploymentSummary};
+        let mut m = view();
+        let istiod = ControlPlaneRef::resolve("1-24-0", None, None);
+        m.deployments.insert(
+            istiod.clone(),
+            DeploymentSummary {
+                generation: Some(1),
+                observed_generation: Some(1),
+                replicas: 1,
+                available_replicas: 0,
+                available: Some(false),
+            },
+        );
+        let body = review(
+            "RevisionTag",
+            "UPDATE",
+            "prod",
+            tag("prod", "1-24-0"),
+            tag("prod", "1-22-6"),
+        );
+        let parsed = parse(&body).unwrap();
+        let (reply, verdict) = reply_with_view(&parsed, &m);
+        assert_eq!(verdict, Verdict::Denied);
+        let a: Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(a["response"]["status"]["code"], 403);
+        let msg = a["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("Deployment istio-system/istiod-1-24-0 (Progressing 0/1 available)"),
+            "{msg}"
+        );
+        // Deleted: not found, still refused (never an error, never allowed).
+        m.deployments.remove(&istiod);
+        let (reply, verdict) = reply_with_view(&parsed, &m);
+        assert_eq!(verdict, Verdict::Denied);
+        let a: Value = serde_json::from_slice(&reply).unwrap();
+        let msg = a["response"]["status"]["message"].as_str().unwrap();
+        assert!(msg.contains("istiod-1-24-0: NotFound"), "{msg}");
+        // Available: allowed.
+        m.deployments.insert(istiod, DeploymentSummary::ready(1));
+        assert_eq!(reply_with_view(&parsed, &m).1, Verdict::Allowed);
+    }
+
+    #[test]
+    fn a_namespace_label_to_a_revision_whose_istiod_is_down_is_refused() {
+        use crate::core::control_plane::{ControlPlaneRef, DeploymentSummary};
+        let ns = |labels: Value| {
+            json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": labels}})
+        };
+        let body = |op: &str, new: Value, old: Value| {
+            let mut r: Value = serde_json::from_slice(&review("x", op, "shop", new, old)).unwrap();
+            r["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Namespace"});
+            serde_json::to_vec(&r).unwrap()
+        };
+        let switch = body(
+            "UPDATE",
+            ns(json!({"istio.io/rev": "canary"})),
+            ns(json!({"istio-injection": "enabled"})),
+        );
+        let p = parse(&switch).unwrap();
+        assert_eq!(p.change.needs(), Some(Needs::Config));
+        let mut m = view();
+        m.deployments
+            .remove(&ControlPlaneRef::resolve("1-23-6", None, None));
+        let (reply, verdict) = reply_with_view(&p, &m);
+        assert_eq!(verdict, Verdict::Denied);
+        let a: Value = serde_json::from_slice(&reply).unwrap();
+        let msg = a["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with("namespace shop labelled istio.io/rev=canary refused"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("Deployment istio-system/istiod-1-23-6 (NotFound)"),
+            "{msg}"
+        );
+        m.deployments.insert(
+            ControlPlaneRef::resolve("1-23-6", None, None),
+            DeploymentSummary::ready(1),
+        );
+        assert_eq!(reply_with_view(&p, &m).1, Verdict::Allowed);
+        // Other label or annotation changes: unguarded, answered without a view.
+        let same = body(
+            "UPDATE",
+            ns(json!({"istio.io/rev": "canary", "team": "a"})),
+            ns(json!({"istio.io/rev": "canary"})),
+        );
+        assert_eq!(parse(&same).unwrap().change, Change::Unguarded);
+        let plain = body("CREATE", ns(json!({"team": "a"})), Value::Null);
+        assert_eq!(parse(&plain).unwrap().change, Change::Unguarded);
+        let created = body("CREATE", ns(json!({"istio.io/rev": "1-23-6"})), Value::Null);
+        assert!(matches!(
+            parse(&created).unwrap().change,
+            Change::NamespaceWrite { before: None, .. }
+        ));
+    }
+
+    #[test]
+    fn repointing_a_used_revision_at_a_deployment_that_is_not_ready_is_refused() {
+        let mut new = rev("1-22-6", "1.22.6", false);
+        new["spec"]["controlPlane"] = json!({"name": "istiod"});
+        let body = review(
+            "MeshRevision",
+            "UPDATE",
+            "1-22-6",
+            new.clone(),
+            rev("1-22-6", "1.22.6", false),
+        );
+        let p = parse(&body).unwrap();
+        assert_eq!(p.change.needs(), Some(Needs::Usage));
+        let (reply, verdict) = reply_with_view(&p, &view());
+        assert_eq!(verdict, Verdict::Denied);
+        let a: Value = serde_json::from_slice(&reply).unwrap();
+        let msg = a["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("Deployment istio-system/istiod (NotFound)")
+                && msg.contains("in use by stable"),
+            "{msg}"
+        );
+        // The same spec again (a label added): unguarded.
+        let again = review("MeshRevision", "UPDATE", "1-22-6", new.clone(), new.clone());
+        assert_eq!(parse(&again).unwrap().change, Change::Unguarded);
+        // With a version change too: the skip policy is judged as well.
+        let mut both = new;
+        both["spec"]["version"] = json!("1.25.0");
+        let body = review(
+            "MeshRevision",
+            "UPDATE",
+            "1-23-6",
+            {
+                let mut b = both.clone();
+                b["metadata"]["name"] = json!("1-23-6");
+                b
+            },
+            rev("1-23-6", "1.23.6", false),
+        );
+        let (reply, _) = reply_with_view(&parse(&body).unwrap(), &view());
+        let a: Value = serde_json::from_slice(&reply).unwrap();
+        let msg = a["response"]["status"]["message"].as_str().unwrap();
+        assert!(msg.contains("skip policy"), "{msg}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub const VERSION: &str = "v1alpha1";
     printcolumn = r#"{"name":"Namespaces","type":"integer","jsonPath":".status.namespaces"}"#,
     printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.pods"}"#,
     printcolumn = r#"{"name":"In-Use","type":"string","jsonPath":".status.conditions[?(@.type==\"InUse\")].status"}"#,
+    printcolumn = r#"{"name":"Control-Plane","type":"string","jsonPath":".status.conditions[?(@.type==\"ControlPlaneReady\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -85,6 +86,27 @@ pub struct MeshRevisionSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub exclude_ip_ranges: Option<String>,
+    /// The revision's istiod Deployment, whose readiness the controller reports
+    /// (`ControlPlaneReady`) and the upgrade guards require; defaults to `istiod-<name>` in
+    /// `istio-system`. The Deployment must carry the label `istio.io/rev` (Istio's charts
+    /// set it) for the controller to see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlaneRef>,
+}
+
+// Doc comments here would become descriptions in the CRD schema (manifests/crds.yaml, the
+// contract with the cluster), so these fields stay undocumented.
+#[allow(missing_docs)]
+/// `MeshRevision.spec.controlPlane`: the istiod Deployment of a revision. An unset field
+/// takes its default (`istiod-<revision>`, `istio-system`); see
+/// `core::control_plane::ControlPlaneRef::resolve`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 // Doc comments here would become descriptions in the CRD schema (manifests/crds.yaml, the

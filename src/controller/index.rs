@@ -1,7 +1,9 @@
 //! [`Index`]: the controller's in-memory picture of the cluster, fed by watches.
 //!
-//! It reflects MeshRevisions, RevisionTags, namespace labels, Nodes (their kubelet version)
-//! and live pods (a compact projection of their metadata, see [`PodEntry`]). Watch events are
+//! It reflects MeshRevisions, RevisionTags, namespace labels, Nodes (their kubelet version),
+//! live pods (a compact projection of their metadata, see [`PodEntry`]) and the control-plane
+//! Deployments (those labelled `istio.io/rev`, each as a [`DeploymentSummary`]: what a
+//! revision's readiness is judged from). Watch events are
 //! applied one by one ([`Index::apply`], [`Index::delete`]); a relist is handed over whole
 //! at `InitDone` and swapped in with [`Index::reset`], so no reader ever sees half a relist
 //! (kube-rs reflector semantics).
@@ -12,7 +14,11 @@
 //! computes from: the routing projection, pods per revision, the statuses last observed). An
 //! annotation or finalizer on a namespace, a pod update that keeps its revision (labels,
 //! conditions), a new unlabelled namespace dirty neither, so they neither republish the
-//! table nor wake the status writer.
+//! table nor wake the status writer. A control-plane Deployment dirties routing only when a
+//! revision's readiness (its state's reason: `Available`, `Progressing`, …) changes, since
+//! the table carries the injection warning for revisions whose istiod is not ready; other
+//! changes of a revision's control-plane state (replica counts) dirty status only, and a
+//! Deployment no revision names dirties nothing.
 //!
 //! ## Pods: what is kept, and why no phase or readiness
 //!
@@ -35,6 +41,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::PartialObjectMeta;
 use kube::core::ObjectMeta;
@@ -43,7 +50,8 @@ use crate::config::{MeshRevision, MeshRevisionStatus, RevisionTag, RevisionTagSt
 use crate::core::{LABEL_INJECT, LABEL_REV};
 use crate::table::{Problem, Table, TableBuilder};
 use crate::upgrade::view::{
-    MeshView, NamespaceLabels, PodInfo, PodSelector, RevisionInfo, TagInfo,
+    ControlPlane, ControlPlaneRef, ControlPlaneState, DeploymentSummary, MeshView, NamespaceLabels,
+    PodInfo, PodSelector, RevisionInfo, TagInfo, control_plane_entry,
 };
 
 /// The pods that count: the field selector of the pod watch.
@@ -90,15 +98,18 @@ pub(crate) enum Kind {
     Namespaces,
     Nodes,
     Pods,
+    /// Deployments labelled `istio.io/rev`.
+    ControlPlanes,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 5] = [
+    pub(crate) const ALL: [Kind; 6] = [
         Kind::Revisions,
         Kind::Tags,
         Kind::Namespaces,
         Kind::Nodes,
         Kind::Pods,
+        Kind::ControlPlanes,
     ];
     /// The resource name (metrics labels, readiness gates, logs).
     pub(crate) fn resource(self) -> &'static str {
@@ -108,6 +119,7 @@ impl Kind {
             Kind::Namespaces => "namespaces",
             Kind::Nodes => "nodes",
             Kind::Pods => "pods",
+            Kind::ControlPlanes => "deployments",
         }
     }
     fn bit(self) -> u8 {
@@ -245,6 +257,11 @@ pub(crate) enum Object {
         name: String,
         entry: PodEntry,
     },
+    /// A Deployment labelled `istio.io/rev`, summarised.
+    ControlPlane {
+        deployment: ControlPlaneRef,
+        summary: DeploymentSummary,
+    },
 }
 
 impl Object {
@@ -255,6 +272,7 @@ impl Object {
             Object::Namespace { .. } => Kind::Namespaces,
             Object::Node { .. } => Kind::Nodes,
             Object::Pod { .. } => Kind::Pods,
+            Object::ControlPlane { .. } => Kind::ControlPlanes,
         }
     }
     /// A MeshRevision, without its managed fields.
@@ -283,6 +301,24 @@ impl Object {
                 .map(|i| i.kubelet_version.clone()),
         }
     }
+    /// A Deployment of the control-plane watch (label `istio.io/rev`; one that loses the
+    /// label leaves the watch as a deletion). Should an unlabelled one arrive all the same,
+    /// it is kept under its name with an empty summary (0 replicas: not ready).
+    pub(crate) fn control_plane(d: &Deployment) -> Self {
+        let (deployment, summary) = control_plane_entry(d).unwrap_or_else(|| {
+            (
+                ControlPlaneRef {
+                    namespace: d.metadata.namespace.clone().unwrap_or_default(),
+                    name: d.metadata.name.clone().unwrap_or_default(),
+                },
+                DeploymentSummary::default(),
+            )
+        });
+        Object::ControlPlane {
+            deployment,
+            summary,
+        }
+    }
     pub(crate) fn pod(p: &PartialObjectMeta<Pod>) -> Self {
         Object::Pod {
             namespace: p.metadata.namespace.clone().unwrap_or_default(),
@@ -302,6 +338,7 @@ impl Object {
                 namespace: namespace.clone(),
                 name: name.clone(),
             },
+            Object::ControlPlane { deployment, .. } => Key::ControlPlane(deployment.clone()),
         }
     }
 }
@@ -314,6 +351,7 @@ pub(crate) enum Key {
     Namespace(String),
     Node(String),
     Pod { namespace: String, name: String },
+    ControlPlane(ControlPlaneRef),
 }
 
 impl From<&Object> for Key {
@@ -338,6 +376,8 @@ pub(crate) struct Index {
     pod_count: usize,
     /// Live pods per revision (the status writer's `pods`).
     pods_per_revision: BTreeMap<Arc<str>, u32>,
+    /// Control-plane Deployments (labelled `istio.io/rev`) by namespace/name.
+    deployments: BTreeMap<ControlPlaneRef, DeploymentSummary>,
     /// Kinds that have listed at least once (bit per [`Kind`]).
     listed: u8,
     /// What changed since [`Index::take_dirty`] last ran.
@@ -394,6 +434,14 @@ impl Index {
                 let old_rev = old.and_then(|o| o.revision);
                 self.count_pod(old_rev.as_ref(), new_rev.as_ref())
             }
+            Object::ControlPlane {
+                deployment,
+                summary,
+            } => {
+                let before = self.control_planes();
+                self.deployments.insert(deployment, summary);
+                control_planes_dirty(&before, &self.control_planes())
+            }
         };
         self.pending = self.pending.or(d);
         d
@@ -436,6 +484,11 @@ impl Index {
                     }
                     None => Dirty::NONE,
                 }
+            }
+            Key::ControlPlane(deployment) => {
+                let before = self.control_planes();
+                self.deployments.remove(deployment);
+                control_planes_dirty(&before, &self.control_planes())
             }
         };
         self.pending = self.pending.or(d);
@@ -539,6 +592,20 @@ impl Index {
                 self.pods.shrink_to_fit();
                 status_if(before != self.pods_per_revision)
             }
+            Kind::ControlPlanes => {
+                let before = self.control_planes();
+                self.deployments.clear();
+                for o in objects {
+                    if let Object::ControlPlane {
+                        deployment,
+                        summary,
+                    } = checked(kind, o)
+                    {
+                        self.deployments.insert(deployment, summary);
+                    }
+                }
+                control_planes_dirty(&before, &self.control_planes())
+            }
         };
         self.listed |= kind.bit();
         self.pending = self.pending.or(d);
@@ -573,7 +640,32 @@ impl Index {
         let (mut table, problems) =
             builder.build_lenient(self.revisions.values(), self.tags.values(), namespaces);
         table.nodes_support_native_sidecars = Some(self.native_sidecars());
+        // Rendered here, once per table, so `/inject` only splices it (see
+        // `Table::control_plane_warning`).
+        table.control_plane_warnings = self
+            .control_planes()
+            .into_iter()
+            .filter(|(_, cp)| !cp.ready())
+            .map(|(rev, cp)| {
+                let warning = cp.injection_warning(&rev).into_boxed_str();
+                (rev, warning)
+            })
+            .collect();
         (table, problems)
+    }
+
+    /// Every revision's control plane and its state, by revision name.
+    pub(crate) fn control_planes(&self) -> BTreeMap<String, ControlPlane> {
+        self.revisions
+            .iter()
+            .map(|(name, r)| {
+                let deployment = RevisionInfo::from(r)
+                    .control_plane
+                    .unwrap_or_else(|| ControlPlaneRef::resolve(name, None, None));
+                let state = ControlPlaneState::of(self.deployments.get(&deployment));
+                (name.clone(), ControlPlane { deployment, state })
+            })
+            .collect()
     }
 
     /// A [`MeshView`] of revisions and tags only (what the guards of a write read).
@@ -589,6 +681,7 @@ impl Index {
                 .iter()
                 .map(|(n, t)| (n.clone(), TagInfo::from(t)))
                 .collect(),
+            deployments: self.deployments.clone(),
             ..MeshView::default()
         }
     }
@@ -672,6 +765,7 @@ impl Index {
             Kind::Namespaces => self.namespaces.len(),
             Kind::Nodes => self.nodes.len(),
             Kind::Pods => self.pod_count,
+            Kind::ControlPlanes => self.deployments.len(),
         }
     }
 
@@ -763,6 +857,26 @@ fn tag_dirty(old: Option<&RevisionTag>, new: Option<&RevisionTag>) -> Dirty {
     }
 }
 
+/// What a change of the control-plane Deployments (or of the revisions naming them) did to
+/// each revision's control plane: a changed reason (readiness, and the injection warning's
+/// text) routes; another change of a state (replica counts) is status only.
+fn control_planes_dirty(
+    before: &BTreeMap<String, ControlPlane>,
+    after: &BTreeMap<String, ControlPlane>,
+) -> Dirty {
+    let reasons =
+        |m: &BTreeMap<String, ControlPlane>| -> Vec<(String, ControlPlaneRef, &'static str)> {
+            m.iter()
+                .map(|(r, cp)| (r.clone(), cp.deployment.clone(), cp.state.reason()))
+                .collect()
+        };
+    if reasons(before) != reasons(after) {
+        Dirty::ROUTING
+    } else {
+        status_if(before != after)
+    }
+}
+
 /// Only injection labels route; an unlabelled namespace coming or going changes nothing.
 fn namespace_dirty(old: Option<&NamespaceLabels>, new: Option<&NamespaceLabels>) -> Dirty {
     let empty = NamespaceLabels::default();
@@ -838,7 +952,23 @@ mod tests {
         }
     }
 
-    /// An index with every kind listed: two revisions, two tags, namespaces, a node, pods.
+    /// Revision `rev`'s istiod (`istio-system/istiod-<rev>`, labelled as Istio's chart does)
+    /// with `available` of `replicas` replicas available.
+    fn istiod(rev: &str, replicas: i32, available: i32) -> Object {
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("istiod-{rev}"), "namespace": "istio-system",
+                         "generation": 1, "labels": {"app": "istiod", "istio.io/rev": rev}},
+            "spec": {"replicas": replicas, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 1, "availableReplicas": available,
+                       "conditions": [{"type": "Available",
+                                       "status": if available > 0 { "True" } else { "False" }}]},
+        }))
+        .unwrap();
+        Object::control_plane(&d)
+    }
+
+    /// An index with every kind listed: two revisions, two tags, namespaces, a node, pods,
+    /// both revisions' istiod available.
     fn synced() -> Index {
         let mut ix = Index::new();
         ix.reset(
@@ -862,8 +992,78 @@ mod tests {
                 pod("plain", "c", None),
             ],
         );
+        ix.reset(
+            Kind::ControlPlanes,
+            vec![istiod("1-22-6", 1, 1), istiod("1-23-6", 1, 1)],
+        );
         ix.take_dirty();
         ix
+    }
+
+    #[test]
+    fn control_planes_route_on_readiness_and_reach_table_status_and_view() {
+        let mut ix = synced();
+        assert!(ix.synced());
+        let (table, _) = ix.table(&mut TableBuilder::new());
+        assert!(table.control_plane_warning("1-23-6").is_none());
+        // The canary's istiod loses its replica: readiness flips, the table must change.
+        assert_eq!(ix.apply(istiod("1-23-6", 1, 0)), Dirty::ROUTING);
+        let (table, _) = ix.table(&mut TableBuilder::new());
+        let w = table
+            .control_plane_warning("1-23-6")
+            .expect("a warning for the canary");
+        assert!(
+            w.contains("revision 1-23-6") && w.contains("istio-system/istiod-1-23-6"),
+            "{w}"
+        );
+        assert!(table.control_plane_warning("1-22-6").is_none());
+        let cp = &ix.control_planes()["1-23-6"];
+        assert_eq!(cp.state.to_string(), "Progressing 0/1 available");
+        // Still not ready, only the count changed: status, not routing.
+        assert_eq!(ix.apply(istiod("1-23-6", 2, 0)), Dirty::STATUS);
+        // The same again: nothing.
+        assert_eq!(ix.apply(istiod("1-23-6", 2, 0)), Dirty::NONE);
+        // A labelled Deployment no revision names: nothing, but kept (the guards see it).
+        assert_eq!(ix.apply(istiod("1-99-0", 1, 1)), Dirty::NONE);
+        assert_eq!(ix.count(Kind::ControlPlanes), 3);
+        // Gone: not found, not ready (a flip from Progressing: routing).
+        let key = Key::ControlPlane(ControlPlaneRef::resolve("1-23-6", None, None));
+        assert_eq!(ix.delete(&key), Dirty::ROUTING);
+        assert_eq!(
+            ix.control_planes()["1-23-6"].state,
+            ControlPlaneState::NotFound
+        );
+        // The guards' views carry the Deployments.
+        let v = ix.config_view();
+        assert!(!v.control_plane("1-23-6").ready());
+        assert!(v.control_plane("1-22-6").ready());
+        assert!(!ix.view().control_plane("1-23-6").ready());
+        // Back, available: routing; a relist that changes nothing: nothing.
+        assert_eq!(ix.apply(istiod("1-23-6", 1, 1)), Dirty::ROUTING);
+        let same = vec![
+            istiod("1-22-6", 1, 1),
+            istiod("1-23-6", 1, 1),
+            istiod("1-99-0", 1, 1),
+        ];
+        assert_eq!(ix.reset(Kind::ControlPlanes, same), Dirty::NONE);
+        // A revision pointed at another Deployment (spec.controlPlane) routes by itself.
+        let mut r = MeshRevision::new(
+            "1-23-6",
+            MeshRevisionSpec {
+                version: "1.23.6".into(),
+                control_plane: Some(crate::config::ControlPlaneRef {
+                    name: Some("istiod-canary".into()),
+                    namespace: None,
+                }),
+                ..Default::default()
+            },
+        );
+        r.metadata.uid = None;
+        assert_eq!(ix.apply(Object::revision(r)), Dirty::ROUTING);
+        assert_eq!(
+            ix.control_planes()["1-23-6"].describe().split(':').next(),
+            Some("Deployment istio-system/istiod-canary")
+        );
     }
 
     #[test]

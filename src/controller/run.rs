@@ -1,10 +1,11 @@
 //! The watches that keep the [`Index`] (and through it the revision table and status) in
 //! step with the cluster.
 //!
-//! Five kube-rs watches, one driver task each: MeshRevision, RevisionTag, Namespace
+//! Six kube-rs watches, one driver task each: MeshRevision, RevisionTag, Namespace
 //! metadata, Nodes (projected to their kubelet version at once, for Istio's native-sidecar
-//! `auto`) and pod metadata (metadata-only watches, kube 5's form of `metadata_watcher`; only pods that are not Succeeded/Failed,
-//! projected to a [`super::PodEntry`]). A driver applies each event to the index; a relist is
+//! `auto`), pod metadata (metadata-only watches, kube 5's form of `metadata_watcher`; only pods that are not Succeeded/Failed,
+//! projected to a [`super::PodEntry`]) and the control-plane Deployments (see
+//! [`CONTROL_PLANE_SELECTOR`]). A driver applies each event to the index; a relist is
 //! collected and swapped in whole at `InitDone`, so the index never holds half a relist.
 //!
 //! One builder task waits for changes. When the index reports the routing projection dirty
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::Client;
 use kube::api::{Api, PartialObjectMeta};
@@ -43,6 +45,21 @@ use crate::telemetry::Telemetry;
 use super::Index;
 #[cfg(doc)]
 use crate::table::Table;
+
+/// The label selector of the control-plane watch: Deployments with the label
+/// `istio.io/rev`, whatever its value.
+///
+/// Why this scope: Istio's `istio-discovery` chart (1.30.3, `templates/deployment.yaml`; the
+/// chart `istioctl install` renders too) labels every istiod Deployment
+/// `istio.io/rev: <revision>` (`default` for the default revision), so the selector sees
+/// every Istio-installed control plane, in any namespace, while leaving out the thousands
+/// of application Deployments a cluster has (a watch of every Deployment would stream each
+/// of their rollouts' status updates). The few application Deployments that carry the
+/// label on their own metadata are kept as small summaries and route nothing unless a
+/// MeshRevision names them. A Deployment named in `spec.controlPlane` without the label is
+/// not seen: its revision's `ControlPlaneReady` condition says `NotFound` and its message
+/// says to label it (the CLI LISTs with the same selector, so both agree).
+pub(crate) const CONTROL_PLANE_SELECTOR: &str = crate::core::control_plane::CONTROL_PLANE_LABEL;
 
 /// Why the controller stopped.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +172,7 @@ impl RevisionGauges {
         namespaces: &[String],
         pod_revisions: &BTreeMap<String, u32>,
     ) {
-        let (revs, _) = status::compute(table, namespaces, pod_revisions, &[]);
+        let (revs, _) = status::compute(table, namespaces, pod_revisions, &[], &BTreeMap::new());
         let mut now = std::collections::BTreeSet::new();
         for (name, st) in &revs {
             let selectors = st.tags.len() as u64 + u64::from(st.namespaces);
@@ -285,6 +302,18 @@ pub(crate) async fn run(
             readiness.gate("watch:nodes"),
             |n| Object::node(&n),
         )),
+        tokio::spawn(
+            d.clone().drive(
+                watch(
+                    Api::<Deployment>::all(client.clone()),
+                    cfg.clone().labels(CONTROL_PLANE_SELECTOR),
+                )
+                .default_backoff(),
+                Kind::ControlPlanes,
+                readiness.gate("watch:deployments"),
+                |d| Object::control_plane(&d),
+            ),
+        ),
         // Completed and failed pods never count: the API server leaves them out, and a
         // pod that completes leaves the watch as a deletion.
         tokio::spawn(
@@ -426,7 +455,19 @@ impl Driver {
                             | watcher::Error::WatchStartFailed(kube::Error::Api(s))
                             if s.code == 404
                     );
-                    if missing && matches!(kind, Kind::Revisions | Kind::Tags) {
+                    let forbidden = matches!(
+                        &e,
+                        watcher::Error::InitialListFailed(kube::Error::Api(s))
+                            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+                            if s.code == 403
+                    );
+                    if forbidden && kind == Kind::ControlPlanes {
+                        tracing::warn!(
+                            resource,
+                            error = %e,
+                            "watch error: meshrev's ClusterRole must allow get/list/watch of apps/v1 deployments (manifests/rbac.yaml); /readyz stays not ready until it lists them; backing off"
+                        );
+                    } else if missing && matches!(kind, Kind::Revisions | Kind::Tags) {
                         tracing::warn!(
                             resource,
                             error = %e,

@@ -25,8 +25,10 @@ use tokio::time::Instant;
 use super::lease::RENEW_EVERY;
 use super::{ClusterView, LeaseHandle, Observed};
 use crate::config::{Condition, MeshRevision, MeshRevisionStatus, RevisionTag, RevisionTagStatus};
+use crate::core::control_plane::CONDITION;
 use crate::router;
 use crate::table::{ConfigKind, Problem, Table, TableStore};
+use crate::upgrade::view::ControlPlane;
 
 /// The field manager of status writes.
 pub(crate) const FIELD_MANAGER: &str = "meshrev";
@@ -40,12 +42,16 @@ pub(crate) const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// made meanwhile is corrected.
 pub(crate) const IN_FLIGHT: Duration = Duration::from_secs(5);
 
-/// Desired status of every revision and tag, from a table and the live pods' revisions.
+/// Desired status of every revision and tag, from a table, the live pods' revisions and
+/// each revision's control plane (`ControlPlaneReady`: `True` only when its istiod
+/// Deployment is available; a Deployment not found is `False`, reason `NotFound`, not an
+/// error). A revision missing from `control_planes` gets no such condition.
 pub(crate) fn compute(
     table: &Table,
     namespaces: &[String],
     pod_revisions: &BTreeMap<String, u32>,
     problems: &[Problem],
+    control_planes: &BTreeMap<String, ControlPlane>,
 ) -> (
     BTreeMap<String, MeshRevisionStatus>,
     BTreeMap<String, RevisionTagStatus>,
@@ -89,7 +95,10 @@ pub(crate) fn compute(
                             "the sidecar template is built and served",
                         ),
                     },
-                ],
+                ]
+                .into_iter()
+                .chain(control_planes.get(name).map(control_plane_condition))
+                .collect(),
                 observed_generation: None,
             },
         );
@@ -101,7 +110,9 @@ pub(crate) fn compute(
         revs.insert(
             p.name.clone(),
             MeshRevisionStatus {
-                conditions: vec![condition("Ready", false, "Invalid", &p.message)],
+                conditions: std::iter::once(condition("Ready", false, "Invalid", &p.message))
+                    .chain(control_planes.get(&p.name).map(control_plane_condition))
+                    .collect(),
                 ..Default::default()
             },
         );
@@ -131,6 +142,12 @@ pub(crate) fn compute(
         );
     }
     (revs, tag_status)
+}
+
+/// `ControlPlaneReady`: reason `Available`, `NotFound`, `Progressing` or `ScaledToZero`;
+/// the message names the Deployment and its state.
+fn control_plane_condition(cp: &ControlPlane) -> Condition {
+    condition(CONDITION, cp.ready(), cp.state.reason(), &cp.describe())
 }
 
 fn condition(type_: &str, status: bool, reason: &str, message: &str) -> Condition {
@@ -255,15 +272,16 @@ impl Writer {
         cluster: &ClusterView,
         problems: &[Problem],
     ) -> kube::Result<Recheck> {
-        let (namespaces, pods, seen_revs, seen_tags) = cluster.with(|ix| {
+        let (namespaces, pods, seen_revs, seen_tags, control_planes) = cluster.with(|ix| {
             (
                 ix.labelled_namespaces(),
                 ix.pods_per_revision(),
                 ix.revision_statuses(),
                 ix.tag_statuses(),
+                ix.control_planes(),
             )
         });
-        let (want_revs, want_tags) = compute(table, &namespaces, &pods, problems);
+        let (want_revs, want_tags) = compute(table, &namespaces, &pods, problems, &control_planes);
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         let now = Instant::now();
         let (revs, recheck_revs) = to_write(&want_revs, &seen_revs, &self.written_revs, now);
@@ -390,7 +408,50 @@ mod tests {
             name: "old".into(),
             message: "spec.revision \"x\" names no MeshRevision".into(),
         }];
-        let (revs, tags) = compute(&t, &names, &pods, &problems);
+        use crate::upgrade::view::{ControlPlaneRef, ControlPlaneState, DeploymentSummary};
+        let cp = |rev: &str, d: Option<DeploymentSummary>| ControlPlane {
+            deployment: ControlPlaneRef::resolve(rev, None, None),
+            state: ControlPlaneState::of(d.as_ref()),
+        };
+        let down = DeploymentSummary {
+            generation: Some(1),
+            observed_generation: Some(1),
+            replicas: 1,
+            available_replicas: 0,
+            available: Some(false),
+        };
+        let control_planes = BTreeMap::from([
+            ("1-22-6".to_string(), cp("1-22-6", Some(down))),
+            ("1-23-6".to_string(), cp("1-23-6", None)),
+        ]);
+        let (revs, tags) = compute(&t, &names, &pods, &problems, &control_planes);
+        let cond = |rev: &str| {
+            revs[rev]
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "ControlPlaneReady")
+                .cloned()
+                .expect("a ControlPlaneReady condition")
+        };
+        let c = cond("1-22-6");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Progressing")
+        );
+        assert_eq!(
+            c.message,
+            "Deployment istio-system/istiod-1-22-6: Progressing 0/1 available"
+        );
+        let c = cond("1-23-6");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NotFound")
+        );
+        assert!(
+            c.message.contains("istio-system/istiod-1-23-6"),
+            "{}",
+            c.message
+        );
         let stable = &revs["1-22-6"];
         assert_eq!(
             (stable.namespaces, stable.pods, stable.tags.clone()),
@@ -485,12 +546,19 @@ mod tests {
         cluster.with(|ix| {
             ix.reset(Kind::Revisions, vec![rev(None)]);
             ix.reset(Kind::Tags, vec![tag(None)]);
-            for k in [Kind::Namespaces, Kind::Nodes, Kind::Pods] {
+            for k in [
+                Kind::Namespaces,
+                Kind::Nodes,
+                Kind::Pods,
+                Kind::ControlPlanes,
+            ] {
                 ix.reset(k, Vec::new());
             }
         });
         let (table, problems) = cluster.with(|ix| ix.table(&mut TableBuilder::new()));
-        let (want_revs, want_tags) = compute(&table, &[], &BTreeMap::new(), &problems);
+        let control_planes = cluster.with(|ix| ix.control_planes());
+        let (want_revs, want_tags) =
+            compute(&table, &[], &BTreeMap::new(), &problems, &control_planes);
 
         let reply = |o: Object| match o {
             Object::Revision(r) => serde_json::to_value(*r).unwrap(),

@@ -7,13 +7,20 @@
 //!   a revision under `stable`/`canary` changes ([`tag_write`], [`revision_write`]);
 //! - no tag pointing at a missing revision, no tag shadowing a revision ([`tag_write`]);
 //! - no deleting a tag or a revision while namespaces or pods use it ([`tag_delete`],
-//!   [`revision_delete`]).
+//!   [`revision_delete`]);
+//! - no tag moving to, no namespace switching to, and no promotion of a revision whose
+//!   control plane (its istiod Deployment) is not ready ([`control_plane_ready`], checked by
+//!   [`tag_write`], [`switch`], [`promote`], [`canary`], [`namespace_write`]), and no
+//!   revision in use repointed at a Deployment that is not ready ([`control_plane_write`]).
+//!   Only the CLI may skip it ([`ControlPlanes::Force`], `--force`); the webhook always
+//!   requires it.
 
 use std::fmt;
 
 use semver::Version;
 
 use super::Error;
+use super::control_plane::{ControlPlane, ControlPlaneRef};
 use super::labels::{NamespaceLabels, NamespaceSelect};
 use super::validate;
 use super::view::{MeshView, parse_version};
@@ -32,6 +39,8 @@ pub(crate) enum BlockerKind {
     Namespace,
     Pod,
     RevisionTag,
+    /// A revision's istiod Deployment (`namespace/name`).
+    Deployment,
 }
 
 impl fmt::Display for BlockerKind {
@@ -40,6 +49,7 @@ impl fmt::Display for BlockerKind {
             BlockerKind::Namespace => "namespace",
             BlockerKind::Pod => "pod",
             BlockerKind::RevisionTag => "RevisionTag",
+            BlockerKind::Deployment => "Deployment",
         })
     }
 }
@@ -201,8 +211,60 @@ fn canary_against_stable(
     })
 }
 
-/// Creating or moving tag `tag` to `revision` (webhook CREATE/UPDATE of a RevisionTag).
-pub(crate) fn tag_write(view: &MeshView, tag: &str, revision: &str) -> Result<(), Refusal> {
+/// Whether a step that routes pods to a revision requires its control plane to be ready.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum ControlPlanes {
+    /// Refuse while it is not ready (the webhook, always; the CLI by default).
+    #[default]
+    Require,
+    /// Skip the check (`meshrev upgrade … --force`; never the webhook).
+    Force,
+}
+
+/// Refuses to route pods to `revision` while its control plane is not ready: the refusal
+/// names the Deployment and its state. `action` is the refused step, as its other
+/// refusals name it.
+pub(crate) fn control_plane_ready(
+    view: &MeshView,
+    revision: &str,
+    action: &str,
+    check: ControlPlanes,
+) -> Result<(), Refusal> {
+    if check == ControlPlanes::Force {
+        return Ok(());
+    }
+    let cp: ControlPlane = view.control_plane(revision);
+    if cp.ready() {
+        return Ok(());
+    }
+    let d = &cp.deployment;
+    Err(Refusal::new(
+        action,
+        format!(
+            "the control plane of MeshRevision {revision} is not ready: {}",
+            cp.describe()
+        ),
+        format!(
+            "wait until istiod is available (kubectl -n {} rollout status deployment/{}), or point spec.controlPlane of MeshRevision {revision} at its istiod Deployment",
+            d.namespace, d.name
+        ),
+    )
+    .with(vec![Blocker {
+        kind: BlockerKind::Deployment,
+        name: d.to_string(),
+        detail: cp.state.to_string(),
+    }]))
+}
+
+/// Creating or moving tag `tag` to `revision` (webhook CREATE/UPDATE of a RevisionTag):
+/// the revision exists, is not shadowed, keeps the skip policy, and its control plane is
+/// ready (unless `check` is [`ControlPlanes::Force`]).
+pub(crate) fn tag_write(
+    view: &MeshView,
+    tag: &str,
+    revision: &str,
+    check: ControlPlanes,
+) -> Result<(), Refusal> {
     let action = format!("RevisionTag {tag:?} → {revision:?} refused");
     validate::name(tag).map_err(|e| Refusal::new(&action, e.to_string(), "rename the tag"))?;
     if view.revisions.contains_key(tag) {
@@ -251,7 +313,70 @@ pub(crate) fn tag_write(view: &MeshView, tag: &str, revision: &str) -> Result<()
             r
         })?;
     }
-    Ok(())
+    control_plane_ready(view, revision, &action, check)
+}
+
+/// A namespace's injection labels changing from `before` (`None`: a new namespace) to
+/// `after` (webhook CREATE/UPDATE of a Namespace, i.e. `kubectl label namespace …`): when
+/// its new pods would get another revision than before, that revision's control plane
+/// must be ready (the same rule as `meshrev upgrade switch`; the webhook has no force).
+/// A label naming neither tag nor revision, or one that turns injection off, is not this
+/// guard's business (`meshrev upgrade status` flags the former).
+pub(crate) fn namespace_write(
+    view: &MeshView,
+    namespace: &str,
+    before: Option<&NamespaceLabels>,
+    after: &NamespaceLabels,
+) -> Result<(), Refusal> {
+    let route_with = |labels: Option<&NamespaceLabels>| {
+        let mut v = view.clone();
+        match labels {
+            Some(l) => v.namespaces.insert(namespace.to_string(), l.clone()),
+            None => v.namespaces.remove(namespace),
+        };
+        v.namespace_route(namespace).revision().map(str::to_string)
+    };
+    let Some(revision) = route_with(Some(after)) else {
+        return Ok(());
+    };
+    if before.is_some() && route_with(before).as_deref() == Some(revision.as_str()) {
+        return Ok(());
+    }
+    let action = format!(
+        "namespace {namespace} labelled {} refused (its new pods would get revision {revision})",
+        after.describe()
+    );
+    control_plane_ready(view, &revision, &action, ControlPlanes::Require)
+}
+
+/// Pointing revision `name`'s `spec.controlPlane` at `deployment` (webhook UPDATE of a
+/// MeshRevision): while tags, namespaces or pods' own labels route pods to the revision,
+/// the Deployment it now names must be ready, as for a tag moving to it. An unused
+/// revision may name any Deployment (its condition shows the state).
+pub(crate) fn control_plane_write(
+    view: &MeshView,
+    name: &str,
+    deployment: &ControlPlaneRef,
+) -> Result<(), Refusal> {
+    let mut users: Vec<String> = view.tags_of(name).into_iter().map(str::to_string).collect();
+    let mut namers: Vec<&str> = vec![name];
+    namers.extend(view.tags_of(name));
+    for n in &namers {
+        users.extend(namespaces_naming(view, n).into_iter().map(|b| b.name));
+        users.extend(pods_selecting(view, n).into_iter().map(|b| b.name));
+    }
+    if users.is_empty() {
+        return Ok(());
+    }
+    let mut after = view.clone();
+    if let Some(r) = after.revisions.get_mut(name) {
+        r.control_plane = Some(deployment.clone());
+    }
+    let action = format!(
+        "MeshRevision {name:?} spec.controlPlane → Deployment {deployment} refused (in use by {})",
+        users.join(", ")
+    );
+    control_plane_ready(&after, name, &action, ControlPlanes::Require)
 }
 
 /// Namespaces whose labels name `name` (a tag or a revision), as blockers.
@@ -434,6 +559,7 @@ pub(crate) fn canary(
     view: &MeshView,
     revision: &str,
     version: &str,
+    check: ControlPlanes,
 ) -> Result<CanaryPlan, Refusal> {
     let action = format!("cannot deploy canary revision {revision} ({version})");
     validate::name(revision)
@@ -487,9 +613,15 @@ pub(crate) fn canary(
         }
     }
     canary_against_stable(view, &action, version)?;
+    let create_tag = view.tags.get(TAG_CANARY).map(|t| t.revision.as_str()) != Some(revision);
+    if create_tag {
+        // Tag canary will route pods to it: its istiod must be up (deployed first, as in
+        // Istio's canary upgrade).
+        control_plane_ready(view, revision, &action, check)?;
+    }
     Ok(CanaryPlan {
         create_revision: !view.revisions.contains_key(revision),
-        create_tag: view.tags.get(TAG_CANARY).map(|t| t.revision.as_str()) != Some(revision),
+        create_tag,
     })
 }
 
@@ -498,6 +630,7 @@ pub(crate) fn switch(
     view: &MeshView,
     namespace: &str,
     to: &str,
+    check: ControlPlanes,
 ) -> Result<NamespaceLabels, Refusal> {
     let action = format!("cannot switch namespace {namespace} to {to}");
     let Some(labels) = view.namespaces.get(namespace) else {
@@ -514,7 +647,7 @@ pub(crate) fn switch(
             "",
         ));
     }
-    if view.tag_revision(to).is_none() {
+    let Some(revision) = view.tag_revision(to) else {
         return Err(Refusal::new(
             &action,
             format!("tag {to} does not exist (or points at a missing revision)"),
@@ -524,7 +657,7 @@ pub(crate) fn switch(
                 "create tag stable first"
             },
         ));
-    }
+    };
     if let NamespaceSelect::Disabled(v) = labels.select() {
         return Err(Refusal::new(
             &action,
@@ -534,11 +667,16 @@ pub(crate) fn switch(
             ),
         ));
     }
+    control_plane_ready(view, revision, &action, check)?;
     Ok(NamespaceLabels::rev(to))
 }
 
 /// `meshrev upgrade rollback NS`: allowed while a canary exists and is not promoted.
-pub(crate) fn rollback(view: &MeshView, namespace: &str) -> Result<NamespaceLabels, Refusal> {
+pub(crate) fn rollback(
+    view: &MeshView,
+    namespace: &str,
+    check: ControlPlanes,
+) -> Result<NamespaceLabels, Refusal> {
     let action = format!("cannot roll back namespace {namespace}");
     match (view.canary(), view.stable()) {
         (None, _) => {
@@ -557,7 +695,7 @@ pub(crate) fn rollback(view: &MeshView, namespace: &str) -> Result<NamespaceLabe
         }
         _ => {}
     }
-    switch(view, namespace, TAG_STABLE)
+    switch(view, namespace, TAG_STABLE, check)
 }
 
 /// What `promote` still has to do (each step is skipped when already done).
@@ -582,8 +720,10 @@ impl PromotePlan {
 }
 
 /// `meshrev upgrade promote`. Resumable: the plan starts where an interrupted promotion
-/// stopped (stable already moved, some namespaces relabelled, the tag still there).
-pub(crate) fn promote(view: &MeshView) -> Result<PromotePlan, Refusal> {
+/// stopped (stable already moved, some namespaces relabelled, the tag still there). Refused
+/// while the canary's control plane is not ready, unless `check` is
+/// [`ControlPlanes::Force`].
+pub(crate) fn promote(view: &MeshView, check: ControlPlanes) -> Result<PromotePlan, Refusal> {
     let action = "cannot promote";
     let Some(stable_tag) = view.tags.get(TAG_STABLE) else {
         return Err(Refusal::new(
@@ -643,6 +783,7 @@ pub(crate) fn promote(view: &MeshView) -> Result<PromotePlan, Refusal> {
         .filter(|(_, l)| l.rev.as_deref() == Some(TAG_CANARY))
         .map(|(n, _)| n.clone())
         .collect();
+    control_plane_ready(view, &revision, action, check)?;
     Ok(PromotePlan {
         revision,
         previous,
@@ -860,6 +1001,7 @@ pub(crate) fn unpublish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::control_plane::{ControlPlaneRef, DeploymentSummary};
     use crate::core::view::{PodInfo, RevisionInfo, TagInfo};
 
     fn v(s: &str) -> Version {
@@ -881,7 +1023,187 @@ mod tests {
             .insert("default".into(), NamespaceLabels::injection_enabled());
         m.namespaces
             .insert("plain".into(), NamespaceLabels::default());
-        m
+        m.with_ready_control_planes()
+    }
+
+    /// Sets the default istiod Deployment of `rev` (`istio-system/istiod-<rev>`).
+    fn istiod(m: &mut MeshView, rev: &str, d: DeploymentSummary) {
+        m.deployments
+            .insert(ControlPlaneRef::resolve(rev, None, None), d);
+    }
+
+    fn not_available() -> DeploymentSummary {
+        DeploymentSummary {
+            generation: Some(1),
+            observed_generation: Some(1),
+            replicas: 1,
+            available_replicas: 0,
+            available: Some(false),
+        }
+    }
+
+    #[test]
+    fn control_plane_readiness_guards_tags_switches_promotion_and_canary() {
+        let mut m = view(true);
+        m.namespaces
+            .insert("default".into(), NamespaceLabels::rev("canary"));
+        m.revisions
+            .insert("1-23-7".into(), RevisionInfo::new("1.23.7"));
+        istiod(&mut m, "1-23-6", not_available());
+        let require = ControlPlanes::Require;
+        let e = tag_write(&m, "prod", "1-23-6", require).unwrap_err();
+        let line = e.one_line();
+        assert!(
+            line.contains("Deployment istio-system/istiod-1-23-6 (Progressing 0/1 available)"),
+            "{line}"
+        );
+        assert!(
+            line.contains("rollout status deployment/istiod-1-23-6"),
+            "{line}"
+        );
+        assert!(
+            !line.contains("--force"),
+            "the webhook has no force: {line}"
+        );
+        assert_eq!(e.blockers[0].kind, BlockerKind::Deployment);
+        // Not found: named too, with where meshrev looked.
+        let e = tag_write(&m, "prod", "1-23-7", require).unwrap_err();
+        assert!(e.reason.contains("istiod-1-23-7: NotFound"), "{e}");
+        assert!(e.reason.contains("labelled istio.io/rev"), "{e}");
+        assert!(tag_write(&m, "prod", "1-23-6", ControlPlanes::Force).is_ok());
+        // Stable's control plane is up: other rules only.
+        assert!(tag_write(&m, "prod", "1-22-6", require).is_ok());
+        // switch to the canary (by tag) and to the revision itself.
+        let e = switch(&m, "plain", "canary", require).unwrap_err();
+        assert!(e.one_line().contains("istiod-1-23-6"), "{e}");
+        assert!(switch(&m, "plain", "canary", ControlPlanes::Force).is_ok());
+        let mut pinned = m.clone();
+        pinned.tags.insert("pin".into(), TagInfo::new("1-23-6"));
+        assert!(switch(&pinned, "plain", "pin", require).is_err());
+        assert!(rollback(&m, "default", require).is_ok(), "stable is up");
+        // promote: refused while the canary's istiod is down, whatever step remains.
+        let e = promote(&m, require).unwrap_err();
+        assert!(
+            e.one_line()
+                .contains("Deployment istio-system/istiod-1-23-6"),
+            "{e}"
+        );
+        assert!(promote(&m, ControlPlanes::Force).is_ok());
+        // canary: the new revision's istiod (by default name) must be up.
+        let mut fresh = view(false);
+        let e = canary(&fresh, "1-23-6", "1.23.6", require).unwrap_err();
+        assert!(e.reason.contains("NotFound"), "{e}");
+        assert!(canary(&fresh, "1-23-6", "1.23.6", ControlPlanes::Force).is_ok());
+        istiod(&mut fresh, "1-23-6", DeploymentSummary::ready(2));
+        assert!(canary(&fresh, "1-23-6", "1.23.6", require).is_ok());
+        // Available now: everything passes.
+        istiod(&mut m, "1-23-6", DeploymentSummary::ready(1));
+        assert!(tag_write(&m, "prod", "1-23-6", require).is_ok());
+        assert!(switch(&m, "plain", "canary", require).is_ok());
+        assert!(promote(&m, require).is_ok());
+    }
+
+    #[test]
+    fn namespace_labels_to_a_revision_whose_istiod_is_down_are_refused() {
+        let mut m = view(true);
+        istiod(&mut m, "1-23-6", not_available());
+        let before = NamespaceLabels::injection_enabled();
+        let e = namespace_write(
+            &m,
+            "default",
+            Some(&before),
+            &NamespaceLabels::rev("canary"),
+        )
+        .unwrap_err();
+        let line = e.one_line();
+        assert!(
+            line.starts_with("namespace default labelled istio.io/rev=canary refused"),
+            "{line}"
+        );
+        assert!(
+            line.contains("Deployment istio-system/istiod-1-23-6 (Progressing 0/1 available)"),
+            "{line}"
+        );
+        // By revision name, and on a new namespace.
+        assert!(namespace_write(&m, "new", None, &NamespaceLabels::rev("1-23-6")).is_err());
+        // To stable (up), or unchanged routing, or injection off: allowed.
+        assert!(namespace_write(&m, "new", None, &NamespaceLabels::rev("stable")).is_ok());
+        let canary = NamespaceLabels::rev("canary");
+        assert!(
+            namespace_write(
+                &m,
+                "default",
+                Some(&canary),
+                &NamespaceLabels::rev("1-23-6")
+            )
+            .is_ok()
+        );
+        let off = NamespaceLabels {
+            injection: Some("disabled".into()),
+            rev: None,
+        };
+        assert!(namespace_write(&m, "default", Some(&before), &off).is_ok());
+        // A name that resolves to nothing: not this guard's refusal.
+        assert!(
+            namespace_write(&m, "default", Some(&before), &NamespaceLabels::rev("nope")).is_ok()
+        );
+        // System namespaces are never injected.
+        assert!(namespace_write(&m, "kube-system", None, &canary).is_ok());
+        istiod(&mut m, "1-23-6", DeploymentSummary::ready(1));
+        assert!(namespace_write(&m, "default", Some(&before), &canary).is_ok());
+    }
+
+    #[test]
+    fn repointing_a_used_revision_needs_a_ready_deployment() {
+        let mut m = view(true);
+        let elsewhere = ControlPlaneRef::resolve("1-22-6", Some("istiod-new"), None);
+        // Tag stable routes to 1-22-6: the new Deployment must be ready.
+        let e = control_plane_write(&m, "1-22-6", &elsewhere).unwrap_err();
+        let line = e.one_line();
+        assert!(line.contains("in use by stable"), "{line}");
+        assert!(
+            line.contains("Deployment istio-system/istiod-new (NotFound)"),
+            "{line}"
+        );
+        m.deployments
+            .insert(elsewhere.clone(), DeploymentSummary::ready(1));
+        assert!(control_plane_write(&m, "1-22-6", &elsewhere).is_ok());
+        // An unused revision may point anywhere.
+        m.revisions
+            .insert("1-24-0".into(), RevisionInfo::new("1.24.0"));
+        let nowhere = ControlPlaneRef::resolve("1-24-0", Some("nope"), None);
+        assert!(control_plane_write(&m, "1-24-0", &nowhere).is_ok());
+        // ... unless a namespace pins it by name.
+        m.namespaces
+            .insert("pin".into(), NamespaceLabels::rev("1-24-0"));
+        let e = control_plane_write(&m, "1-24-0", &nowhere).unwrap_err();
+        let line = e.one_line();
+        assert!(line.contains("in use by pin"), "{line}");
+        assert!(
+            line.contains("Deployment istio-system/nope (NotFound)"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn an_explicit_control_plane_is_the_one_judged() {
+        let mut m = view(false);
+        m.revisions.insert(
+            "default".into(),
+            RevisionInfo {
+                control_plane: Some(ControlPlaneRef::resolve("default", Some("istiod"), None)),
+                ..RevisionInfo::new("1.22.6")
+            },
+        );
+        // A ready istiod-default does not count: the revision names plain istiod.
+        istiod(&mut m, "default", DeploymentSummary::ready(1));
+        let e = tag_write(&m, "prod", "default", ControlPlanes::Require).unwrap_err();
+        assert_eq!(e.blockers[0].name, "istio-system/istiod");
+        m.deployments.insert(
+            ControlPlaneRef::resolve("default", Some("istiod"), None),
+            DeploymentSummary::ready(1),
+        );
+        assert!(tag_write(&m, "prod", "default", ControlPlanes::Require).is_ok());
     }
 
     fn pod(ns: &str, name: &str, rev: &str) -> PodInfo {
@@ -927,25 +1249,26 @@ mod tests {
 
     #[test]
     fn canary_plan_and_refusals() {
-        let m = view(false);
+        let mut m = view(false);
+        istiod(&mut m, "1-23-6", DeploymentSummary::ready(1));
         assert_eq!(
-            canary(&m, "1-23-6", "1.23.6").unwrap(),
+            canary(&m, "1-23-6", "1.23.6", ControlPlanes::Require).unwrap(),
             CanaryPlan {
                 create_revision: true,
                 create_tag: true
             }
         );
-        let e = canary(&m, "1-24-0", "1.24.0").unwrap_err();
+        let e = canary(&m, "1-24-0", "1.24.0", ControlPlanes::Require).unwrap_err();
         assert!(e.to_string().contains("skip policy"), "{e}");
         assert!(
-            canary(&m, "1-21-0", "1.21.0")
+            canary(&m, "1-21-0", "1.21.0", ControlPlanes::Require)
                 .unwrap_err()
                 .reason
                 .contains("not newer")
         );
-        assert!(canary(&m, "Bad_Name", "1.23.6").is_err());
+        assert!(canary(&m, "Bad_Name", "1.23.6", ControlPlanes::Require).is_err());
         assert!(
-            canary(&m, "x", "one")
+            canary(&m, "x", "one", ControlPlanes::Require)
                 .unwrap_err()
                 .reason
                 .contains("semantic")
@@ -954,17 +1277,17 @@ mod tests {
         let m = view(true);
         // Same canary again: nothing to do.
         assert_eq!(
-            canary(&m, "1-23-6", "1.23.6").unwrap(),
+            canary(&m, "1-23-6", "1.23.6", ControlPlanes::Require).unwrap(),
             CanaryPlan {
                 create_revision: false,
                 create_tag: false
             }
         );
-        let e = canary(&m, "1-23-7", "1.23.7").unwrap_err();
+        let e = canary(&m, "1-23-7", "1.23.7", ControlPlanes::Require).unwrap_err();
         assert!(e.reason.contains("a canary already exists"), "{e}");
         assert_eq!(e.blockers[0].name, "canary");
         // A revision of that name with another version.
-        let e = canary(&m, "1-23-6", "1.23.5").unwrap_err();
+        let e = canary(&m, "1-23-6", "1.23.5", ControlPlanes::Require).unwrap_err();
         assert!(e.reason.contains("already exists with version"), "{e}");
     }
 
@@ -975,34 +1298,36 @@ mod tests {
             .insert("1-24-0".into(), RevisionInfo::new("1.24.0"));
         m.revisions
             .insert("1-23-6".into(), RevisionInfo::new("1.23.6"));
-        assert!(tag_write(&m, "canary", "1-23-6").is_ok());
-        let e = tag_write(&m, "canary", "1-24-0").unwrap_err();
+        let mut m = m.with_ready_control_planes();
+        assert!(tag_write(&m, "canary", "1-23-6", ControlPlanes::Require).is_ok());
+        let e = tag_write(&m, "canary", "1-24-0", ControlPlanes::Require).unwrap_err();
         assert!(e.one_line().contains("skip policy"), "{}", e.one_line());
-        let e = tag_write(&m, "canary", "1-99-0").unwrap_err();
+        let e = tag_write(&m, "canary", "1-99-0", ControlPlanes::Require).unwrap_err();
         assert!(
             e.reason.contains("does not exist") && e.fix.contains("1-22-6"),
             "{e}"
         );
         assert!(
-            tag_write(&m, "1-22-6", "1-22-6")
+            tag_write(&m, "1-22-6", "1-22-6", ControlPlanes::Require)
                 .unwrap_err()
                 .reason
                 .contains("shadow")
         );
         // Other tags: only existence.
-        assert!(tag_write(&m, "prod", "1-24-0").is_ok());
+        assert!(tag_write(&m, "prod", "1-24-0", ControlPlanes::Require).is_ok());
         // Promotion: stable → canary's revision, then canary stays pointing there.
         m.tags.insert("canary".into(), TagInfo::new("1-23-6"));
-        assert!(tag_write(&m, "stable", "1-23-6").is_ok());
+        assert!(tag_write(&m, "stable", "1-23-6", ControlPlanes::Require).is_ok());
         let mut promoted = m.clone();
         promoted
             .tags
             .insert("stable".into(), TagInfo::new("1-23-6"));
-        assert!(tag_write(&promoted, "canary", "1-23-6").is_ok());
+        assert!(tag_write(&promoted, "canary", "1-23-6", ControlPlanes::Require).is_ok());
         // Stable moved elsewhere under a canary that would then break the policy.
         m.revisions
             .insert("1-21-0".into(), RevisionInfo::new("1.21.0"));
-        let e = tag_write(&m, "stable", "1-21-0").unwrap_err();
+        let m = m.with_ready_control_planes();
+        let e = tag_write(&m, "stable", "1-21-0", ControlPlanes::Require).unwrap_err();
         assert!(e.reason.contains("skip policy"), "{e}");
     }
 
@@ -1032,6 +1357,15 @@ mod tests {
         let e = tag_delete(&m, "canary").unwrap_err();
         let names: Vec<&str> = e.blockers.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, ["default", "plain/gw-1"]);
+        // A pod that opts out (istiod's own pods: istio.io/rev=<rev> and inject=false) never
+        // gets a sidecar: it does not use the tag or revision its label names.
+        let mut istiod = pod("istio-system", "istiod-1-23-6-x", "none");
+        istiod.revision = None;
+        istiod.selector.rev_label = Some("1-23-6".into());
+        istiod.selector.inject_label = Some("false".into());
+        let mut m2 = view(true);
+        m2.pods.push(istiod);
+        assert!(revoke(&m2).is_ok(), "{:?}", revoke(&m2));
         // Stable: istio-injection=enabled counts.
         let m = view(false);
         let e = tag_delete(&m, "stable").unwrap_err();
@@ -1085,7 +1419,7 @@ mod tests {
             .insert("default".into(), NamespaceLabels::rev("canary"));
         m.namespaces
             .insert("other".into(), NamespaceLabels::rev("canary"));
-        let p = promote(&m).unwrap();
+        let p = promote(&m, ControlPlanes::Require).unwrap();
         assert!(p.move_stable && p.delete_canary);
         assert_eq!(p.previous, "1-22-6");
         assert_eq!(p.relabel, ["default", "other"]);
@@ -1099,7 +1433,7 @@ mod tests {
         );
         m.namespaces
             .insert("default".into(), NamespaceLabels::rev("stable"));
-        let p = promote(&m).unwrap();
+        let p = promote(&m, ControlPlanes::Require).unwrap();
         assert!(!p.move_stable && p.delete_canary);
         assert_eq!(p.relabel, ["other"]);
         assert_eq!(p.previous, "1-22-6");
@@ -1107,9 +1441,9 @@ mod tests {
         m.tags.remove("canary");
         m.namespaces
             .insert("other".into(), NamespaceLabels::rev("stable"));
-        assert!(promote(&m).unwrap().is_done());
+        assert!(promote(&m, ControlPlanes::Require).unwrap().is_done());
         // Never deployed.
-        assert!(promote(&view(false)).is_err());
+        assert!(promote(&view(false), ControlPlanes::Require).is_err());
     }
 
     #[test]
@@ -1200,17 +1534,17 @@ mod tests {
     fn switch_and_rollback() {
         let mut m = view(true);
         assert_eq!(
-            switch(&m, "default", "canary").unwrap(),
+            switch(&m, "default", "canary", ControlPlanes::Require).unwrap(),
             NamespaceLabels::rev("canary")
         );
         assert!(
-            switch(&m, "nope", "canary")
+            switch(&m, "nope", "canary", ControlPlanes::Require)
                 .unwrap_err()
                 .reason
                 .contains("does not exist")
         );
         assert!(
-            switch(&view(false), "default", "canary")
+            switch(&view(false), "default", "canary", ControlPlanes::Require)
                 .unwrap_err()
                 .reason
                 .contains("tag canary")
@@ -1222,11 +1556,11 @@ mod tests {
                 rev: None,
             },
         );
-        assert!(switch(&m, "off", "canary").is_err());
+        assert!(switch(&m, "off", "canary", ControlPlanes::Require).is_err());
         assert_eq!(
-            rollback(&m, "default").unwrap(),
+            rollback(&m, "default", ControlPlanes::Require).unwrap(),
             NamespaceLabels::rev("stable")
         );
-        assert!(rollback(&view(false), "default").is_err());
+        assert!(rollback(&view(false), "default", ControlPlanes::Require).is_err());
     }
 }

@@ -10,11 +10,14 @@
 //!   traits, which both [`crate::table::Table`] and [`view::MeshView`] implement;
 //! - [`validate`]: names, versions, image references, quantities, durations;
 //! - [`view`]: [`view::MeshView`], what upgrade decisions know about a cluster, as plain data;
+//! - [`control_plane`]: a revision's istiod Deployment and its readiness, from a kube-free
+//!   summary of the Deployment;
 //! - [`guards`]: the version skip policy and the pure allow-or-refuse decisions of every
 //!   upgrade step, shared by the CLI and the validating webhook.
 //!
 //! Nothing here holds state across calls: every value is built by its caller and owned by it.
 
+pub(crate) mod control_plane;
 pub(crate) mod guards;
 pub(crate) mod labels;
 pub(crate) mod route;

@@ -261,17 +261,8 @@ where
     M: Revisions + Namespaces + ?Sized,
     P: PodLabels + ?Sized,
 {
-    if pod.host_network() {
-        return Decision::skip(SkipReason::HostNetwork);
-    }
-    if is_system_namespace(namespace) {
-        return Decision::skip(SkipReason::SystemNamespace);
-    }
-    let opt = pod
-        .label(LABEL_INJECT)
-        .or_else(|| pod.annotation(LABEL_INJECT));
-    if opt == Some("false") {
-        return Decision::skip(SkipReason::PodOptOut);
+    if let Some(reason) = never_injected(namespace, pod) {
+        return Decision::skip(reason);
     }
     let select = mesh
         .namespace_labels(namespace)
@@ -305,6 +296,24 @@ where
             None => Decision::skip(SkipReason::NotInMesh),
         },
     }
+}
+
+/// Rules 1-3: why a pod is never injected whatever the labels select (host network, a
+/// system namespace, its own opt-out), if it is not.
+pub(crate) fn never_injected<P: PodLabels + ?Sized>(
+    namespace: &str,
+    pod: &P,
+) -> Option<SkipReason> {
+    if pod.host_network() {
+        return Some(SkipReason::HostNetwork);
+    }
+    if is_system_namespace(namespace) {
+        return Some(SkipReason::SystemNamespace);
+    }
+    let opt = pod
+        .label(LABEL_INJECT)
+        .or_else(|| pod.annotation(LABEL_INJECT));
+    (opt == Some("false")).then_some(SkipReason::PodOptOut)
 }
 
 /// Rule 5: the tag or revision a pod's own labels select (they count only in a namespace

@@ -12,6 +12,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::Error;
+use super::control_plane::{ControlPlane, ControlPlaneRef, ControlPlaneState, DeploymentSummary};
 use super::labels::{NamespaceLabels, NamespaceSelect, NoLabels, PodLabels};
 use super::route::{self, Decision, Namespaces, Revisions, SkipReason};
 use super::validate;
@@ -33,6 +34,11 @@ pub(crate) struct MeshView {
     pub(crate) pods: Vec<PodInfo>,
     /// Deployments, StatefulSets and DaemonSets.
     pub(crate) workloads: Vec<WorkloadInfo>,
+    /// The control-plane Deployments (those labelled `istio.io/rev`), by namespace/name:
+    /// what [`MeshView::control_plane`] judges each revision's readiness from. Always
+    /// filled where a guard reads the view (a missing entry means "not found", so not
+    /// ready).
+    pub(crate) deployments: BTreeMap<ControlPlaneRef, DeploymentSummary>,
 }
 
 /// One `MeshRevision`.
@@ -42,6 +48,9 @@ pub(crate) struct RevisionInfo {
     pub(crate) version: String,
     /// Annotation `meshrev.io/force-delete: "true"`.
     pub(crate) force_delete: bool,
+    /// Its istiod Deployment (`spec.controlPlane`, defaults resolved); `None` means the
+    /// default for its name ([`ControlPlaneRef::resolve`]).
+    pub(crate) control_plane: Option<ControlPlaneRef>,
 }
 
 impl RevisionInfo {
@@ -50,6 +59,7 @@ impl RevisionInfo {
         RevisionInfo {
             version: version.to_string(),
             force_delete: false,
+            control_plane: None,
         }
     }
     /// The version, parsed.
@@ -251,6 +261,30 @@ impl Namespaces for MeshView {
 }
 
 impl MeshView {
+    /// The control plane of `revision` (a revision name, not a tag) and its state. A
+    /// revision the view does not know gets the default Deployment name (what a new
+    /// revision of that name would get).
+    pub(crate) fn control_plane(&self, revision: &str) -> ControlPlane {
+        let deployment = self
+            .revisions
+            .get(revision)
+            .and_then(|r| r.control_plane.clone())
+            .unwrap_or_else(|| ControlPlaneRef::resolve(revision, None, None));
+        let state = ControlPlaneState::of(self.deployments.get(&deployment));
+        ControlPlane { deployment, state }
+    }
+
+    /// Test fixtures: every revision's control plane available (1/1).
+    #[cfg(test)]
+    pub(crate) fn with_ready_control_planes(mut self) -> Self {
+        let names: Vec<String> = self.revisions.keys().cloned().collect();
+        for r in names {
+            let d = self.control_plane(&r).deployment;
+            self.deployments.insert(d, DeploymentSummary::ready(1));
+        }
+        self
+    }
+
     /// Labels of a namespace (empty when unknown).
     pub(crate) fn namespace(&self, name: &str) -> NamespaceLabels {
         self.namespaces.get(name).cloned().unwrap_or_default()
@@ -278,13 +312,18 @@ impl MeshView {
     }
 
     /// True when a pod's own labels (not its namespace's) select `name` (a tag or revision),
-    /// the way the router reads them: only in a namespace without injection labels.
+    /// the way the router reads them: only in a namespace without injection labels, and
+    /// not for a pod the router never injects (its own opt-out, host network, a system
+    /// namespace): istiod's pods carry `istio.io/rev: <revision>` and
+    /// `sidecar.istio.io/inject: "false"`, and do not use the revision they serve.
     pub(crate) fn pod_selects(&self, pod: &PodInfo, name: &str) -> bool {
         let unlabelled = self
             .namespaces
             .get(&pod.namespace)
             .is_none_or(|l| l.select() == NamespaceSelect::Unlabelled);
-        unlabelled && route::pod_selection(&pod.selector) == Some(name)
+        unlabelled
+            && route::pod_selection(&pod.selector) == Some(name)
+            && route::never_injected(&pod.namespace, &pod.selector).is_none()
     }
 
     /// Pods whose sidecar is `revision`.

@@ -59,6 +59,11 @@ pub struct Table {
     /// `auto` decides; `None` outside a cluster (file tables, `meshrev inject`), where a
     /// revision's version decides alone.
     pub(crate) nodes_support_native_sidecars: Option<bool>,
+    /// Revision name → the AdmissionReview warning for its pods while its control plane
+    /// (istiod Deployment) is not ready, rendered by the controller when it builds the
+    /// table (`controller::Index::table`); empty outside a cluster and while every control
+    /// plane is ready. The controller republishes when a revision's readiness changes.
+    pub(crate) control_plane_warnings: HashMap<String, Box<str>>,
 }
 
 impl Table {
@@ -89,6 +94,15 @@ impl Table {
     pub(crate) fn revision_count(&self) -> usize {
         self.revisions.len()
     }
+    /// The warning for a pod injected with `revision` while its control plane is not ready.
+    /// The request path's cost when every control plane is ready: one `is_empty`.
+    #[inline]
+    pub(crate) fn control_plane_warning(&self, revision: &str) -> Option<&str> {
+        if self.control_plane_warnings.is_empty() {
+            return None;
+        }
+        self.control_plane_warnings.get(revision).map(|w| &**w)
+    }
     /// The same table with other namespace labels: revisions and tags are shared, not
     /// re-rendered.
     pub fn with_namespaces(&self, namespaces: HashMap<String, NamespaceLabels>) -> Table {
@@ -98,6 +112,7 @@ impl Table {
             tags: self.tags.clone(),
             namespaces: Arc::new(namespaces),
             nodes_support_native_sidecars: self.nodes_support_native_sidecars,
+            control_plane_warnings: self.control_plane_warnings.clone(),
         }
     }
 }
@@ -217,6 +232,7 @@ impl TableBuilder {
             tags: tag_map,
             namespaces: Arc::new(namespaces),
             nodes_support_native_sidecars: None,
+            control_plane_warnings: HashMap::new(),
         };
         (table, problems)
     }

@@ -9,6 +9,7 @@ use kube::Client;
 
 use crate::core::{LABEL_REV, validate};
 
+use super::guards::ControlPlanes;
 use super::ops;
 use super::status;
 use super::view::WorkloadKind;
@@ -80,6 +81,11 @@ pub(crate) struct CanaryArgs {
     /// istiod's address; default istiod-REVISION.istio-system.svc:15012.
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) discovery_address: Option<String>,
+    /// Skip the control-plane readiness check (the revision's istiod Deployment need not be
+    /// available). meshrev's validating webhook never skips it: where it is installed, the
+    /// tag or namespace label write is still refused.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 /// `meshrev upgrade rollout`.
@@ -136,6 +142,11 @@ pub(crate) struct SwitchArgs {
     /// Also restart the workloads that run another revision (a rolling restart each).
     #[arg(long)]
     pub(crate) restart: bool,
+    /// Skip the control-plane readiness check (the revision's istiod Deployment need not be
+    /// available). meshrev's validating webhook never skips it: where it is installed, the
+    /// tag or namespace label write is still refused.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -146,6 +157,11 @@ pub(crate) struct PromoteArgs {
     /// Confirm: the promotion cannot be revoked.
     #[arg(long)]
     pub(crate) yes: bool,
+    /// Skip the control-plane readiness check (the revision's istiod Deployment need not be
+    /// available). meshrev's validating webhook never skips it: where it is installed, the
+    /// tag or namespace label write is still refused.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -166,6 +182,11 @@ pub(crate) struct RollbackArgs {
     /// Also restart its workloads that run the canary revision.
     #[arg(long)]
     pub(crate) restart: bool,
+    /// Skip the control-plane readiness check (the revision's istiod Deployment need not be
+    /// available). meshrev's validating webhook never skips it: where it is installed, the
+    /// tag or namespace label write is still refused.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -187,10 +208,12 @@ enum Command {
         namespace: String,
         to: &'static str,
         restart: bool,
+        check: ControlPlanes,
     },
     Verify,
     Promote {
         yes: bool,
+        check: ControlPlanes,
     },
     Rollout(ops::RolloutOptions),
     Unpublish {
@@ -200,8 +223,18 @@ enum Command {
     Rollback {
         namespace: String,
         restart: bool,
+        check: ControlPlanes,
     },
     Revoke,
+}
+
+/// `--force` → skip the control-plane readiness check.
+fn check(force: bool) -> ControlPlanes {
+    if force {
+        ControlPlanes::Force
+    } else {
+        ControlPlanes::Require
+    }
 }
 
 impl Command {
@@ -217,15 +250,20 @@ impl Command {
                     version: a.version,
                     proxy_image: a.proxy_image,
                     discovery_address: a.discovery_address,
+                    control_planes: check(a.force),
                 })
             }
             UpgradeCommand::Switch(a) => Command::Switch {
                 namespace: a.namespace,
                 to: a.to.tag(),
                 restart: a.restart,
+                check: check(a.force),
             },
             UpgradeCommand::Verify(_) => Command::Verify,
-            UpgradeCommand::Promote(a) => Command::Promote { yes: a.yes },
+            UpgradeCommand::Promote(a) => Command::Promote {
+                yes: a.yes,
+                check: check(a.force),
+            },
             UpgradeCommand::Rollout(a) => Command::Rollout(rollout_options(a)?),
             UpgradeCommand::Unpublish(a) => Command::Unpublish {
                 revision: a.revision,
@@ -234,6 +272,7 @@ impl Command {
             UpgradeCommand::Rollback(a) => Command::Rollback {
                 namespace: a.namespace,
                 restart: a.restart,
+                check: check(a.force),
             },
             UpgradeCommand::Revoke(_) => Command::Revoke,
         })
@@ -269,16 +308,21 @@ impl Command {
                 namespace,
                 to,
                 restart,
+                check,
             } => {
-                let plan = ops::plan_switch(client, &namespace, to, restart).await?;
+                let plan = ops::plan_switch(client, &namespace, to, restart, check).await?;
                 if dry_run {
                     print_plan(&plan.calls());
                     return Ok(());
                 }
                 relabel(client, &plan).await?;
             }
-            Command::Rollback { namespace, restart } => {
-                let plan = ops::plan_rollback(client, &namespace, restart).await?;
+            Command::Rollback {
+                namespace,
+                restart,
+                check,
+            } => {
+                let plan = ops::plan_rollback(client, &namespace, restart, check).await?;
                 if dry_run {
                     print_plan(&plan.calls());
                     return Ok(());
@@ -289,7 +333,7 @@ impl Command {
                 );
             }
             Command::Verify => verify(client).await?,
-            Command::Promote { yes } => promote(client, yes, dry_run).await?,
+            Command::Promote { yes, check } => promote(client, yes, check, dry_run).await?,
             Command::Rollout(options) => rollout(client, options, dry_run).await?,
             Command::Unpublish { revision, force } => {
                 let plan = ops::plan_unpublish(client, revision.as_deref(), force).await?;
@@ -416,8 +460,13 @@ async fn verify(client: &Client) -> anyhow::Result<()> {
 }
 
 /// `promote` asks for `--yes` (the promotion cannot be revoked), showing what it would do.
-async fn promote(client: &Client, yes: bool, dry_run: bool) -> anyhow::Result<()> {
-    let plan = ops::plan_promote(client).await?;
+async fn promote(
+    client: &Client,
+    yes: bool,
+    check: ControlPlanes,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let plan = ops::plan_promote(client, check).await?;
     let s = &plan.steps;
     if plan.is_done() {
         println!(

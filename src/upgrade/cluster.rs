@@ -25,8 +25,8 @@ use crate::core::{
 
 use super::rollout::{self, Progress};
 use super::view::{
-    MeshView, NamespaceLabels, PodInfo, RevisionInfo, TagInfo, WorkloadId, WorkloadInfo,
-    WorkloadKind, injected_revision, namespace_entry,
+    CONTROL_PLANE_LABEL, MeshView, NamespaceLabels, PodInfo, RevisionInfo, TagInfo, WorkloadId,
+    WorkloadInfo, WorkloadKind, control_plane_entry, injected_revision, namespace_entry,
 };
 
 /// Field manager of meshrev's writes.
@@ -63,6 +63,9 @@ pub(crate) struct Needs {
     pub(crate) namespaces: bool,
     pub(crate) pods: PodDetail,
     pub(crate) workloads: bool,
+    /// The control-plane Deployments (labelled `istio.io/rev`, every namespace): what
+    /// the readiness guards and the status's control-plane column read.
+    pub(crate) control_planes: bool,
     /// Limit pods and workloads to one namespace.
     pub(crate) namespace: Option<String>,
 }
@@ -74,15 +77,17 @@ impl Needs {
             namespaces: true,
             pods: PodDetail::Full,
             workloads: true,
+            control_planes: true,
             namespace: None,
         }
     }
-    /// Revisions and tags only.
+    /// Revisions, tags and their control planes.
     pub(crate) fn config() -> Self {
         Needs {
             namespaces: false,
             pods: PodDetail::None,
             workloads: false,
+            control_planes: true,
             namespace: None,
         }
     }
@@ -312,6 +317,15 @@ pub(crate) async fn load_view(client: &Client, needs: &Needs) -> Result<MeshView
                 |ns: &str, rs: &str| rs_owner.get(&(ns.to_string(), rs.to_string())).cloned();
             view.pods = pods.iter().map(|p| PodInfo::from_pod(p, &lookup)).collect();
         }
+    }
+    if needs.control_planes {
+        // The controller's watch reads the same selector, so the CLI and the webhook judge
+        // the same Deployments (see `core::control_plane`).
+        let lp = ListParams::default().labels(CONTROL_PLANE_LABEL);
+        let ds = list_all(&Api::<Deployment>::all(client.clone()), &lp)
+            .await
+            .map_err(listing("control-plane deployments (labelled istio.io/rev)"))?;
+        view.deployments = ds.iter().filter_map(control_plane_entry).collect();
     }
     if needs.workloads {
         let lp = ListParams::default();

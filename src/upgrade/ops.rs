@@ -25,10 +25,22 @@ use crate::config::MeshRevisionSpec;
 use crate::core::{TAG_CANARY, TAG_STABLE};
 
 use super::cluster::{self, ClusterError, Needs, PodDetail};
-use super::guards::{self, Refusal};
+use super::guards::{self, BlockerKind, ControlPlanes, Refusal};
 use super::rollout::Progress;
 use super::status::StatusReport;
 use super::view::{MeshView, NamespaceLabels, PodInfo, WorkloadId, WorkloadKind, WorkloadState};
+
+/// A readiness refusal from the CLI also names `--force` (the webhook's never does: it has
+/// none). `--force` skips only this check of the CLI's: meshrev's validating webhook,
+/// where installed, still refuses the tag or namespace label write.
+fn force_hint(mut r: Refusal) -> Refusal {
+    if r.blockers.iter().any(|b| b.kind == BlockerKind::Deployment) {
+        r.fix.push_str(
+            "; or rerun with --force to skip this check (meshrev's validating webhook, where installed, still refuses the write)",
+        );
+    }
+    r
+}
 
 /// How long to wait for the injector to pick up a label or tag change before restarting.
 pub(crate) const INJECTOR_DEADLINE: Duration = Duration::from_secs(30);
@@ -312,6 +324,8 @@ pub(crate) struct CanaryOptions {
     pub(crate) proxy_image: Option<String>,
     /// istiod's address; default `istiod-REVISION.istio-system.svc:15012`.
     pub(crate) discovery_address: Option<String>,
+    /// Whether the canary's istiod must be available first (`--force` skips it).
+    pub(crate) control_planes: ControlPlanes,
 }
 
 impl CanaryOptions {
@@ -366,7 +380,13 @@ pub(crate) async fn plan_canary(
     options: CanaryOptions,
 ) -> Result<CanaryPlan, OpError> {
     let view = cluster::load_view(client, &Needs::config()).await?;
-    let plan = guards::canary(&view, &options.revision, &options.version)?;
+    let plan = guards::canary(
+        &view,
+        &options.revision,
+        &options.version,
+        options.control_planes,
+    )
+    .map_err(force_hint)?;
     let stable = view.stable().unwrap_or_default().to_string();
     let stable_version = view
         .revisions
@@ -495,15 +515,17 @@ fn restart_calls(targets: &[WorkloadState]) -> Vec<PlannedCall> {
 }
 
 /// Plans `switch NS --to TAG [--restart]`: the workloads whose pods run another revision
-/// than the namespace will select are to be redeployed.
+/// than the namespace will select are to be redeployed. Refused while the tag's revision
+/// has no ready control plane, unless `check` is [`ControlPlanes::Force`].
 pub(crate) async fn plan_switch(
     client: &Client,
     namespace: &str,
     to: &str,
     restart: bool,
+    check: ControlPlanes,
 ) -> Result<RelabelPlan, OpError> {
     let view = cluster::load_view(client, &Needs::namespace(namespace)).await?;
-    let labels = guards::switch(&view, namespace, to)?;
+    let labels = guards::switch(&view, namespace, to, check).map_err(force_hint)?;
     Ok(relabel_plan(view, namespace, labels, restart, |w| {
         w.needs_upgrade()
     }))
@@ -515,9 +537,10 @@ pub(crate) async fn plan_rollback(
     client: &Client,
     namespace: &str,
     restart: bool,
+    check: ControlPlanes,
 ) -> Result<RelabelPlan, OpError> {
     let view = cluster::load_view(client, &Needs::namespace(namespace)).await?;
-    let labels = guards::rollback(&view, namespace)?;
+    let labels = guards::rollback(&view, namespace, check).map_err(force_hint)?;
     let canary = view.canary().unwrap_or_default().to_string();
     Ok(relabel_plan(view, namespace, labels, restart, |w| {
         w.runs(&canary)
@@ -637,6 +660,7 @@ pub(crate) async fn verify(client: &Client) -> Result<VerifyReport, OpError> {
         namespaces: false,
         pods: PodDetail::Full,
         workloads: false,
+        control_planes: false,
         namespace: None,
     };
     let view = cluster::load_view(client, &needs).await?;
@@ -698,10 +722,14 @@ impl PromotePlan {
     }
 }
 
-/// Plans `promote`; resumes where an interrupted promotion stopped.
-pub(crate) async fn plan_promote(client: &Client) -> Result<PromotePlan, OpError> {
+/// Plans `promote`; resumes where an interrupted promotion stopped. Refused while the
+/// canary's control plane is not ready, unless `check` is [`ControlPlanes::Force`].
+pub(crate) async fn plan_promote(
+    client: &Client,
+    check: ControlPlanes,
+) -> Result<PromotePlan, OpError> {
     let view = cluster::load_view(client, &Needs::all()).await?;
-    let steps = guards::promote(&view)?;
+    let steps = guards::promote(&view, check).map_err(force_hint)?;
     let relabel = steps
         .relabel
         .iter()
@@ -812,9 +840,14 @@ impl RolloutPlan {
 
 /// What `rollout` lists: one namespace, or the whole cluster.
 fn rollout_needs(namespace: Option<&str>) -> Needs {
-    match namespace {
+    let needs = match namespace {
         Some(ns) => Needs::namespace(ns),
         None => Needs::all(),
+    };
+    // Restarts route pods by the revisions already chosen: no readiness check here.
+    Needs {
+        control_planes: false,
+        ..needs
     }
 }
 

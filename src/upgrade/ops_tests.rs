@@ -281,6 +281,23 @@ fn deployment(f: &mut FakeApi, ns: &str, name: &str, pods: &[&str]) {
     }
 }
 
+/// Revision `rev`'s istiod as Istio's chart labels it (`istio.io/rev`), in istio-system,
+/// available (1/1) or not (0/1, Available False).
+fn istiod(f: &mut FakeApi, rev: &str, available: bool) {
+    let n = i32::from(available);
+    f.objects.add(
+        "deployments",
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": format!("istiod-{rev}"), "namespace": "istio-system", "generation": 1,
+                         "labels": {"app": "istiod", "istio.io/rev": rev}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "istiod"}},
+                     "template": {"metadata": {"labels": {"app": "istiod", "sidecar.istio.io/inject": "false"}},
+                                  "spec": {"containers": [{"name": "discovery", "image": "pilot"}]}}},
+            "status": {"observedGeneration": 1, "replicas": 1, "availableReplicas": n,
+                       "conditions": [{"type": "Available", "status": if available { "True" } else { "False" }}]}}),
+    );
+}
+
 fn pod(ns: &str, name: &str, rs: &str, rev: &str, ready: bool) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": ns, "labels": {"app": name},
@@ -306,6 +323,9 @@ fn stable_mesh() -> FakeApi {
         .add("namespaces", namespace("kube-system", json!({})));
     deployment(&mut f, "default", "reviews-v1", &["1-22-6"]);
     deployment(&mut f, "default", "reviews-v2", &["1-22-6"]);
+    // Both control planes run: the canary's istiod is deployed before `canary`.
+    istiod(&mut f, "1-22-6", true);
+    istiod(&mut f, "1-23-6", true);
     f
 }
 
@@ -327,6 +347,8 @@ fn canary_mesh() -> FakeApi {
     deployment(&mut f, "default", "reviews-v1", &["1-22-6"]);
     deployment(&mut f, "default", "reviews-v2", &["1-23-6"]);
     deployment(&mut f, "other", "details", &["1-22-6"]);
+    istiod(&mut f, "1-22-6", true);
+    istiod(&mut f, "1-23-6", true);
     f
 }
 
@@ -347,6 +369,8 @@ fn promoted_mesh() -> FakeApi {
     );
     deployment(&mut f, "default", "reviews-v2", &["1-23-6"]);
     deployment(&mut f, "other", "details", &["1-22-6"]);
+    istiod(&mut f, "1-22-6", true);
+    istiod(&mut f, "1-23-6", true);
     f
 }
 
@@ -377,7 +401,12 @@ fn view_reads(needs: &Needs) -> Vec<String> {
             out.push(scope(r, "/apis/apps/v1"));
         }
     }
+    if needs.control_planes {
+        // Every namespace, labelled istio.io/rev (the query is not part of the line).
+        out.push("GET /apis/apps/v1/deployments".into());
+    }
     out.sort();
+    out.dedup();
     out
 }
 
@@ -489,6 +518,7 @@ async fn canary_creates_the_revision_then_the_tag() {
         version: "1.23.6".into(),
         proxy_image: None,
         discovery_address: Some("istiod.istio-system.svc:15012".into()),
+        ..Default::default()
     };
     let plan = plan_canary(&client, options).await.expect("plan");
     assert!(plan.create_revision && plan.create_tag);
@@ -550,6 +580,103 @@ async fn canary_creates_the_revision_then_the_tag() {
     );
 }
 
+/// Makes revision `rev`'s istiod unavailable (0/1, Available False), or removes it.
+fn istiod_down(f: &mut FakeApi, rev: &str, remove: bool) {
+    let name = format!("istiod-{rev}");
+    if remove {
+        if let Some(ds) = f.objects.0.get_mut("deployments") {
+            ds.retain(|d| d["metadata"]["name"] != name.as_str());
+        }
+    } else if let Some(d) = f.objects.find("deployments", Some("istio-system"), &name) {
+        d["status"]["availableReplicas"] = json!(0);
+        d["status"]["conditions"][0]["status"] = json!("False");
+    }
+}
+
+#[tokio::test]
+async fn canary_is_refused_while_its_istiod_is_not_available_unless_forced() {
+    let mut f = stable_mesh();
+    istiod_down(&mut f, "1-23-6", false);
+    let (client, fake) = serve(f);
+    let options = CanaryOptions {
+        revision: "1-23-6".into(),
+        version: "1.23.6".into(),
+        ..Default::default()
+    };
+    let err = plan_canary(&client, options.clone())
+        .await
+        .expect_err("istiod-1-23-6 is not available");
+    let OpError::Refused(refusal) = &err else {
+        panic!("not a refusal: {err}")
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("Deployment istio-system/istiod-1-23-6 (Progressing 0/1 available)"),
+        "{text}"
+    );
+    assert!(refusal.fix.contains("--force"), "{refusal:?}");
+    let c = calls(&fake);
+    assert!(writes(&c).is_empty());
+    // The control planes were LISTed by the label istiod carries, in every namespace.
+    let cp = c
+        .iter()
+        .find(|c| c.path == "/apis/apps/v1/deployments")
+        .expect("a LIST of the control-plane Deployments");
+    assert_eq!(
+        cp.query.get("labelSelector").map(String::as_str),
+        Some("istio.io%2Frev")
+    );
+    // --force: planned and executed.
+    let forced = CanaryOptions {
+        control_planes: ControlPlanes::Force,
+        ..options
+    };
+    let plan = plan_canary(&client, forced).await.expect("forced");
+    assert!(plan.create_revision && plan.create_tag);
+    execute_canary(&client, &plan, &mut |_| {})
+        .await
+        .expect("execute");
+    assert_eq!(writes(&take_calls(&fake)).len(), 2);
+}
+
+#[tokio::test]
+async fn switch_and_promote_are_refused_while_the_canary_istiod_is_missing_unless_forced() {
+    let mut f = canary_mesh();
+    istiod_down(&mut f, "1-23-6", true);
+    let (client, fake) = serve(f);
+    let err = plan_switch(&client, "other", "canary", false, ControlPlanes::Require)
+        .await
+        .expect_err("no istiod-1-23-6");
+    let text = err.to_string();
+    assert!(
+        text.contains("cannot switch namespace other to canary"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Deployment istio-system/istiod-1-23-6 (NotFound)"),
+        "{text}"
+    );
+    let err = plan_promote(&client, ControlPlanes::Require)
+        .await
+        .expect_err("no istiod-1-23-6");
+    assert!(err.to_string().contains("cannot promote"), "{err}");
+    assert!(err.to_string().contains("istiod-1-23-6"), "{err}");
+    assert!(writes(&take_calls(&fake)).is_empty());
+    // Rolling back to stable is still allowed: stable's istiod is up.
+    plan_rollback(&client, "default", false, ControlPlanes::Require)
+        .await
+        .expect("stable is up");
+    // --force plans both.
+    let plan = plan_switch(&client, "other", "canary", false, ControlPlanes::Force)
+        .await
+        .expect("forced switch");
+    assert!(plan.relabels());
+    let plan = plan_promote(&client, ControlPlanes::Force)
+        .await
+        .expect("forced promote");
+    assert!(plan.steps.move_stable);
+}
+
 #[tokio::test]
 async fn canary_refused_by_the_skip_policy_makes_no_call() {
     let (client, fake) = serve(stable_mesh());
@@ -580,7 +707,7 @@ async fn switch_relabels_the_namespace_and_restarts_what_runs_another_revision()
     f.objects.add("revisiontags", tag("canary", "1-23-6", None));
     f.inject = Some("1-23-6".into());
     let (client, fake) = serve(f);
-    let plan = plan_switch(&client, "default", "canary", true)
+    let plan = plan_switch(&client, "default", "canary", true, ControlPlanes::Require)
         .await
         .expect("plan");
     assert_eq!(plan.before.describe(), "istio-injection=enabled");
@@ -674,6 +801,7 @@ async fn verify_reads_pods_and_names_those_not_ready() {
         namespaces: false,
         pods: PodDetail::Full,
         workloads: false,
+        control_planes: false,
         namespace: None,
     };
     let c = calls(&fake);
@@ -684,7 +812,9 @@ async fn verify_reads_pods_and_names_those_not_ready() {
 #[tokio::test]
 async fn promote_moves_stable_relabels_and_deletes_the_canary_tag() {
     let (client, fake) = serve(canary_mesh());
-    let plan = plan_promote(&client).await.expect("plan");
+    let plan = plan_promote(&client, ControlPlanes::Require)
+        .await
+        .expect("plan");
     assert_eq!(plan.steps.revision, "1-23-6");
     assert_eq!(plan.steps.previous, "1-22-6");
     let c = take_calls(&fake);
@@ -735,7 +865,9 @@ async fn promote_moves_stable_relabels_and_deletes_the_canary_tag() {
         ]
     );
     // Run again: complete already, nothing planned.
-    let again = plan_promote(&client).await.expect("plan again");
+    let again = plan_promote(&client, ControlPlanes::Require)
+        .await
+        .expect("plan again");
     assert!(again.is_done());
     assert!(again.calls().is_empty());
 }
@@ -923,7 +1055,7 @@ async fn unpublish_force_annotates_then_deletes() {
 #[tokio::test]
 async fn rollback_relabels_stable_and_lists_the_canary_workloads() {
     let (client, fake) = serve(canary_mesh());
-    let plan = plan_rollback(&client, "default", false)
+    let plan = plan_rollback(&client, "default", false, ControlPlanes::Require)
         .await
         .expect("plan");
     assert_eq!(plan.after.describe(), "istio.io/rev=stable");
@@ -1084,7 +1216,9 @@ async fn an_interrupted_promotion_resumes_where_it_stopped() {
         ],
     );
     let (client, fake) = serve(f);
-    let plan = plan_promote(&client).await.expect("plan");
+    let plan = plan_promote(&client, ControlPlanes::Require)
+        .await
+        .expect("plan");
     assert!(!plan.steps.move_stable);
     assert_eq!(plan.steps.previous, "1-22-6");
     take_calls(&fake);
@@ -1131,7 +1265,12 @@ async fn rollout_skips_a_paused_deployment_without_touching_it() {
         "a paused Deployment is not restarted"
     );
     let c = take_calls(&fake);
-    assert_eq!(reads(&c), view_reads(&Needs::namespace("other")));
+    // A rollout does not read the control planes (it routes by revisions already chosen).
+    let needs = Needs {
+        control_planes: false,
+        ..Needs::namespace("other")
+    };
+    assert_eq!(reads(&c), view_reads(&needs));
     let (r, events) = with_events!(events, |s| execute_rollout(&client, &plan, s));
     assert!(r.expect("execute").restarted.is_empty());
     assert!(

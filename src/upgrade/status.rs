@@ -93,6 +93,18 @@ pub(crate) struct RevisionRow {
     pub(crate) namespaces: usize,
     /// Pods that run its sidecar.
     pub(crate) pods: usize,
+    /// Its istiod Deployment and that Deployment's state.
+    pub(crate) control_plane: ControlPlaneRow,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ControlPlaneRow {
+    /// `istio-system/istiod-1-23-6`.
+    pub(crate) deployment: String,
+    /// `Available 1/1`, `NotFound`, `Progressing 0/1 available`, `ScaledToZero`.
+    pub(crate) state: String,
+    pub(crate) ready: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -183,8 +195,16 @@ impl StatusReport {
                     })
                     .count(),
                 pods: view.pods_on(name).count(),
+                control_plane: {
+                    let cp = view.control_plane(name);
+                    ControlPlaneRow {
+                        deployment: cp.deployment.to_string(),
+                        state: cp.state.to_string(),
+                        ready: cp.ready(),
+                    }
+                },
             })
-            .collect();
+            .collect::<Vec<RevisionRow>>();
         let tags = view
             .tags
             .iter()
@@ -204,6 +224,15 @@ impl StatusReport {
                 )
             })
             .collect();
+        // A revision that tags or namespaces route pods to, whose istiod is not up.
+        for r in &revisions {
+            if !r.control_plane.ready && (!r.tags.is_empty() || r.namespaces > 0) {
+                problems.push(format!(
+                    "revision {}'s control plane is not ready (Deployment {}: {}): its new pods get a sidecar without configuration; tags and switches to it are refused",
+                    r.name, r.control_plane.deployment, r.control_plane.state
+                ));
+            }
+        }
 
         let mesh_namespaces: std::collections::BTreeSet<&str> =
             states.iter().map(|s| s.namespace.as_str()).collect();
@@ -276,7 +305,15 @@ impl StatusReport {
         let _ = writeln!(out, "NEXT:  {}", self.next);
         out.push('\n');
         out.push_str(&table(
-            &["REVISION", "VERSION", "TAGS", "NAMESPACES", "PODS"],
+            &[
+                "REVISION",
+                "VERSION",
+                "TAGS",
+                "NAMESPACES",
+                "PODS",
+                "CONTROL PLANE",
+                "ISTIOD",
+            ],
             self.revisions
                 .iter()
                 .map(|r| {
@@ -286,6 +323,8 @@ impl StatusReport {
                         dash(r.tags.join(",")),
                         r.namespaces.to_string(),
                         r.pods.to_string(),
+                        r.control_plane.state.clone(),
+                        r.control_plane.deployment.clone(),
                     ]
                 })
                 .collect(),
@@ -541,6 +580,49 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["phase"], "canary-deployed");
         assert_eq!(json["workloads"][0]["revisions"]["1-22-6"], 1);
+    }
+
+    #[test]
+    fn each_revision_shows_its_control_plane() {
+        use crate::upgrade::view::{ControlPlaneRef, DeploymentSummary};
+        let mut m = base();
+        m.revisions
+            .insert("1-23-6".into(), RevisionInfo::new("1.23.6"));
+        m.tags.insert("canary".into(), TagInfo::new("1-23-6"));
+        m.deployments.insert(
+            ControlPlaneRef::resolve("1-22-6", None, None),
+            DeploymentSummary::ready(2),
+        );
+        let r = StatusReport::new(&m);
+        let cp = |name: &str| {
+            r.revisions
+                .iter()
+                .find(|x| x.name == name)
+                .map(|x| x.control_plane.clone())
+                .unwrap()
+        };
+        assert_eq!(cp("1-22-6").state, "Available 2/2");
+        assert!(cp("1-22-6").ready);
+        assert_eq!(cp("1-23-6").state, "NotFound");
+        assert_eq!(cp("1-23-6").deployment, "istio-system/istiod-1-23-6");
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("revision 1-23-6's control plane is not ready")),
+            "{:?}",
+            r.problems
+        );
+        let text = r.render_table();
+        assert!(text.contains("CONTROL PLANE"), "{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with("1-22-6")
+                && l.contains("Available 2/2")
+                && l.contains("istio-system/istiod-1-22-6")),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["revisions"][1]["controlPlane"]["state"], "NotFound");
+        assert_eq!(json["revisions"][1]["controlPlane"]["ready"], false);
     }
 
     #[test]

@@ -14,6 +14,9 @@ use crate::core::vocab::{
     LABEL_REV,
 };
 
+pub(crate) use crate::core::control_plane::{
+    CONTROL_PLANE_LABEL, ControlPlane, ControlPlaneRef, ControlPlaneState, DeploymentSummary,
+};
 pub(crate) use crate::core::view::*;
 pub(crate) use crate::core::{NamespaceLabels, NamespaceSelect};
 
@@ -165,7 +168,13 @@ impl WorkloadInfo {
 
 impl From<&MeshRevision> for RevisionInfo {
     fn from(r: &MeshRevision) -> Self {
+        let cp = r.spec.control_plane.as_ref();
         RevisionInfo {
+            control_plane: Some(ControlPlaneRef::resolve(
+                r.metadata.name.as_deref().unwrap_or_default(),
+                cp.and_then(|c| c.name.as_deref()),
+                cp.and_then(|c| c.namespace.as_deref()),
+            )),
             version: r.spec.version.clone(),
             force_delete: r
                 .metadata
@@ -189,6 +198,31 @@ impl From<&RevisionTag> for TagInfo {
                 .cloned(),
         }
     }
+}
+
+/// A Deployment as a control plane: where it is, and the summary readiness is judged from.
+/// `None` for one without the label [`CONTROL_PLANE_LABEL`] (not a control plane to
+/// meshrev, whoever LISTed or watched it).
+pub(crate) fn control_plane_entry(d: &Deployment) -> Option<(ControlPlaneRef, DeploymentSummary)> {
+    get(&d.metadata.labels, CONTROL_PLANE_LABEL)?;
+    let status = d.status.as_ref();
+    let summary = DeploymentSummary {
+        generation: d.metadata.generation,
+        observed_generation: status.and_then(|s| s.observed_generation),
+        replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        available_replicas: status.and_then(|s| s.available_replicas).unwrap_or(0),
+        available: status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Available"))
+            .map(|c| c.status == "True"),
+    };
+    Some((
+        ControlPlaneRef {
+            namespace: d.metadata.namespace.clone().unwrap_or_default(),
+            name: d.metadata.name.clone().unwrap_or_default(),
+        },
+        summary,
+    ))
 }
 
 /// A namespace's name and labels.
@@ -218,6 +252,44 @@ mod tests {
             .unwrap()
             .insert(ANNOTATION_REV.into(), "1-23-6".into());
         assert_eq!(injected_revision(&m).as_deref(), Some("1-23-6"));
+    }
+
+    #[test]
+    fn control_plane_entries_only_for_labelled_deployments() {
+        let d = |labels: serde_json::Value, status: serde_json::Value| -> Deployment {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "istiod-1-23-6", "namespace": "istio-system",
+                             "generation": 2, "labels": labels},
+                "spec": {"replicas": 2, "selector": {}, "template": {}},
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let ok = d(
+            serde_json::json!({"app": "istiod", "istio.io/rev": "1-23-6"}),
+            serde_json::json!({"observedGeneration": 2, "availableReplicas": 2,
+                "conditions": [{"type": "Available", "status": "True"}]}),
+        );
+        let (r, s) = control_plane_entry(&ok).unwrap();
+        assert_eq!(r.to_string(), "istio-system/istiod-1-23-6");
+        assert_eq!(ControlPlaneState::of(Some(&s)).to_string(), "Available 2/2");
+        let down = d(
+            serde_json::json!({"istio.io/rev": "1-23-6"}),
+            serde_json::json!({"observedGeneration": 2, "unavailableReplicas": 2,
+                "conditions": [{"type": "Available", "status": "False"}]}),
+        );
+        let (_, s) = control_plane_entry(&down).unwrap();
+        assert_eq!(
+            ControlPlaneState::of(Some(&s)).to_string(),
+            "Progressing 0/2 available"
+        );
+        assert!(
+            control_plane_entry(&d(
+                serde_json::json!({"app": "istiod"}),
+                serde_json::json!({})
+            ))
+            .is_none()
+        );
     }
 
     #[test]

@@ -336,3 +336,114 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// The namespace of every revision's istiod (meshrev's default for `spec.controlPlane`).
+pub const ISTIO_SYSTEM: &str = "istio-system";
+
+/// Deploys revision `rev`'s control plane as Istio's `istio-discovery` chart names and
+/// labels it: Deployment `istio-system/istiod-<rev>` with `app: istiod` and
+/// `istio.io/rev: <rev>` (the label meshrev's controller watches), one replica, pods
+/// labelled `sidecar.istio.io/inject: "false"`. Nothing runs it (no kubelet): its pod stays
+/// Pending and the Deployment unavailable until [`istiod_ready`]. Idempotent.
+pub async fn istiod_deploy(client: &kube::Client, rev: &str) -> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    let nss: Api<Namespace> = Api::all(client.clone());
+    if nss.get_opt(ISTIO_SYSTEM).await?.is_none() {
+        apply(
+            &nss,
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ISTIO_SYSTEM}}),
+        )
+        .await?;
+    }
+    // The ReplicaSet's pods need the namespace's default ServiceAccount.
+    eventually(
+        "default ServiceAccount in istio-system",
+        Duration::from_secs(60),
+        || async {
+            let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ISTIO_SYSTEM);
+            Ok(sas.get_opt("default").await?.map(|_| ()))
+        },
+    )
+    .await?;
+    let labels = serde_json::json!({"app": "istiod", "istio.io/rev": rev});
+    let mut pod_labels = labels.clone();
+    pod_labels["sidecar.istio.io/inject"] = "false".into();
+    apply(
+        &Api::<Deployment>::namespaced(client.clone(), ISTIO_SYSTEM),
+        serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": format!("istiod-{rev}"), "namespace": ISTIO_SYSTEM, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": pod_labels},
+                    "spec": {"containers": [{"name": "discovery", "image": "docker.io/istio/pilot:1.30.3"}]}
+                }
+            }
+        }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Makes `istiod-<rev>` available the way a kubelet would make it: marks its pods Running
+/// and Ready through the pods' status subresource (as the e2e tests' stand-in kubelet does)
+/// and waits until kube-controller-manager's Deployment controller reports the Deployment
+/// available (`status.availableReplicas` ≥ 1, condition `Available` True, status of the
+/// current generation). The Deployment's own status is not written: that controller
+/// recomputes it from the ReplicaSets on every change and would overwrite it at once.
+pub async fn istiod_ready(client: &kube::Client, rev: &str) -> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::ListParams;
+    let name = format!("istiod-{rev}");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ISTIO_SYSTEM);
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), ISTIO_SYSTEM);
+    let selector = format!("app=istiod,istio.io/rev={rev}");
+    eventually(
+        &format!("Deployment {ISTIO_SYSTEM}/{name} available"),
+        Duration::from_secs(90),
+        || async {
+            for p in pods.list(&ListParams::default().labels(&selector)).await?.items {
+                let ready = p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(
+                    |cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"),
+                );
+                if ready || p.metadata.deletion_timestamp.is_some() {
+                    continue;
+                }
+                let now = k8s_openapi::jiff::Timestamp::now().to_string();
+                let cond = |t: &str| {
+                    serde_json::json!({"type": t, "status": "True", "lastTransitionTime": now})
+                };
+                let status = serde_json::json!({"status": {
+                    "phase": "Running",
+                    "startTime": now,
+                    "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")],
+                }});
+                let pod = p.metadata.name.clone().unwrap_or_default();
+                pods.patch_status(&pod, &PatchParams::default(), &Patch::Merge(status))
+                    .await?;
+            }
+            let d = deploys.get(&name).await?;
+            let available = d.status.as_ref().is_some_and(|s| {
+                s.available_replicas.unwrap_or(0) >= 1
+                    && s.observed_generation >= d.metadata.generation
+                    && s.conditions.as_ref().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Available" && c.status == "True")
+                    })
+            });
+            Ok(available.then_some(()))
+        },
+    )
+    .await
+}
+
+/// Revision `rev`'s istiod deployed and available: what every revision a test routes pods
+/// to needs before meshrev's readiness guards let a tag or namespace point at it.
+pub async fn control_plane(client: &kube::Client, rev: &str) -> Result<()> {
+    istiod_deploy(client, rev).await?;
+    istiod_ready(client, rev).await
+}
