@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod admission;
+pub(crate) mod adopt;
 pub mod cli;
 pub mod config;
 pub mod controller;

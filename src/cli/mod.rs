@@ -35,6 +35,8 @@ enum Command {
     /// Canary upgrade of the mesh: status, canary, switch, verify, promote, rollout,
     /// unpublish, rollback, revoke.
     Upgrade(crate::upgrade::cli::UpgradeArgs),
+    /// Adopt an installed Istio: plan, --yes, --takeover, --release.
+    Adopt(crate::adopt::cli::AdoptArgs),
 }
 
 /// The name to show in help and usage for a process started as `argv0`: `kubectl meshrev`
@@ -66,7 +68,7 @@ pub fn main() -> ExitCode {
     // The upgrade commands report errors themselves, naming the object and the fix; the
     // client's own error lines would only repeat them.
     init_tracing(match cli.command {
-        Command::Upgrade(_) => "warn,kube_client=off",
+        Command::Upgrade(_) | Command::Adopt(_) => "warn,kube_client=off",
         _ => "info",
     });
     let result = match cli.command {
@@ -89,6 +91,11 @@ pub fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(crate::upgrade::cli::run(args))),
+        Command::Adopt(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(crate::adopt::cli::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,7 +19,7 @@ pub(crate) mod status;
 
 use std::sync::{Arc, Mutex};
 
-pub(crate) use index::{Index, Observed};
+pub(crate) use index::{Index, Observed, node_supports_native_sidecars};
 pub(crate) use lease::{Identity, LeaseHandle};
 pub use run::metric_names;
 pub(crate) use run::{ControllerError, run};

@@ -674,6 +674,15 @@ fn render_event(event: &ops::Event) -> String {
 /// A client: from `kubeconfig` when given, else the usual inference (`$KUBECONFIG`,
 /// `~/.kube/config`, in-cluster).
 async fn client(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Result<Client> {
+    client_as(kubeconfig, context, "upgrade").await
+}
+
+/// [`client`] for the command `command` (its User-Agent says which: `meshrev/<v> (adopt)`).
+pub(crate) async fn client_as(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+    command: &str,
+) -> anyhow::Result<Client> {
     let options = kube::config::KubeConfigOptions {
         context: context.map(str::to_string),
         ..Default::default()
@@ -693,7 +702,7 @@ async fn client(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Res
             "no cluster configured: pass --kubeconfig PATH, set KUBECONFIG, or run inside a pod",
         )?,
     };
-    super::identify(&mut config, "upgrade");
+    super::identify(&mut config, command);
     Ok(Client::try_from(config)?)
 }
 

@@ -2,6 +2,8 @@
 // istiod builds it, so that tests/differential.rs can compare meshrev with it.
 //
 //	oracle --charts DIR --port N [--hub H --tag T]
+//	oracle --injector-dir DIR --revision R --tls-dir TLS --port N
+//	oracle render --charts DIR --revision R --hub H --tag T [--revision-tag T]...
 //
 // DIR is a copy of an Istio release's manifests/ (charts/ and profiles/), e.g.
 // ../shared/conformance/istio/1.30.3/chart: the injection templates, values and
@@ -12,12 +14,25 @@
 //	POST /roundtrip  a Pod in, the same Pod as Go (and so the API server)
 //	                 serializes it out: Istio's patch is computed against that
 //
+// With --injector-dir the templates, values and mesh config are not rendered but read
+// from files config, values and mesh in DIR (the data of an installed revision's
+// istio-sidecar-injector-<rev> and istio-<rev> ConfigMaps), so the handler injects what
+// that revision's istiod would. With --tls-dir it serves HTTPS with a certificate for
+// 127.0.0.1 whose CA it writes to TLS/ca.crt (for a webhook's caBundle).
+//
+// "render" prints, as multi-document YAML sorted by kind, namespace and name, what
+// `istioctl install --revision R --set hub=H --set tag=T` renders from the charts in
+// DIR (profile default's istiod alone: Deployment, Service, ConfigMaps, webhooks, RBAC),
+// plus the istio-revision-tag-<tag> MutatingWebhookConfiguration of each --revision-tag,
+// as `istioctl tag generate` renders it (the chart's revision-tags template).
+//
 // Prints "ready 127.0.0.1:PORT" on stdout once it serves (--port 0 picks a free port). With MESHREV_WATCH_STDIN=1 it exits
 // when its stdin reaches EOF (its parent is gone), as tests/k8s does.
 // Built by tests/istio-oracle/build.sh into target/istio-oracle/oracle.
 package main
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -27,6 +42,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -40,10 +57,17 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "render" {
+		renderMain(os.Args[2:])
+		return
+	}
 	charts := flag.String("charts", "", "an Istio release's manifests/ directory (charts/, profiles/)")
 	port := flag.Int("port", 0, "port to listen on (127.0.0.1); 0 picks a free one")
 	hub := flag.String("hub", "docker.io/istio", "proxy image hub")
 	tag := flag.String("tag", "1.30.3", "proxy image tag")
+	injectorDir := flag.String("injector-dir", "", "read config, values and mesh from this directory instead of rendering the charts")
+	revision := flag.String("revision", "", "the revision this injector serves (with --injector-dir)")
+	tlsDir := flag.String("tls-dir", "", "serve HTTPS with a generated certificate; its CA goes to DIR/ca.crt")
 	flag.Parse()
 	if os.Getenv("MESHREV_WATCH_STDIN") == "1" {
 		go func() {
@@ -52,7 +76,7 @@ func main() {
 			os.Exit(0)
 		}()
 	}
-	if _, err := os.Stat(filepath.Join(*charts, "charts")); *charts == "" || err != nil {
+	if _, err := os.Stat(filepath.Join(*charts, "charts")); *injectorDir == "" && (*charts == "" || err != nil) {
 		log.Fatalf("oracle: --charts %q is not an Istio manifests/ directory (needs charts/ and profiles/)", *charts)
 	}
 
@@ -60,7 +84,17 @@ func main() {
 	// (Auto would look at the nodes' kubelet versions; with none it gives classic sidecars.)
 	features.EnableNativeSidecars = features.NativeSidecarModeEnabled
 
-	config, values, meshText := renderInjectorConfig(*charts, *hub, *tag)
+	var config, values, meshText string
+	if *injectorDir != "" {
+		read := func(name string) string {
+			b, err := os.ReadFile(filepath.Join(*injectorDir, name))
+			check(err)
+			return string(b)
+		}
+		config, values, meshText = read("config"), read("values"), read("mesh")
+	} else {
+		config, values, meshText = renderInjectorConfig(*charts, *hub, *tag)
+	}
 	dir, err := os.MkdirTemp("", "istio-oracle")
 	check(err)
 	defer os.RemoveAll(dir)
@@ -85,6 +119,7 @@ func main() {
 		Watcher:      watcher,
 		Env:          env,
 		Mux:          mux,
+		Revision:     *revision,
 		MultiCluster: multicluster.NewFakeController(),
 	})
 	check(err)
@@ -93,8 +128,22 @@ func main() {
 	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", *port))
 	check(err)
 	// With --port 0 the kernel picks a free port: say which (no race with other processes).
+	if *tlsDir != "" {
+		certPEM, keyPEM := selfSigned(*tlsDir)
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		check(err)
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
+	}
 	fmt.Println("ready", ln.Addr().String())
-	log.Fatal(http.Serve(ln, mux))
+	// One log line per injection request, written before Istio's handler answers, so a test
+	// can count which injector a pod went through (tests/e2e_adopt.rs).
+	var calls atomic.Int64
+	log.Fatal(http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/inject") {
+			fmt.Fprintf(os.Stderr, "oracle: /inject request %d\n", calls.Add(1))
+		}
+		mux.ServeHTTP(w, r)
+	})))
 }
 
 // renderInjectorConfig renders the charts as Istio's own injection tests do and returns
