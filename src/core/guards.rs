@@ -439,6 +439,11 @@ pub(crate) fn tag_delete(view: &MeshView, tag: &str) -> Result<(), Refusal> {
     }
     let fix = if tag == TAG_CANARY {
         "switch those namespaces back (meshrev upgrade rollback NAMESPACE) or promote the canary (meshrev upgrade promote --yes)".to_string()
+    } else if tag == TAG_STABLE {
+        // Relabelling to stable, the usual fix, would not release this tag.
+        format!(
+            "move the tag instead of deleting it (meshrev upgrade promote, or kubectl patch revisiontag stable --type merge -p '{{\"spec\":{{\"revision\":\"REVISION\"}}}}'), or relabel them to a pinned revision first (kubectl label namespace NAME {LABEL_REV}=REVISION --overwrite)"
+        )
     } else {
         format!(
             "relabel them to another tag first (kubectl label namespace NAME {LABEL_REV}=stable --overwrite)"
@@ -1392,6 +1397,19 @@ mod tests {
         let m = view(false);
         let e = tag_delete(&m, "stable").unwrap_err();
         assert!(e.blockers[0].detail.contains("istio-injection=enabled"));
+        // Its fix never suggests relabelling to the tag being deleted.
+        assert!(!e.fix.contains("rev=stable"), "{}", e.fix);
+        assert!(e.fix.contains("move the tag"), "{}", e.fix);
+        let mut m = view(false);
+        m.tags.insert("prod".into(), TagInfo::new("1-22-6"));
+        m.namespaces
+            .insert("shop".into(), NamespaceLabels::rev("prod"));
+        assert!(
+            tag_delete(&m, "prod")
+                .unwrap_err()
+                .fix
+                .contains("rev=stable")
+        );
     }
 
     #[test]
