@@ -7,7 +7,8 @@
 //!    (`istio-system/istiod-1-22-6`) is available;
 //! 2. the readiness guards: canary `1-23-6`'s istiod deployed but not available, so the CLI,
 //!    a RevisionTag and a namespace label are refused naming the Deployment (`--force`
-//!    skips the CLI's check, never the webhook's), until its pod is ready;
+//!    passes, its write carrying the force annotation the webhook honours), until its pod
+//!    is ready;
 //! 3. the rollback path: canary `1-23-6` → switch → redeploy reviews-v2 → rollback → revoke;
 //! 4. the canary again → switch → redeploy reviews-v2 → verify → promote → rollout →
 //!    unpublish;
@@ -647,6 +648,15 @@ async fn canary_upgrade_rollback_and_promotion() -> Result<()> {
     assert_eq!(msg, "Deployment istio-system/istiod-1-22-6: Available 1/1");
     let plugin = kubectl_meshrev_status(&env.kubeconfig).await?;
     assert!(plugin.contains("PHASE: stable only"), "{plugin}");
+    // The hint is a command the user can type as they invoked the CLI.
+    assert!(
+        plugin.contains("NEXT:  to upgrade: kubectl meshrev upgrade canary --revision"),
+        "{plugin}"
+    );
+    assert!(
+        text.contains("NEXT:  to upgrade: meshrev upgrade canary --revision"),
+        "{text}"
+    );
     assert!(
         plugin.contains("deployment/istio-ingressgateway (gateway)"),
         "{plugin}"
@@ -833,22 +843,37 @@ async fn canary_upgrade_rollback_and_promotion() -> Result<()> {
             .then_some(()))
     })
     .await?;
-    // --force skips the CLI's check only: the webhook still refuses the tag.
+    // --force: the tag's write names the revision in meshrev.io/force-control-plane, which
+    // the webhook honours for that revision only (plain kubectl without it stays refused,
+    // above). Deleted again so the lifecycle below starts from stable alone.
     let forced = env
-        .refused(
-            &[
-                "canary",
-                "--revision",
-                "1-23-6",
-                "--version",
-                "1.23.6",
-                "--force",
-            ],
-            &["guards.meshrev.io", "istiod-1-23-6"],
-        )
+        .ok(&[
+            "canary",
+            "--revision",
+            "1-23-6",
+            "--version",
+            "1.23.6",
+            "--force",
+        ])
         .await?;
-    assert!(forced.contains("creating RevisionTag canary"), "{forced}");
-    assert!(!env.tag_names().await?.contains_key("canary"));
+    assert!(forced.contains("canary"), "{forced}");
+    let tag = env.tags().get("canary").await?;
+    assert_eq!(tag.spec.revision, "1-23-6");
+    assert_eq!(
+        tag.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("meshrev.io/force-control-plane"))
+            .map(String::as_str),
+        Some("1-23-6")
+    );
+    env.tags()
+        .delete("canary", &DeleteParams::default())
+        .await?;
+    meshrev_proc::eventually("tag canary gone", WAIT, || async {
+        Ok((!env.tag_names().await?.contains_key("canary")).then_some(()))
+    })
+    .await?;
     // Its pod becomes ready: the Deployment is available, the condition flips, the guards pass.
     meshrev_proc::istiod_ready(&client, "1-23-6").await?;
     let msg = env

@@ -2,7 +2,9 @@
 # tests/istio-oracle/build.sh, …): find the Go toolchain, and build a module's main package
 # into target/ only when it is missing or older than its sources. Source it, don't run it.
 #
-#   go_tool_build DIR OUT FORCE   build DIR's main package into OUT (FORCE=1: always)
+#   go_tool_build DIR OUT FORCE [PKG [LDFLAGS]]
+#                                 build DIR's main package (or PKG, e.g. a `tool` of DIR's
+#                                 go.mod) into OUT (FORCE=1: always), with LDFLAGS added
 #
 # Go's normal caches (GOCACHE, GOMODCACHE) are used, so a rebuild on a fresh clone is a
 # cache hit. Needs only the Go toolchain (>= the go directive in DIR/go.mod).
@@ -22,7 +24,7 @@ need_go() {
 }
 
 go_tool_build() {
-  local dir=$1 out=$2 force=${3:-0}
+  local dir=$1 out=$2 force=${3:-0} pkg=${4:-.} ldflags=${5:-}
   if [ "$force" = 0 ] && [ -x "$out" ]; then
     local f fresh=1
     for f in "$dir"/*.go "$dir"/go.mod "$dir"/go.sum; do
@@ -40,7 +42,7 @@ go_tool_build() {
   echo "build: building $out (the first build takes minutes; later builds use Go's build cache)"
   # -trimpath makes the cache entries independent of the checkout path, so a fresh clone
   # elsewhere hits the cache; -s -w shrinks the binary and the link.
-  (cd "$dir" && go build -trimpath -ldflags='-s -w' -o "$out.tmp.$$" .)
+  (cd "$dir" && go build -trimpath -ldflags="-s -w $ldflags" -o "$out.tmp.$$" "$pkg")
   mv -f "$out.tmp.$$" "$out"
   echo "build: built $out ($(du -h "$out" | cut -f1)) in $(( $(date +%s) - start ))s"
 }

@@ -38,6 +38,9 @@ pub(crate) enum Change {
     TagWrite {
         tag: String,
         revision: String,
+        /// The new object's [`ANNOTATION_FORCE_CONTROL_PLANE`](crate::core::ANNOTATION_FORCE_CONTROL_PLANE)
+        /// names `revision`: skip the control-plane check.
+        forced: bool,
     },
     TagDelete {
         tag: String,
@@ -65,6 +68,8 @@ pub(crate) enum Change {
         /// `None` on CREATE.
         before: Option<NamespaceLabels>,
         after: NamespaceLabels,
+        /// The new object's force annotation: the revision it may route to unready.
+        forced: Option<String>,
     },
     /// Nothing a guard checks changed.
     Unguarded,
@@ -97,10 +102,19 @@ impl Change {
     pub(crate) fn check(&self, view: &MeshView) -> Result<Vec<String>, guards::Refusal> {
         match self {
             Change::Unguarded => Ok(Vec::new()),
-            Change::TagWrite { tag, revision } => {
-                // The webhook never skips the control-plane check: `--force` is the CLI's.
-                guards::tag_write(view, tag, revision, guards::ControlPlanes::Require)
-                    .map(|()| Vec::new())
+            Change::TagWrite {
+                tag,
+                revision,
+                forced,
+            } => {
+                // Skipped only for a write that names its revision in the force annotation
+                // (`meshrev upgrade … --force` sets it in the same patch).
+                let check = if *forced {
+                    guards::ControlPlanes::Force
+                } else {
+                    guards::ControlPlanes::Require
+                };
+                guards::tag_write(view, tag, revision, check).map(|()| Vec::new())
             }
             Change::TagDelete { tag } => guards::tag_delete(view, tag).map(|()| Vec::new()),
             Change::RevisionWrite { name, version } => {
@@ -111,8 +125,11 @@ impl Change {
                 namespace,
                 before,
                 after,
-            } => guards::namespace_write(view, namespace, before.as_ref(), after)
-                .map(|()| Vec::new()),
+                forced,
+            } => {
+                guards::namespace_write(view, namespace, before.as_ref(), after, forced.as_deref())
+                    .map(|()| Vec::new())
+            }
             Change::ControlPlaneWrite {
                 name,
                 deployment,
@@ -274,9 +291,11 @@ pub(crate) fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             if old.is_some_and(|o| o.spec.revision == new.spec.revision) {
                 Change::Unguarded
             } else {
+                let forced = force_annotation(&req.object) == Some(new.spec.revision.as_str());
                 Change::TagWrite {
                     tag,
                     revision: new.spec.revision,
+                    forced,
                 }
             }
         }
@@ -338,6 +357,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
                     namespace,
                     before,
                     after,
+                    forced: force_annotation(&req.object).map(str::to_string),
                 }
             }
         }
@@ -356,6 +376,15 @@ pub(crate) fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
 }
 
 /// The object of a CREATE/UPDATE and, for an UPDATE, the object it replaces.
+/// The object's [`ANNOTATION_FORCE_CONTROL_PLANE`](crate::core::ANNOTATION_FORCE_CONTROL_PLANE).
+fn force_annotation(object: &Option<Value>) -> Option<&str> {
+    object
+        .as_ref()?
+        .pointer("/metadata/annotations")?
+        .get(crate::core::ANNOTATION_FORCE_CONTROL_PLANE)?
+        .as_str()
+}
+
 fn new_and_old<T: serde::de::DeserializeOwned>(req: &Request) -> Result<(T, Option<T>), String> {
     let new = object(&req.object, "object")?;
     let old = match &req.old_object {
@@ -549,7 +578,8 @@ mod tests {
             p.change,
             Change::TagWrite {
                 tag: "canary".into(),
-                revision: "1-24-0".into()
+                revision: "1-24-0".into(),
+                forced: false,
             }
         );
         let p = parse(&review(
@@ -723,6 +753,21 @@ mod tests {
         let a: Value = serde_json::from_slice(&reply).unwrap();
         let msg = a["response"]["status"]["message"].as_str().unwrap();
         assert!(msg.contains("istiod-1-24-0: NotFound"), "{msg}");
+        // The force annotation (`--force`) passes exactly the revision it names.
+        let forced = |to: &str| {
+            let mut t = tag("prod", "1-24-0");
+            t["metadata"]["annotations"] = json!({crate::core::ANNOTATION_FORCE_CONTROL_PLANE: to});
+            parse(&review(
+                "RevisionTag",
+                "UPDATE",
+                "prod",
+                t,
+                tag("prod", "1-22-6"),
+            ))
+            .unwrap()
+        };
+        assert_eq!(reply_with_view(&forced("1-24-0"), &m).1, Verdict::Allowed);
+        assert_eq!(reply_with_view(&forced("1-22-6"), &m).1, Verdict::Denied);
         // Available: allowed.
         m.deployments.insert(istiod, DeploymentSummary::ready(1));
         assert_eq!(reply_with_view(&parsed, &m).1, Verdict::Allowed);
@@ -762,6 +807,17 @@ mod tests {
             msg.contains("Deployment istio-system/istiod-1-23-6 (NotFound)"),
             "{msg}"
         );
+        // `switch --force` annotates the namespace with the revision it may route to.
+        let mut forced = ns(json!({"istio.io/rev": "canary"}));
+        forced["metadata"]["annotations"] =
+            json!({crate::core::ANNOTATION_FORCE_CONTROL_PLANE: "1-23-6"});
+        let fp = parse(&body(
+            "UPDATE",
+            forced,
+            ns(json!({"istio-injection": "enabled"})),
+        ))
+        .unwrap();
+        assert_eq!(reply_with_view(&fp, &m).1, Verdict::Allowed);
         m.deployments.insert(
             ControlPlaneRef::resolve("1-23-6", None, None),
             DeploymentSummary::ready(1),

@@ -57,6 +57,7 @@ pub fn display_name(argv0: Option<&std::ffi::OsStr>) -> &'static str {
 /// Entry point of both binaries, `meshrev` and the kubectl plugin `kubectl-meshrev`.
 pub fn main() -> ExitCode {
     let name = display_name(std::env::args_os().next().as_deref());
+    crate::upgrade::cli::set_display_name(name);
     let matches = Cli::command()
         .bin_name(name)
         .display_name(name)
@@ -100,7 +101,11 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Its fix line may suggest a command: as the user invoked this CLI.
+            eprintln!(
+                "{}",
+                crate::upgrade::cli::for_display(&format!("error: {e:#}"))
+            );
             ExitCode::FAILURE
         }
     }

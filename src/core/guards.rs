@@ -12,8 +12,9 @@
 //!   control plane (its istiod Deployment) is not ready ([`control_plane_ready`], checked by
 //!   [`tag_write`], [`switch`], [`promote`], [`canary`], [`namespace_write`]), and no
 //!   revision in use repointed at a Deployment that is not ready ([`control_plane_write`]).
-//!   Only the CLI may skip it ([`ControlPlanes::Force`], `--force`); the webhook always
-//!   requires it.
+//!   `meshrev upgrade … --force` skips it ([`ControlPlanes::Force`]); the webhook skips it
+//!   only for a write whose `meshrev.io/force-control-plane` annotation names the revision
+//!   (what `--force` writes), and its refusals do not offer that.
 
 use std::fmt;
 
@@ -214,10 +215,11 @@ fn canary_against_stable(
 /// Whether a step that routes pods to a revision requires its control plane to be ready.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum ControlPlanes {
-    /// Refuse while it is not ready (the webhook, always; the CLI by default).
+    /// Refuse while it is not ready (the default).
     #[default]
     Require,
-    /// Skip the check (`meshrev upgrade … --force`; never the webhook).
+    /// Skip the check (`meshrev upgrade … --force`, or a write the webhook sees carrying
+    /// the force annotation for this revision).
     Force,
 }
 
@@ -319,7 +321,9 @@ pub(crate) fn tag_write(
 /// A namespace's injection labels changing from `before` (`None`: a new namespace) to
 /// `after` (webhook CREATE/UPDATE of a Namespace, i.e. `kubectl label namespace …`): when
 /// its new pods would get another revision than before, that revision's control plane
-/// must be ready (the same rule as `meshrev upgrade switch`; the webhook has no force).
+/// must be ready (the same rule as `meshrev upgrade switch`), unless `forced` names that
+/// revision (the namespace's [`ANNOTATION_FORCE_CONTROL_PLANE`](super::vocab::ANNOTATION_FORCE_CONTROL_PLANE),
+/// `switch --force`).
 /// A label naming neither tag nor revision, or one that turns injection off, is not this
 /// guard's business (`meshrev upgrade status` flags the former).
 pub(crate) fn namespace_write(
@@ -327,6 +331,7 @@ pub(crate) fn namespace_write(
     namespace: &str,
     before: Option<&NamespaceLabels>,
     after: &NamespaceLabels,
+    forced: Option<&str>,
 ) -> Result<(), Refusal> {
     let route_with = |labels: Option<&NamespaceLabels>| {
         let mut v = view.clone();
@@ -346,7 +351,12 @@ pub(crate) fn namespace_write(
         "namespace {namespace} labelled {} refused (its new pods would get revision {revision})",
         after.describe()
     );
-    control_plane_ready(view, &revision, &action, ControlPlanes::Require)
+    let check = if forced == Some(revision.as_str()) {
+        ControlPlanes::Force
+    } else {
+        ControlPlanes::Require
+    };
+    control_plane_ready(view, &revision, &action, check)
 }
 
 /// Pointing revision `name`'s `spec.controlPlane` at `deployment` (webhook UPDATE of a
@@ -429,6 +439,11 @@ pub(crate) fn tag_delete(view: &MeshView, tag: &str) -> Result<(), Refusal> {
     }
     let fix = if tag == TAG_CANARY {
         "switch those namespaces back (meshrev upgrade rollback NAMESPACE) or promote the canary (meshrev upgrade promote --yes)".to_string()
+    } else if tag == TAG_STABLE {
+        // Relabelling to stable, the usual fix, would not release this tag.
+        format!(
+            "move the tag instead of deleting it (meshrev upgrade promote, or kubectl patch revisiontag stable --type merge -p '{{\"spec\":{{\"revision\":\"REVISION\"}}}}'), or relabel them to a pinned revision first (kubectl label namespace NAME {LABEL_REV}=REVISION --overwrite)"
+        )
     } else {
         format!(
             "relabel them to another tag first (kubectl label namespace NAME {LABEL_REV}=stable --overwrite)"
@@ -1063,7 +1078,7 @@ mod tests {
         );
         assert!(
             !line.contains("--force"),
-            "the webhook has no force: {line}"
+            "the refusal does not offer a force: {line}"
         );
         assert_eq!(e.blockers[0].kind, BlockerKind::Deployment);
         // Not found: named too, with where meshrev looked.
@@ -1113,6 +1128,7 @@ mod tests {
             "default",
             Some(&before),
             &NamespaceLabels::rev("canary"),
+            None,
         )
         .unwrap_err();
         let line = e.one_line();
@@ -1125,16 +1141,17 @@ mod tests {
             "{line}"
         );
         // By revision name, and on a new namespace.
-        assert!(namespace_write(&m, "new", None, &NamespaceLabels::rev("1-23-6")).is_err());
+        assert!(namespace_write(&m, "new", None, &NamespaceLabels::rev("1-23-6"), None).is_err());
         // To stable (up), or unchanged routing, or injection off: allowed.
-        assert!(namespace_write(&m, "new", None, &NamespaceLabels::rev("stable")).is_ok());
+        assert!(namespace_write(&m, "new", None, &NamespaceLabels::rev("stable"), None).is_ok());
         let canary = NamespaceLabels::rev("canary");
         assert!(
             namespace_write(
                 &m,
                 "default",
                 Some(&canary),
-                &NamespaceLabels::rev("1-23-6")
+                &NamespaceLabels::rev("1-23-6"),
+                None
             )
             .is_ok()
         );
@@ -1142,15 +1159,25 @@ mod tests {
             injection: Some("disabled".into()),
             rev: None,
         };
-        assert!(namespace_write(&m, "default", Some(&before), &off).is_ok());
+        assert!(namespace_write(&m, "default", Some(&before), &off, None).is_ok());
         // A name that resolves to nothing: not this guard's refusal.
         assert!(
-            namespace_write(&m, "default", Some(&before), &NamespaceLabels::rev("nope")).is_ok()
+            namespace_write(
+                &m,
+                "default",
+                Some(&before),
+                &NamespaceLabels::rev("nope"),
+                None
+            )
+            .is_ok()
         );
         // System namespaces are never injected.
-        assert!(namespace_write(&m, "kube-system", None, &canary).is_ok());
+        assert!(namespace_write(&m, "kube-system", None, &canary, None).is_ok());
+        // The force annotation passes exactly the revision it names.
+        assert!(namespace_write(&m, "default", Some(&before), &canary, Some("1-23-6")).is_ok());
+        assert!(namespace_write(&m, "default", Some(&before), &canary, Some("canary")).is_err());
         istiod(&mut m, "1-23-6", DeploymentSummary::ready(1));
-        assert!(namespace_write(&m, "default", Some(&before), &canary).is_ok());
+        assert!(namespace_write(&m, "default", Some(&before), &canary, None).is_ok());
     }
 
     #[test]
@@ -1370,6 +1397,19 @@ mod tests {
         let m = view(false);
         let e = tag_delete(&m, "stable").unwrap_err();
         assert!(e.blockers[0].detail.contains("istio-injection=enabled"));
+        // Its fix never suggests relabelling to the tag being deleted.
+        assert!(!e.fix.contains("rev=stable"), "{}", e.fix);
+        assert!(e.fix.contains("move the tag"), "{}", e.fix);
+        let mut m = view(false);
+        m.tags.insert("prod".into(), TagInfo::new("1-22-6"));
+        m.namespaces
+            .insert("shop".into(), NamespaceLabels::rev("prod"));
+        assert!(
+            tag_delete(&m, "prod")
+                .unwrap_err()
+                .fix
+                .contains("rev=stable")
+        );
     }
 
     #[test]

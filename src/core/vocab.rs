@@ -26,6 +26,12 @@ pub(crate) const ANNOTATION_TEMPLATES: &str = "inject.istio.io/templates";
 /// Annotation on a `MeshRevision` that lets it be deleted while pods still run its sidecar
 /// (`meshrev upgrade unpublish --force` sets it; so can `kubectl annotate`).
 pub(crate) const ANNOTATION_FORCE_DELETE: &str = "meshrev.io/force-delete";
+/// Annotation on a `RevisionTag` or a `Namespace` naming the one revision it may route pods
+/// to while that revision's istiod is not ready: the validating webhook skips its
+/// control-plane check for a write to exactly that revision. `meshrev upgrade … --force`
+/// sets it in the same patch as the move (and clears it on an unforced one), so the CLI's
+/// `--force` works where the webhook is installed; `kubectl annotate` can set it too.
+pub(crate) const ANNOTATION_FORCE_CONTROL_PLANE: &str = "meshrev.io/force-control-plane";
 /// Annotation on tag `stable` recording the revision it pointed at before a promotion.
 pub(crate) const ANNOTATION_PROMOTED_FROM: &str = "meshrev.io/promoted-from";
 /// The pod-template annotation `kubectl rollout restart` sets.

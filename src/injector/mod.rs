@@ -110,8 +110,9 @@ fn full_pod_patch(
             "internal error: the injector's patch does not apply: {e}"
         ))
     })?;
-    templates::apply(tmpl, &original, &mut injected).map_err(Refusal::Annotation)?;
-    overrides::apply(&original, &mut injected);
+    if !templates::apply(tmpl, &original, &mut injected).map_err(Refusal::Annotation)? {
+        overrides::apply(&original, &mut injected);
+    }
     patch.clear();
     serde_json::to_writer(&mut *patch, &json_patch::diff(&original, &injected))
         .expect("writing a patch to a Vec must not fail");
@@ -284,6 +285,8 @@ impl<'p> PodValues<'p> {
                 if let (Some(req), Some(lim)) = (r.requests.get(res), r.limits.get(res))
                     && let (Some(a), Some(b)) = (quantity_value(req), quantity_value(lim))
                     && a > b
+                    // The gateway and grpc-simple templates write no proxy resources.
+                    && templates::read_proxy_annotations(ann(crate::core::ANNOTATION_TEMPLATES))
                 {
                     return Err(format!(
                         "annotations sidecar.istio.io/proxy{0} ({req}) and sidecar.istio.io/proxy{0}Limit ({lim}): the request is above the limit, which the API server refuses",
@@ -365,7 +368,8 @@ impl<'p> PodValues<'p> {
             })
         };
         let user_mounts = match ann("sidecar.istio.io/userVolumeMount") {
-            Some(v) => named_objects("sidecar.istio.io/userVolumeMount", v)?,
+            Some(v) => named_objects("sidecar.istio.io/userVolumeMount", v)
+                .or_else(|e| unread_user_volumes(meta, e))?,
             None => Vec::new(),
         };
         Ok(PodValues {
@@ -517,6 +521,16 @@ fn named_objects(key: &str, v: &str) -> Result<Vec<String>, String> {
             _ => Err(format!("annotation {key}: entry {name:?} is not an object")),
         })
         .collect()
+}
+
+/// A malformed `userVolume[Mount]` refuses the pod only when one of its templates reads it
+/// (Istio's `gateway` and `grpc-simple` never do, and inject): else it adds nothing.
+fn unread_user_volumes(meta: &Meta<'_>, refusal: String) -> Result<Vec<String>, String> {
+    if templates::read_proxy_annotations(meta.annotation(crate::core::ANNOTATION_TEMPLATES)) {
+        Err(refusal)
+    } else {
+        Ok(Vec::new())
+    }
 }
 
 /// Env vars every sidecar sets (or meshrev set once); an earlier proxy's other env vars are
@@ -796,7 +810,9 @@ fn write_patch(
         None => {}
     }
     let user_volumes = match meta.annotation("sidecar.istio.io/userVolume") {
-        Some(v) => named_objects("sidecar.istio.io/userVolume", v).map_err(Refusal::Annotation)?,
+        Some(v) => named_objects("sidecar.istio.io/userVolume", v)
+            .or_else(|e| unread_user_volumes(meta, e))
+            .map_err(Refusal::Annotation)?,
         None => Vec::new(),
     };
 

@@ -147,10 +147,15 @@ fn find_mut<'v>(pod: &'v mut Value, name: &str) -> Option<(String, &'v mut Value
 /// A user `runAsUser` on `istio-proxy` becomes istio-iptables' `-u` (not 0, which would
 /// exempt root's traffic instead of the proxy's). Under TPROXY the proxy itself must run as
 /// root: its `runAsUser` goes back to 0 (`-u` still names the pod's user, as in Istio).
-fn adjust_init_user(pod: &mut Value, user: &Value) {
+pub(crate) fn adjust_init_user(pod: &mut Value, user: &Value) {
     let Some(uid) = user["securityContext"]["runAsUser"].as_i64() else {
         return;
     };
+    // Istio stops here when the pod has no istio-init (a gateway, a proxyless template):
+    // even under TPROXY the proxy keeps the pod's user.
+    if find_mut(pod, INIT_CONTAINER).is_none() {
+        return;
+    }
     let tproxy = pod["metadata"]["annotations"]["sidecar.istio.io/interceptionMode"] == "TPROXY";
     if tproxy && let Some((_, proxy)) = find_mut(pod, PROXY_CONTAINER) {
         proxy["securityContext"]["runAsUser"] = json!(0);

@@ -13,7 +13,7 @@
 
 use serde_json::{Value, json};
 
-use super::{INIT_CONTAINER, PROXY_CONTAINER, RevisionTemplate};
+use super::{ANNOTATION_STATUS, INIT_CONTAINER, PROXY_CONTAINER, RevisionTemplate};
 // The annotation naming the templates, comma-separated, applied in order.
 use crate::core::ANNOTATION_TEMPLATES;
 
@@ -33,30 +33,54 @@ pub(crate) fn validate(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the templates a pod asks for read `sidecar.istio.io/userVolume[Mount]` and
+/// `sidecar.istio.io/proxy{CPU,Memory}[Limit]`: `sidecar` (the default) and `grpc-agent` do,
+/// `gateway` and `grpc-simple` never look at them, so a value that is not JSON, or a request
+/// above its limit, is refused only when one of the first two is applied. Called only on
+/// those refusal paths.
+pub(crate) fn read_proxy_annotations(templates: Option<&str>) -> bool {
+    templates.is_none_or(|list| {
+        list.split(',')
+            .map(str::trim)
+            .any(|t| t == "sidecar" || t == "grpc-agent")
+    })
+}
+
 /// Transforms the sidecar-injected pod for the templates the original pod asks for.
+/// Returns whether the template already applied and recorded the pod's own containers
+/// (`proxy.istio.io/overrides`): the proxyless gRPC templates list every container of the
+/// pod, so every one is an override.
 pub(crate) fn apply(
     tmpl: &RevisionTemplate,
     original: &Value,
     injected: &mut Value,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     if tmpl.features.core_dump_container
         && original["metadata"]["annotations"]["sidecar.istio.io/enableCoreDump"] == "true"
     {
         core_dump(injected);
     }
     let Some(list) = original["metadata"]["annotations"][ANNOTATION_TEMPLATES].as_str() else {
-        return Ok(());
+        return Ok(false);
     };
     validate(list).map_err(|e| format!("annotation {ANNOTATION_TEMPLATES}: {e}"))?;
     let names: Vec<&str> = list.split(',').map(str::trim).collect();
     if names.contains(&"gateway") {
         gateway(tmpl, original, injected);
     } else if names.contains(&"grpc-agent") {
-        grpc_agent(tmpl, original, injected);
+        match names.iter().position(|n| *n == "sidecar") {
+            Some(at) => {
+                let sidecar_last = names.iter().rposition(|n| *n == "grpc-agent") < Some(at);
+                sidecar_and_grpc_agent(tmpl, original, injected, sidecar_last)?;
+            }
+            None => grpc_agent(tmpl, original, injected),
+        }
+        return Ok(true);
     } else if names.contains(&"grpc-simple") {
         grpc_simple(tmpl, original, injected);
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 fn take_container(pod: &mut Value, list: &str, name: &str) -> Option<Value> {
@@ -79,12 +103,82 @@ fn set_status(pod: &mut Value, status: Value) {
     pod["metadata"]["annotations"][super::ANNOTATION_STATUS] = Value::String(status.to_string());
 }
 
+/// Whether the proxy must start before the app (Istio's `reorderPod`): the installation's
+/// `holdApplicationUntilProxyStarts`, or the pod's `proxy.istio.io/config` setting it.
+fn hold_application(tmpl: &RevisionTemplate, original: &Value) -> bool {
+    tmpl.hold_application
+        || original["metadata"]["annotations"]["proxy.istio.io/config"]
+            .as_str()
+            .and_then(|pc| {
+                serde_json::from_str::<Value>(pc)
+                    .ok()
+                    .or_else(|| crate::yaml::from_str(pc).ok())
+            })
+            .is_some_and(|c| c["holdApplicationUntilProxyStarts"] == true)
+}
+
+/// The names a `sidecar.istio.io/userVolume[Mount]` annotation adds (a JSON object of name →
+/// object; anything else adds none).
+fn user_names(original: &Value, key: &str) -> Vec<String> {
+    original["metadata"]["annotations"][key]
+        .as_str()
+        .and_then(|v| serde_json::from_str::<serde_json::Map<String, Value>>(v).ok())
+        .map(|m| m.into_iter().map(|(k, _)| k).collect())
+        .unwrap_or_default()
+}
+
+/// Removes the volumes the sidecar template added for `sidecar.istio.io/userVolume` (the
+/// pod's own volumes of the same name stay).
+fn drop_user_volumes(original: &Value, pod: &mut Value) {
+    let user = user_names(original, "sidecar.istio.io/userVolume");
+    if user.is_empty() {
+        return;
+    }
+    let own = |n: &Value| {
+        original["spec"]["volumes"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|x| x["name"] == *n))
+    };
+    if let Some(vols) = pod["spec"]["volumes"].as_array_mut() {
+        vols.retain(|v| own(&v["name"]) || !user.iter().any(|u| v["name"] == u.as_str()));
+    }
+}
+
+/// Istio's `service.istio.io/canonical-name` without the sidecar template's truncation: the
+/// label, else `app.kubernetes.io/name`, else `app`, else the workload name.
+fn untruncated_canonical_name(original: &Value, workload: &str) -> String {
+    let labels = &original["metadata"]["labels"];
+    [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|k| labels[*k].as_str().filter(|v| !v.is_empty()))
+    .unwrap_or(workload)
+    .to_string()
+}
+
+/// The value of env var `name` of a container.
+fn env_value<'c>(container: &'c Value, name: &str) -> Option<&'c str> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+}
+
+/// Istio's `gateway` template, from the sidecar-injected pod. The template reads none of the
+/// sidecar's per-pod annotations (readiness, interceptionMode, userVolume[Mount], status
+/// port): its proxy is fixed apart from image, log levels and the proxy config; Istio's
+/// post-processing (app probe rewrite, Prometheus merge, ordering) applies as to a sidecar.
 fn gateway(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
     let proxy = take_container(pod, "initContainers", PROXY_CONTAINER)
         .or_else(|| take_container(pod, "containers", PROXY_CONTAINER));
     take_container(pod, "initContainers", INIT_CONTAINER);
     drop_if_emptied(pod, original, "initContainers");
     let Some(mut proxy) = proxy else { return };
+    let user_mounts = user_names(original, "sidecar.istio.io/userVolumeMount");
     if let Some(p) = proxy.as_object_mut() {
         p.insert("args".into(), {
             let mut args = p["args"].clone();
@@ -98,23 +192,51 @@ fn gateway(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
             "securityContext".into(),
             json!({"runAsUser": 1337, "runAsGroup": 1337}),
         );
+        // The template's readiness probe takes the installation's values only, and is there
+        // whatever the status port.
+        p.insert(
+            "readinessProbe".into(),
+            json!({"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 15,
+                   "timeoutSeconds": 3, "failureThreshold": 4}),
+        );
         if let Some(mounts) = p.get_mut("volumeMounts").and_then(Value::as_array_mut) {
-            mounts.retain(|m| m["name"] != "istio-ca-crl");
+            mounts.retain(|m| {
+                m["name"] != "istio-ca-crl" && !user_mounts.iter().any(|u| m["name"] == u.as_str())
+            });
+        }
+        // The mode of the proxy config, not the pod's annotation.
+        if let Some(env) = p.get_mut("env").and_then(Value::as_array_mut)
+            && let Some(e) = env
+                .iter_mut()
+                .find(|e| e["name"] == "ISTIO_META_INTERCEPTION_MODE")
+        {
+            e["value"] = json!("REDIRECT");
         }
     }
-    match pod["spec"]["containers"].as_array_mut() {
+    let workload = env_value(&proxy, "ISTIO_META_WORKLOAD_NAME")
+        .unwrap_or_default()
+        .to_string();
+    let containers = &mut pod["spec"]["containers"];
+    match containers.as_array_mut() {
+        Some(cs) if hold_application(tmpl, original) => cs.insert(0, proxy),
         Some(cs) => cs.push(proxy),
-        None => pod["spec"]["containers"] = json!([proxy]),
+        None => *containers = json!([proxy]),
     }
     if let Some(vols) = pod["spec"]["volumes"].as_array_mut() {
         vols.retain(|v| v["name"] != "istio-ca-crl");
     }
-    if original["metadata"]["labels"]
-        .get("security.istio.io/tlsMode")
-        .is_none()
-        && let Some(l) = pod["metadata"]["labels"].as_object_mut()
-    {
-        l.remove("security.istio.io/tlsMode");
+    drop_user_volumes(original, pod);
+    if let Some(l) = pod["metadata"]["labels"].as_object_mut() {
+        if original["metadata"]["labels"]
+            .get("security.istio.io/tlsMode")
+            .is_none()
+        {
+            l.remove("security.istio.io/tlsMode");
+        }
+        l.insert(
+            "service.istio.io/canonical-name".into(),
+            Value::String(untruncated_canonical_name(original, &workload)),
+        );
     }
     let sc = &mut pod["spec"]["securityContext"];
     if !sc.is_object() {
@@ -165,6 +287,18 @@ fn grpc_simple(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
         "prometheus.io/port",
         "prometheus.io/scrape",
     ];
+    // Istio's Prometheus merge gives its env var to the pod's own istio-proxy, if any.
+    let prom_env = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|l| pod["spec"][*l].as_array())
+        .flatten()
+        .find(|c| c["name"] == PROXY_CONTAINER)
+        .and_then(|c| c["env"].as_array())
+        .and_then(|env| {
+            env.iter()
+                .find(|e| e["name"] == "ISTIO_PROMETHEUS_ANNOTATIONS")
+                .cloned()
+        });
     let mut out = original.clone();
     // Keep what Istio's post-processing adds to every injected pod.
     for k in prom {
@@ -188,7 +322,15 @@ fn grpc_simple(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
     let mut overrides = Vec::new();
     if let Some(cs) = out["spec"]["containers"].as_array_mut() {
         for c in cs.iter_mut() {
-            overrides.push(c.clone());
+            // The template lists every container, so Istio records each as the pod's override
+            // of it (`image: auto` dropped, as for any override).
+            let mut recorded = c.clone();
+            if recorded["image"] == "auto"
+                && let Some(r) = recorded.as_object_mut()
+            {
+                r.remove("image");
+            }
+            overrides.push(recorded);
             names.push(c["name"].clone());
             let tmpl_part = json!({
                 "env": [
@@ -203,6 +345,21 @@ fn grpc_simple(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
             let mut merged = tmpl_part;
             super::overrides::strategic_merge(&mut merged, c);
             *c = merged;
+        }
+        // The pod's own istio-proxy is Istio's "sidecar" for post-processing: it gets the
+        // Prometheus env var, and goes last (first under holdApplicationUntilProxyStarts).
+        if let Some(i) = cs.iter().position(|c| c["name"] == PROXY_CONTAINER) {
+            let mut proxy = cs.remove(i);
+            if let Some(e) = prom_env
+                && let Some(env) = proxy["env"].as_array_mut()
+            {
+                env.push(e);
+            }
+            if hold_application(tmpl, original) {
+                cs.insert(0, proxy);
+            } else {
+                cs.push(proxy);
+            }
         }
     }
     // The template's init container comes first: Istio merges the pod over the template,
@@ -275,9 +432,43 @@ fn core_dump(pod: &mut Value) {
     }
 }
 
+/// The entries of a `sidecar.istio.io/userVolume[Mount]` annotation as Istio's templates
+/// write them: `{"name": key, …value}`, by key (Go ranges over a map in key order).
+fn user_entries(original: &Value, key: &str) -> Vec<Value> {
+    original["metadata"]["annotations"][key]
+        .as_str()
+        .and_then(|v| serde_json::from_str::<serde_json::Map<String, Value>>(v).ok())
+        .map(|m| {
+            m.into_iter()
+                .map(|(name, v)| {
+                    let mut e = json!({"name": name});
+                    if let (Some(e), Value::Object(fields)) = (e.as_object_mut(), v) {
+                        for (k, f) in fields {
+                            e.entry(k).or_insert(f);
+                        }
+                    }
+                    e
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The pod's own container of that name with `image: auto` dropped: what Istio merges over
+/// the template's and records in `proxy.istio.io/overrides`.
+fn overlay_of(c: &Value) -> Value {
+    let mut overlay = c.clone();
+    if overlay["image"] == "auto"
+        && let Some(o) = overlay.as_object_mut()
+    {
+        o.remove("image");
+    }
+    overlay
+}
+
 /// The app containers of the original pod, each merged over the template's version of it
-/// (Istio reapplies the pod's own containers of the same name), and their originals for
-/// `proxy.istio.io/overrides`.
+/// (Istio reapplies the pod's own containers of the same name), and what Istio records of
+/// them in `proxy.istio.io/overrides`.
 fn merged_app_containers(original: &Value, tmpl_part: &Value) -> (Vec<Value>, Vec<Value>) {
     let mut merged = Vec::new();
     let mut originals = Vec::new();
@@ -289,7 +480,7 @@ fn merged_app_containers(original: &Value, tmpl_part: &Value) -> (Vec<Value>, Ve
         if c["name"] == PROXY_CONTAINER {
             continue;
         }
-        originals.push(c.clone());
+        originals.push(overlay_of(c));
         let mut m = tmpl_part.clone();
         m["name"] = c["name"].clone();
         super::overrides::strategic_merge(&mut m, c);
@@ -299,7 +490,9 @@ fn merged_app_containers(original: &Value, tmpl_part: &Value) -> (Vec<Value>, Ve
 }
 
 /// Proxyless gRPC with the agent (Istio's `grpc-agent` template): the proxy container runs
-/// only the agent (`DISABLE_ENVOY`), the app containers read its xDS bootstrap.
+/// only the agent (`DISABLE_ENVOY`), the app containers read its xDS bootstrap. The template
+/// lists the proxy and every app container, so the pod's own versions of all of them are
+/// merged over it and recorded in `proxy.istio.io/overrides` here.
 fn grpc_agent(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
     let Some(mut proxy) = take_container(pod, "initContainers", PROXY_CONTAINER)
         .or_else(|| take_container(pod, "containers", PROXY_CONTAINER))
@@ -308,6 +501,12 @@ fn grpc_agent(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
     };
     take_container(pod, "initContainers", INIT_CONTAINER);
     drop_if_emptied(pod, original, "initContainers");
+    let ann = &original["metadata"]["annotations"];
+    // The template compares the annotation's text with "0": with status port 0 it writes no
+    // readiness probe, no resources and no volume mounts; the userVolumeMount entries it then
+    // writes land in the env list (as env vars of that name) - Istio's output, reproduced.
+    let status_port_zero = ann["status.sidecar.istio.io/port"] == "0";
+    let user_mounts = user_entries(original, "sidecar.istio.io/userVolumeMount");
     if let Some(p) = proxy.as_object_mut() {
         let drop_env = [
             "ISTIO_CPU_LIMIT",
@@ -330,6 +529,9 @@ fn grpc_agent(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
         );
         env.push(json!({"name": "ISTIO_META_DNS_CAPTURE", "value": "false"}));
         env.push(json!({"name": "DISABLE_ENVOY", "value": "true"}));
+        if status_port_zero {
+            env.extend(user_mounts.iter().map(|m| json!({"name": m["name"]})));
+        }
         p.insert("env".into(), Value::Array(env));
         p.insert(
             "lifecycle".into(),
@@ -339,26 +541,53 @@ fn grpc_agent(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
             "ports".into(),
             json!([{"containerPort": 15020, "name": "mesh-metrics", "protocol": "TCP"}]),
         );
-        p.insert(
-            "readinessProbe".into(),
-            json!({"httpGet": {"path": "/healthz/ready", "port": 15020}, "periodSeconds": 15,
-                   "timeoutSeconds": 3, "failureThreshold": 4}),
-        );
-        for k in ["startupProbe", "restartPolicy", "securityContext"] {
+        for k in [
+            "startupProbe",
+            "restartPolicy",
+            "securityContext",
+            "readinessProbe",
+        ] {
             p.remove(k);
         }
-        p.insert(
-            "volumeMounts".into(),
-            json!([
-                {"mountPath": "/var/run/secrets/workload-spiffe-uds", "name": "workload-socket"},
-                {"mountPath": "/var/run/secrets/workload-spiffe-credentials", "name": "workload-certs"},
-                {"mountPath": "/var/run/secrets/istio", "name": "istiod-ca-cert"},
-                {"mountPath": "/var/lib/istio/data", "name": "istio-data"},
-                {"mountPath": "/etc/istio/proxy", "name": "istio-xds"},
-                {"mountPath": "/var/run/secrets/tokens", "name": "istio-token"},
-                {"mountPath": "/etc/istio/pod", "name": "istio-podinfo"},
-            ]),
-        );
+        if status_port_zero {
+            p.remove("resources");
+            p.remove("volumeMounts");
+        } else {
+            // The readiness annotations apply (validated as integers); Go omits zeros.
+            let get = |k: &str, d: u64| {
+                ann[format!("readiness.status.sidecar.istio.io/{k}")]
+                    .as_str()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(d)
+            };
+            let mut ready = serde_json::Map::new();
+            ready.insert(
+                "httpGet".into(),
+                json!({"path": "/healthz/ready", "port": 15020}),
+            );
+            for (k, v) in [
+                ("initialDelaySeconds", get("initialDelaySeconds", 0)),
+                ("periodSeconds", get("periodSeconds", 15)),
+                ("timeoutSeconds", 3),
+                ("failureThreshold", get("failureThreshold", 4)),
+            ] {
+                if v != 0 {
+                    ready.insert(k.into(), json!(v));
+                }
+            }
+            p.insert("readinessProbe".into(), Value::Object(ready));
+            let mut mounts = vec![
+                json!({"mountPath": "/var/run/secrets/workload-spiffe-uds", "name": "workload-socket"}),
+                json!({"mountPath": "/var/run/secrets/workload-spiffe-credentials", "name": "workload-certs"}),
+                json!({"mountPath": "/var/run/secrets/istio", "name": "istiod-ca-cert"}),
+                json!({"mountPath": "/var/lib/istio/data", "name": "istio-data"}),
+                json!({"mountPath": "/etc/istio/proxy", "name": "istio-xds"}),
+                json!({"mountPath": "/var/run/secrets/tokens", "name": "istio-token"}),
+                json!({"mountPath": "/etc/istio/pod", "name": "istio-podinfo"}),
+            ];
+            mounts.extend(user_mounts.iter().cloned());
+            p.insert("volumeMounts".into(), Value::Array(mounts));
+        }
     }
     let app = json!({
         "env": [
@@ -371,10 +600,26 @@ fn grpc_agent(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
             {"mountPath": "/var/run/secrets/workload-spiffe-credentials", "name": "workload-certs"},
         ],
     });
+    // The pod's own istio-proxy, merged over the template's (and recorded first: the
+    // template lists the proxy before the app containers).
+    let mut recorded = Vec::new();
+    if let Some(own) = original["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == PROXY_CONTAINER))
+    {
+        let overlay = overlay_of(own);
+        super::overrides::strategic_merge(&mut proxy, &overlay);
+        recorded.push(overlay);
+    }
     let (mut containers, originals) = merged_app_containers(original, &app);
+    recorded.extend(originals);
     let mut names = vec![json!(PROXY_CONTAINER)];
     names.extend(containers.iter().map(|c| c["name"].clone()));
-    containers.push(proxy);
+    if hold_application(tmpl, original) {
+        containers.insert(0, proxy);
+    } else {
+        containers.push(proxy);
+    }
     pod["spec"]["containers"] = Value::Array(containers);
     let gone = ["credential-socket", "istio-envoy", "istio-ca-crl"];
     let mut vols: Vec<Value> = original["spec"]["volumes"]
@@ -387,36 +632,215 @@ fn grpc_agent(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
         json!({"name": "istio-xds", "emptyDir": {"medium": "Memory"}}),
         json!({"name": "istio-data", "emptyDir": {}}),
     ];
-    let kept: Vec<Value> = pod["spec"]["volumes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|v| {
-            ["istio-podinfo", "istio-token", "istiod-ca-cert"]
-                .iter()
-                .any(|n| v["name"] == *n)
+    let kept: Vec<Value> = ["istio-podinfo", "istio-token", "istiod-ca-cert"]
+        .iter()
+        .filter_map(|n| {
+            pod["spec"]["volumes"]
+                .as_array()
+                .and_then(|vs| vs.iter().find(|v| v["name"] == *n))
+                .cloned()
         })
-        .cloned()
         .collect();
-    let vol_names: Vec<Value> = own.iter().chain(&kept).map(|v| v["name"].clone()).collect();
-    vols.extend(own);
-    vols.extend(kept);
+    let user_volumes = user_entries(original, "sidecar.istio.io/userVolume");
+    let added: Vec<Value> = own.into_iter().chain(kept).chain(user_volumes).collect();
+    let vol_names: Vec<Value> = added.iter().map(|v| v["name"].clone()).collect();
+    vols.retain(|v| !added.iter().any(|a| a["name"] == v["name"]));
+    vols.extend(added);
     vols.retain(|v| !gone.iter().any(|g| v["name"] == *g));
     pod["spec"]["volumes"] = Value::Array(vols);
-    if original["metadata"]["labels"]
-        .get("security.istio.io/tlsMode")
-        .is_none()
-        && let Some(l) = pod["metadata"]["labels"].as_object_mut()
-    {
-        l.remove("security.istio.io/tlsMode");
+    let workload = env_value(
+        pod["spec"]["containers"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == PROXY_CONTAINER))
+            .unwrap_or(&Value::Null),
+        "ISTIO_META_WORKLOAD_NAME",
+    )
+    .unwrap_or_default()
+    .to_string();
+    if let Some(l) = pod["metadata"]["labels"].as_object_mut() {
+        if original["metadata"]["labels"]
+            .get("security.istio.io/tlsMode")
+            .is_none()
+        {
+            l.remove("security.istio.io/tlsMode");
+        }
+        l.insert(
+            "service.istio.io/canonical-name".into(),
+            Value::String(untruncated_canonical_name(original, &workload)),
+        );
     }
     let ann = &mut pod["metadata"]["annotations"];
     ann["sidecar.istio.io/rewriteAppHTTPProbers"] = json!("false");
-    ann[super::overrides::ANNOTATION_OVERRIDES] =
-        Value::String(json!({"containers": originals}).to_string());
+    if original["metadata"]["annotations"]
+        .get(ANNOTATION_STATUS)
+        .is_none()
+        && !recorded.is_empty()
+    {
+        ann[super::overrides::ANNOTATION_OVERRIDES] =
+            Value::String(json!({"containers": recorded}).to_string());
+    }
     set_status(
         pod,
         json!({"initContainers": null, "containers": names, "volumes": vol_names,
                "imagePullSecrets": null, "revision": tmpl.revision}),
     );
+}
+
+/// `sidecar` and `grpc-agent` together: Istio merges both rendered templates over the pod, in
+/// the annotation's order, so the proxy is the sidecar's with grpc-agent's fields merged in
+/// (env and volume mounts by key, grpc-agent's ports first) and the sidecar's istio-init,
+/// volumes and tlsMode label stay; grpc-agent's `rewriteAppHTTPProbers: "false"` turns the
+/// app probe rewrite off whatever the order.
+///
+/// With a native sidecar Istio's result has two containers named istio-proxy (the sidecar's
+/// in initContainers, grpc-agent's in containers), which the API server refuses: meshrev
+/// refuses the pod instead, saying so.
+fn sidecar_and_grpc_agent(
+    tmpl: &RevisionTemplate,
+    original: &Value,
+    pod: &mut Value,
+    sidecar_last: bool,
+) -> Result<(), String> {
+    let in_list = |p: &Value, list: &str| {
+        p["spec"][list]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["name"] == PROXY_CONTAINER))
+    };
+    if in_list(pod, "initContainers") {
+        return Err(format!(
+            "annotation {ANNOTATION_TEMPLATES}: templates \"sidecar\" and \"grpc-agent\" with a \
+             native sidecar give two containers named istio-proxy (the sidecar's in \
+             initContainers, grpc-agent's in containers), which the API server refuses; set \
+             sidecar.istio.io/nativeSidecar: \"false\" on the pod, or use grpc-agent alone"
+        ));
+    }
+    let sidecar = pod.clone();
+    grpc_agent(tmpl, original, pod);
+    let find = |p: &Value| {
+        p["spec"]["containers"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == PROXY_CONTAINER))
+            .cloned()
+    };
+    let (Some(mut s_proxy), Some(g_proxy)) = (find(&sidecar), find(pod)) else {
+        return Ok(());
+    };
+    // The probe rewrite is off: the fast path's probers go.
+    if let Some(env) = s_proxy["env"].as_array_mut() {
+        env.retain(|e| e["name"] != "ISTIO_KUBE_APP_PROBERS");
+    }
+    let (mut base, over) = if sidecar_last {
+        (g_proxy.clone(), &s_proxy)
+    } else {
+        (s_proxy.clone(), &g_proxy)
+    };
+    super::overrides::strategic_merge(&mut base, over);
+    // Ports in the order Kubernetes' strategic merge gives them.
+    let under = if sidecar_last { &g_proxy } else { &s_proxy };
+    let port_of = |l: &Value| -> Vec<Value> {
+        l["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["containerPort"].clone())
+            .collect()
+    };
+    let order = smp_order(&port_of(under), &port_of(over));
+    if let Some(ports) = base["ports"].as_array_mut() {
+        ports.sort_by_key(|p| order.iter().position(|k| *k == p["containerPort"]));
+    }
+    // The pod's own istio-proxy is applied last, over both.
+    if let Some(own) = original["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == PROXY_CONTAINER))
+    {
+        super::overrides::strategic_merge(&mut base, &overlay_of(own));
+    }
+    if let Some(slot) = pod["spec"]["containers"]
+        .as_array_mut()
+        .and_then(|cs| cs.iter_mut().find(|c| c["name"] == PROXY_CONTAINER))
+    {
+        *slot = base;
+    }
+    // The sidecar's istio-init and volumes stay; grpc-agent adds its own volumes.
+    match sidecar["spec"].get("initContainers") {
+        Some(i) => pod["spec"]["initContainers"] = i.clone(),
+        None => {
+            if let Some(spec) = pod["spec"].as_object_mut() {
+                spec.remove("initContainers");
+            }
+        }
+    }
+    let mut vols: Vec<Value> = sidecar["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        if !vols.iter().any(|x| x["name"] == v["name"]) {
+            vols.push(v.clone());
+        }
+    }
+    pod["spec"]["volumes"] = Value::Array(vols);
+    let status = |p: &Value| {
+        p["metadata"]["annotations"][ANNOTATION_STATUS]
+            .as_str()
+            .and_then(|s| serde_json::from_str::<Value>(s).ok())
+            .unwrap_or_default()
+    };
+    let (s_status, mut st) = (status(&sidecar), status(pod));
+    let names = |st: &Value| st["volumes"].as_array().cloned().unwrap_or_default();
+    // Istio lists the volumes of its merged templates, in the strategic merge's order.
+    st["volumes"] = Value::Array(if sidecar_last {
+        smp_order(&names(&st), &names(&s_status))
+    } else {
+        smp_order(&names(&s_status), &names(&st))
+    });
+    st["initContainers"] = s_status["initContainers"].clone();
+    set_status(pod, st);
+    // Istio's adjustInitContainerUser: the pod's proxy user becomes istio-iptables' -u.
+    if let Some(own) = original["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == PROXY_CONTAINER))
+    {
+        super::overrides::adjust_init_user(pod, own);
+    }
+    // Labels: the sidecar's tlsMode stays; the last template's canonical name wins.
+    let labels = &sidecar["metadata"]["labels"];
+    let mut keep = vec!["security.istio.io/tlsMode"];
+    if sidecar_last {
+        keep.push("service.istio.io/canonical-name");
+    }
+    for k in keep {
+        if let Some(v) = labels.get(k) {
+            pod["metadata"]["labels"][k] = v.clone();
+        }
+    }
+    Ok(())
+}
+
+/// The order of a list's keys after Kubernetes' strategic merge of `patch` over `server`
+/// (`mergeSortedSlice`): the patch's items in their order, with the server's other items
+/// inserted where the server's order puts them.
+fn smp_order(server: &[Value], patch: &[Value]) -> Vec<Value> {
+    let left: Vec<&Value> = server.iter().filter(|k| !patch.contains(k)).collect();
+    let at = |k: &Value| server.iter().position(|x| x == k);
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::with_capacity(left.len() + patch.len());
+    while i < left.len() || j < patch.len() {
+        let take_left = if i >= left.len() {
+            false
+        } else if j >= patch.len() {
+            true
+        } else {
+            matches!((at(left[i]), at(&patch[j])), (Some(l), Some(r)) if l < r)
+        };
+        if take_left {
+            out.push(left[i].clone());
+            i += 1;
+        } else {
+            out.push(patch[j].clone());
+            j += 1;
+        }
+    }
+    out
 }

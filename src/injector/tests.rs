@@ -479,3 +479,429 @@ fn strings_are_written_as_serde_json_writes_them() {
         assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
     }
 }
+
+/// A 1.30.3 revision `default`, injecting namespace `n` (the differential test's setting).
+fn table_1_30() -> Table {
+    crate::table::from_text(
+        "apiVersion: meshrev.io/v1alpha1\nkind: MeshRevision\nmetadata: {name: default}\n\
+         spec: {version: \"1.30.3\"}\n---\napiVersion: v1\nkind: Namespace\n\
+         metadata: {name: n, labels: {istio.io/rev: default}}\n",
+    )
+    .expect("the table must build")
+}
+
+fn container<'v>(pod: &'v Value, name: &str) -> &'v Value {
+    pod["spec"]["containers"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("container {name} must be there"))
+}
+
+fn json_annotation(pod: &Value, key: &str) -> Value {
+    let text = pod["metadata"]["annotations"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("annotation {key} must be set"));
+    serde_json::from_str(text).expect("the annotation must be JSON")
+}
+
+/// Istio's 1.30.3 `gateway` template reads none of the sidecar's per-pod annotations; Istio's
+/// post-processing still orders the proxy and rewrites app probes. Expected values are Istio's
+/// injector's output for this pod (the differential test's oracle).
+#[test]
+fn gateway_template_ignores_sidecar_annotations_as_istio_does() {
+    const LONG: &str =
+        "a-very-long-application-name-that-goes-well-past-the-sixty-three-char-limit";
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "n", "labels": {"app": LONG},
+            "annotations": {
+                "inject.istio.io/templates": "gateway",
+                "readiness.status.sidecar.istio.io/failureThreshold": "10",
+                "sidecar.istio.io/interceptionMode": "TPROXY",
+                "status.sidecar.istio.io/port": "0",
+                "proxy.istio.io/config": "holdApplicationUntilProxyStarts: true",
+                "sidecar.istio.io/userVolume": r#"{"extra":{"emptyDir":{}}}"#,
+                "sidecar.istio.io/userVolumeMount": r#"{"extra":{"mountPath":"/extra"}}"#}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1",
+            "readinessProbe": {"httpGet": {"port": 8080, "path": "/ready"}}}]}});
+    let (_, out) = run(&table_1_30(), "n", &pod);
+    let out = out.expect("injected");
+    // holdApplicationUntilProxyStarts: the proxy first.
+    assert_eq!(names(&out, "containers"), ["istio-proxy", "app"]);
+    assert_eq!(out["spec"].get("initContainers"), None);
+    let p = container(&out, "istio-proxy");
+    assert_eq!(
+        p["readinessProbe"],
+        json!({"httpGet": {"path": "/healthz/ready", "port": 15021}, "failureThreshold": 4,
+               "timeoutSeconds": 3, "periodSeconds": 15})
+    );
+    assert_eq!(
+        p["securityContext"],
+        json!({"runAsGroup": 1337, "runAsUser": 1337})
+    );
+    assert_eq!(env(p, "ISTIO_META_INTERCEPTION_MODE"), "REDIRECT");
+    let mounts: Vec<&str> = p["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .map(|m| m["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            "workload-socket",
+            "credential-socket",
+            "workload-certs",
+            "istiod-ca-cert",
+            "istio-data",
+            "istio-envoy",
+            "istio-token",
+            "istio-podinfo"
+        ]
+    );
+    let volumes = [
+        "workload-socket",
+        "credential-socket",
+        "workload-certs",
+        "istio-envoy",
+        "istio-data",
+        "istio-podinfo",
+        "istio-token",
+        "istiod-ca-cert",
+    ];
+    assert_eq!(names(&out, "volumes"), volumes);
+    // App probes are rewritten, to the annotation's status port even when it is 0.
+    let probers: Value =
+        serde_json::from_str(env(p, "ISTIO_KUBE_APP_PROBERS").as_str().expect("probers"))
+            .expect("probers JSON");
+    assert_eq!(
+        probers,
+        json!({"/app-health/app/readyz": {"httpGet": {"path": "/ready", "port": 8080}}})
+    );
+    assert_eq!(
+        container(&out, "app")["readinessProbe"],
+        json!({"httpGet": {"path": "/app-health/app/readyz", "port": 0}})
+    );
+    // The canonical name is not truncated.
+    assert_eq!(
+        out["metadata"]["labels"]["service.istio.io/canonical-name"],
+        LONG
+    );
+    assert_eq!(
+        json_annotation(&out, "sidecar.istio.io/status"),
+        json!({"initContainers": null, "containers": ["istio-proxy"], "volumes": volumes,
+               "imagePullSecrets": null, "revision": "default"})
+    );
+}
+
+/// A gateway pod's own `istio-proxy` keeps its `runAsUser` under TPROXY: Istio's
+/// `adjustInitContainerUser` stops when the pod has no istio-init (Istio's output).
+#[test]
+fn gateway_keeps_the_pods_proxy_user_under_tproxy() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "n", "annotations": {
+            "inject.istio.io/templates": "gateway",
+            "sidecar.istio.io/interceptionMode": "TPROXY"}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1"},
+            {"name": "istio-proxy", "image": "auto", "securityContext": {"runAsUser": 2000}}]}});
+    let (_, out) = run(&table_1_30(), "n", &pod);
+    let out = out.expect("injected");
+    let p = container(&out, "istio-proxy");
+    assert_eq!(p["securityContext"]["runAsUser"], 2000);
+    assert_eq!(env(p, "ISTIO_META_INTERCEPTION_MODE"), "REDIRECT");
+}
+
+/// `grpc-simple` lists every container of the pod, so Istio records each in
+/// `proxy.istio.io/overrides`; the pod's own `istio-proxy` is the "sidecar" of Istio's
+/// post-processing (Prometheus env, first under holdApplicationUntilProxyStarts); a
+/// `userVolume` that is not JSON is never read. Expected values are Istio's output.
+#[test]
+fn grpc_simple_records_every_container_and_post_processes_the_pods_proxy() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "n", "annotations": {
+            "inject.istio.io/templates": "grpc-simple",
+            "prometheus.io/port": "9090",
+            "sidecar.istio.io/userVolume": "{",
+            "proxy.istio.io/config": "holdApplicationUntilProxyStarts: true"}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1"},
+            {"name": "istio-proxy", "image": "auto", "args": ["proxy", "router"]}]}});
+    let (outcome, out) = run(&table_1_30(), "n", &pod);
+    let out = out.unwrap_or_else(|| panic!("injected, not {outcome}"));
+    assert_eq!(names(&out, "containers"), ["istio-proxy", "app"]);
+    assert_eq!(
+        json_annotation(&out, "proxy.istio.io/overrides"),
+        json!({"containers": [{"name": "app", "image": "example/app:1"},
+                              {"name": "istio-proxy", "args": ["proxy", "router"]}]})
+    );
+    let p = container(&out, "istio-proxy");
+    let prom: Value = serde_json::from_str(
+        env(p, "ISTIO_PROMETHEUS_ANNOTATIONS")
+            .as_str()
+            .expect("prometheus env"),
+    )
+    .expect("JSON");
+    assert_eq!(prom, json!({"scrape": "", "path": "", "port": "9090"}));
+    assert_eq!(p["image"], "auto");
+    assert_eq!(
+        env(container(&out, "app"), "ISTIO_PROMETHEUS_ANNOTATIONS"),
+        &Value::Null
+    );
+    assert_eq!(
+        out["metadata"]["annotations"]["prometheus.io/port"],
+        "15020"
+    );
+}
+
+fn mount_names(c: &Value) -> Vec<&str> {
+    c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| m["name"].as_str().unwrap_or(""))
+        .collect()
+}
+
+/// Istio's 1.30.3 `grpc-agent` template applies the readiness and userVolume[Mount]
+/// annotations, lists the proxy and every app container (so the pod's own versions are
+/// merged and recorded in `proxy.istio.io/overrides`, proxy first), does not truncate the
+/// canonical name, and Istio puts the proxy first under holdApplicationUntilProxyStarts.
+/// Expected values are Istio's injector's output for this pod.
+#[test]
+fn grpc_agent_template_as_istio_renders_it() {
+    const NAME: &str =
+        "a-very-long-application-name-that-goes-well-past-the-sixty-three-char-limit-pod";
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": NAME, "namespace": "n", "annotations": {
+            "inject.istio.io/templates": "grpc-agent",
+            "readiness.status.sidecar.istio.io/failureThreshold": "10",
+            "readiness.status.sidecar.istio.io/initialDelaySeconds": "5",
+            "proxy.istio.io/config": "holdApplicationUntilProxyStarts: true",
+            "sidecar.istio.io/userVolumeMount": r#"{"extra":{"mountPath":"/extra"}}"#,
+            "sidecar.istio.io/userVolume": r#"{"extra":{"emptyDir":{}}}"#}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1"},
+            {"name": "istio-proxy", "image": "auto", "resources": {"requests": {"cpu": "50m"}}}]}});
+    let (outcome, out) = run(&table_1_30(), "n", &pod);
+    let out = out.unwrap_or_else(|| panic!("injected, not {outcome}"));
+    assert_eq!(names(&out, "containers"), ["istio-proxy", "app"]);
+    let p = container(&out, "istio-proxy");
+    assert_eq!(p["image"], "docker.io/istio/proxyv2:1.30.3");
+    assert_eq!(
+        p["readinessProbe"],
+        json!({"failureThreshold": 10, "httpGet": {"path": "/healthz/ready", "port": 15020},
+               "initialDelaySeconds": 5, "periodSeconds": 15, "timeoutSeconds": 3})
+    );
+    assert_eq!(p["resources"]["requests"]["cpu"], "50m");
+    assert_eq!(
+        mount_names(p),
+        [
+            "workload-socket",
+            "workload-certs",
+            "istiod-ca-cert",
+            "istio-data",
+            "istio-xds",
+            "istio-token",
+            "istio-podinfo",
+            "extra"
+        ]
+    );
+    assert_eq!(
+        p["volumeMounts"][7],
+        json!({"mountPath": "/extra", "name": "extra"})
+    );
+    let volumes = [
+        "workload-socket",
+        "workload-certs",
+        "istio-xds",
+        "istio-data",
+        "istio-podinfo",
+        "istio-token",
+        "istiod-ca-cert",
+        "extra",
+    ];
+    assert_eq!(names(&out, "volumes"), volumes);
+    assert_eq!(
+        json_annotation(&out, "sidecar.istio.io/status"),
+        json!({"initContainers": null, "containers": ["istio-proxy", "app"], "volumes": volumes,
+               "imagePullSecrets": null, "revision": "default"})
+    );
+    assert_eq!(
+        json_annotation(&out, "proxy.istio.io/overrides"),
+        json!({"containers": [
+            {"name": "istio-proxy", "resources": {"requests": {"cpu": "50m"}}},
+            {"name": "app", "image": "example/app:1"}]})
+    );
+    assert_eq!(
+        out["metadata"]["labels"]["service.istio.io/canonical-name"],
+        NAME
+    );
+    assert_eq!(
+        out["metadata"]["labels"].get("security.istio.io/tlsMode"),
+        None
+    );
+    assert_eq!(
+        out["metadata"]["annotations"]["sidecar.istio.io/rewriteAppHTTPProbers"],
+        "false"
+    );
+}
+
+/// With `status.sidecar.istio.io/port: "0"` the `grpc-agent` template writes no readiness
+/// probe, resources or volume mounts for the agent, and the userVolumeMount entries it then
+/// writes fall into the env list as env vars named after them (Istio's output).
+#[test]
+fn grpc_agent_with_status_port_zero_as_istio_renders_it() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "n", "annotations": {
+            "inject.istio.io/templates": "grpc-agent",
+            "status.sidecar.istio.io/port": "0",
+            "sidecar.istio.io/userVolumeMount":
+                r#"{"extra":{"mountPath":"/extra"},"b":{"mountPath":"/b","readOnly":true}}"#,
+            "sidecar.istio.io/userVolume": r#"{"extra":{"emptyDir":{}}}"#}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}});
+    let (outcome, out) = run(&table_1_30(), "n", &pod);
+    let out = out.unwrap_or_else(|| panic!("injected, not {outcome}"));
+    assert_eq!(names(&out, "containers"), ["app", "istio-proxy"]);
+    let p = container(&out, "istio-proxy");
+    for k in ["readinessProbe", "resources", "volumeMounts"] {
+        assert_eq!(p.get(k), None, "{k}");
+    }
+    let env = p["env"].as_array().expect("env");
+    assert_eq!(
+        env[env.len() - 4..],
+        [
+            json!({"name": "ISTIO_META_DNS_CAPTURE", "value": "false"}),
+            json!({"name": "DISABLE_ENVOY", "value": "true"}),
+            json!({"name": "b"}),
+            json!({"name": "extra"}),
+        ]
+    );
+    assert_eq!(
+        names(&out, "volumes").last().map(String::as_str),
+        Some("extra")
+    );
+    assert_eq!(
+        json_annotation(&out, "proxy.istio.io/overrides"),
+        json!({"containers": [{"name": "app", "image": "example/app:1"}]})
+    );
+}
+
+/// `sidecar,grpc-agent` (classic sidecar): Istio merges both templates, so the sidecar's
+/// istio-init, volumes and tlsMode label stay and the proxy is the sidecar's with
+/// grpc-agent's fields merged in; grpc-agent turns the app probe rewrite off. Expected values
+/// are Istio's injector's output for this pod.
+#[test]
+fn sidecar_and_grpc_agent_merge_as_istio_merges_them() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "n", "annotations": {
+            "inject.istio.io/templates": "sidecar,grpc-agent",
+            "sidecar.istio.io/nativeSidecar": "false"}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1",
+            "readinessProbe": {"httpGet": {"port": 8080}}}]}});
+    let (outcome, out) = run(&table_1_30(), "n", &pod);
+    let out = out.unwrap_or_else(|| panic!("injected, not {outcome}"));
+    assert_eq!(names(&out, "initContainers"), ["istio-init"]);
+    assert_eq!(names(&out, "containers"), ["app", "istio-proxy"]);
+    assert_eq!(
+        out["metadata"]["labels"]["security.istio.io/tlsMode"],
+        "istio"
+    );
+    let app = container(&out, "app");
+    assert_eq!(app["readinessProbe"], json!({"httpGet": {"port": 8080}}));
+    let p = container(&out, "istio-proxy");
+    let ports: Vec<&Value> = p["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| &p["containerPort"])
+        .collect();
+    assert_eq!(ports, [15020, 15090]);
+    assert_eq!(
+        p["readinessProbe"],
+        json!({"failureThreshold": 4, "httpGet": {"path": "/healthz/ready", "port": 15020},
+               "periodSeconds": 15, "timeoutSeconds": 3})
+    );
+    assert_eq!(p["startupProbe"]["httpGet"]["port"], 15021);
+    assert_eq!(p["securityContext"]["runAsUser"], 1337);
+    assert_eq!(
+        p["lifecycle"],
+        json!({"postStart": {"exec": {"command": ["pilot-agent", "wait",
+            "--url=http://localhost:15020/healthz/ready"]}}})
+    );
+    for (name, value) in [
+        ("DISABLE_ENVOY", json!("true")),
+        ("ISTIO_META_GENERATOR", json!("grpc")),
+        ("ISTIO_META_INTERCEPTION_MODE", json!("REDIRECT")),
+        ("ISTIO_KUBE_APP_PROBERS", Value::Null),
+    ] {
+        assert_eq!(env(p, name), &value, "{name}");
+    }
+    let mut mounts = mount_names(p);
+    mounts.sort_unstable();
+    assert_eq!(
+        mounts,
+        [
+            "credential-socket",
+            "istio-ca-crl",
+            "istio-data",
+            "istio-podinfo",
+            "istio-token",
+            "istio-xds",
+            "istiod-ca-cert",
+            "workload-certs",
+            "workload-socket"
+        ]
+    );
+    assert_eq!(
+        json_annotation(&out, "sidecar.istio.io/status"),
+        json!({"initContainers": ["istio-init"], "containers": ["istio-proxy", "app"],
+               "volumes": ["workload-socket", "credential-socket", "workload-certs", "istio-xds",
+                           "istio-envoy", "istio-data", "istio-podinfo", "istio-token",
+                           "istiod-ca-cert", "istio-ca-crl"],
+               "imagePullSecrets": null, "revision": "default"})
+    );
+}
+
+/// With a native sidecar, Istio's `sidecar,grpc-agent` pod has two containers named
+/// istio-proxy, which the API server refuses: meshrev refuses it, naming the fix.
+#[test]
+fn sidecar_and_grpc_agent_with_a_native_sidecar_is_refused_with_the_fix() {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "n", "annotations": {
+            "inject.istio.io/templates": "sidecar,grpc-agent"}},
+        "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}});
+    let (outcome, out) = run(&table_1_30(), "n", &pod);
+    assert_eq!(out, None);
+    assert!(
+        outcome.starts_with("denied:")
+            && outcome.contains("inject.istio.io/templates")
+            && outcome.contains("sidecar.istio.io/nativeSidecar: \"false\""),
+        "{outcome}"
+    );
+}
+
+/// The gateway and grpc-simple templates write no proxy resources and never read
+/// userVolume[Mount]: a request above its limit, or a userVolume that is not JSON, does not
+/// stop Istio from injecting them, nor meshrev. The sidecar template reads both: refused.
+#[test]
+fn annotations_a_template_never_reads_do_not_refuse_it() {
+    let pod = |templates: Option<&str>| {
+        let mut anns = json!({"sidecar.istio.io/proxyMemory": "1Gi",
+            "sidecar.istio.io/proxyMemoryLimit": "512Mi",
+            "sidecar.istio.io/userVolume": "{"});
+        if let Some(t) = templates {
+            anns["inject.istio.io/templates"] = json!(t);
+        }
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-0", "namespace": "n", "annotations": anns},
+            "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}})
+    };
+    for t in ["gateway", "grpc-simple"] {
+        let (outcome, out) = run(&table_1_30(), "n", &pod(Some(t)));
+        assert!(out.is_some(), "{t}: {outcome}");
+    }
+    for t in [None, Some("grpc-agent")] {
+        let (outcome, out) = run(&table_1_30(), "n", &pod(t));
+        assert!(
+            out.is_none() && outcome.starts_with("denied:"),
+            "{t:?}: {outcome}"
+        );
+    }
+}

@@ -14,6 +14,70 @@ use super::ops;
 use super::status;
 use super::view::WorkloadKind;
 
+/// The name the user typed for this CLI (`meshrev`, or `kubectl meshrev` for the kubectl
+/// plugin): set once by [`crate::cli::main`] through [`set_display_name`] before any output,
+/// read by [`for_display`]. Unset (tests, the library) means `meshrev`.
+static DISPLAY_NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Records how the CLI was invoked, so the commands it suggests can be typed as shown.
+pub(crate) fn set_display_name(name: &'static str) {
+    let _ = DISPLAY_NAME.set(name);
+}
+
+/// `text` with each suggested command `meshrev <subcommand>` written as the user invoked
+/// the CLI: `kubectl meshrev upgrade …` under the kubectl plugin. The hints are written once,
+/// as `meshrev …`, in the operations and guards (which also serve the webhook's messages).
+pub(crate) fn for_display(text: &str) -> std::borrow::Cow<'_, str> {
+    rename_commands(text, DISPLAY_NAME.get().copied().unwrap_or("meshrev"))
+}
+
+fn rename_commands<'a>(text: &'a str, name: &str) -> std::borrow::Cow<'a, str> {
+    const SUBCOMMANDS: [&str; 6] = ["upgrade", "adopt", "certs", "inject", "crd", "serve"];
+    if name == "meshrev" || !text.contains("meshrev ") {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut rest = text;
+    while let Some(i) = rest.find("meshrev ") {
+        let (before, at) = rest.split_at(i);
+        out.push_str(before);
+        let after = &at["meshrev ".len()..];
+        let word_start = out
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || "-_./".contains(c)));
+        let is_command = SUBCOMMANDS.iter().any(|s| {
+            after
+                .strip_prefix(s)
+                .is_some_and(|t| t.chars().next().is_none_or(|c| !c.is_alphanumeric()))
+        });
+        if word_start && is_command && !out.ends_with(name.trim_end_matches("meshrev")) {
+            out.push_str(name);
+            out.push(' ');
+        } else {
+            out.push_str("meshrev ");
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out.into()
+}
+
+// Everything this module prints goes through `for_display`: these shadow the std macros in
+// this file only, so a hint added later cannot miss the kubectl plugin's name.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        std::println!("{}", for_display(&line));
+    }};
+}
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        let text = format!($($arg)*);
+        std::print!("{}", for_display(&text));
+    }};
+}
+
 /// `meshrev upgrade`.
 #[derive(Args, Debug)]
 #[command(
@@ -715,6 +779,47 @@ mod tests {
     struct T {
         #[command(flatten)]
         args: UpgradeArgs,
+    }
+
+    #[test]
+    fn suggested_commands_use_the_name_the_user_typed() {
+        let k = "kubectl meshrev";
+        assert_eq!(
+            rename_commands(
+                "NEXT:  meshrev upgrade verify, then meshrev upgrade promote --yes",
+                k
+            ),
+            "NEXT:  kubectl meshrev upgrade verify, then kubectl meshrev upgrade promote --yes"
+        );
+        assert_eq!(
+            rename_commands(
+                "fix: verify first (meshrev upgrade verify)\nmeshrev certs --out D",
+                k
+            ),
+            "fix: verify first (kubectl meshrev upgrade verify)\nkubectl meshrev certs --out D"
+        );
+        // Not commands: names, other words, already prefixed, other binaries.
+        for same in [
+            "admission webhook meshrev-upgrade-guards",
+            "meshrev upgraded 3 pods",
+            "meshrev injects every pod",
+            "the meshrev ClusterRole",
+            "kubectl meshrev upgrade status",
+            "/usr/bin/meshrev upgrade status",
+            "x-meshrev upgrade",
+        ] {
+            assert_eq!(rename_commands(same, k), same);
+        }
+        assert_eq!(
+            rename_commands("Adopted. Next: meshrev adopt --takeover", k),
+            "Adopted. Next: kubectl meshrev adopt --takeover"
+        );
+        let plain = "Next: meshrev upgrade unpublish";
+        assert_eq!(rename_commands(plain, "meshrev"), plain);
+        assert!(matches!(
+            rename_commands(plain, "meshrev"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

@@ -19,8 +19,8 @@ use serde_json::json;
 
 use crate::config::{MeshRevision, MeshRevisionSpec, RevisionTag, RevisionTagSpec};
 use crate::core::{
-    ANNOTATION_FORCE_DELETE, ANNOTATION_PROMOTED_FROM, ANNOTATION_RESTARTED_AT, LABEL_INJECTION,
-    LABEL_REV,
+    ANNOTATION_FORCE_CONTROL_PLANE, ANNOTATION_FORCE_DELETE, ANNOTATION_PROMOTED_FROM,
+    ANNOTATION_RESTARTED_AT, LABEL_INJECTION, LABEL_REV,
 };
 
 use super::rollout::{self, Progress};
@@ -356,16 +356,22 @@ pub(crate) async fn load_view(client: &Client, needs: &Needs) -> Result<MeshView
     Ok(view)
 }
 
-/// Sets a namespace's injection labels (a `None` removes the label).
+/// Sets a namespace's injection labels (a `None` removes the label) and, in the same patch,
+/// its force annotation: `forced` names the revision whose unready istiod the validating
+/// webhook may let this write route to (`--force`); `None` clears a stale one.
 pub(crate) async fn set_namespace_labels(
     client: &Client,
     namespace: &str,
     labels: &NamespaceLabels,
+    forced: Option<&str>,
 ) -> Result<(), ClusterError> {
-    let patch = json!({"metadata": {"labels": {
-        LABEL_INJECTION: labels.injection,
-        LABEL_REV: labels.rev,
-    }}});
+    let patch = json!({"metadata": {
+        "labels": {
+            LABEL_INJECTION: labels.injection,
+            LABEL_REV: labels.rev,
+        },
+        "annotations": {ANNOTATION_FORCE_CONTROL_PLANE: forced},
+    }});
     Api::<Namespace>::all(client.clone())
         .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -387,18 +393,29 @@ pub(crate) async fn create_revision(
     Ok(())
 }
 
-/// Creates a RevisionTag.
+/// Creates a RevisionTag; `forced` annotates it so that the validating webhook lets it
+/// point at a revision whose istiod is not ready (`--force`).
 pub(crate) async fn create_tag(
     client: &Client,
     tag: &str,
     revision: &str,
+    forced: bool,
 ) -> Result<(), ClusterError> {
-    let t = RevisionTag::new(
+    let mut t = RevisionTag::new(
         tag,
         RevisionTagSpec {
             revision: revision.to_string(),
         },
     );
+    if forced {
+        t.metadata.annotations = Some(
+            [(
+                ANNOTATION_FORCE_CONTROL_PLANE.to_string(),
+                revision.to_string(),
+            )]
+            .into(),
+        );
+    }
     Api::<RevisionTag>::all(client.clone())
         .create(&pp(), &t)
         .await
@@ -406,16 +423,22 @@ pub(crate) async fn create_tag(
     Ok(())
 }
 
-/// Points `tag` at `revision` and records `promoted_from`, in one patch.
+/// Points `tag` at `revision` and records `promoted_from`, in one patch; with `forced` the
+/// patch also names `revision` in the force annotation (the validating webhook then lets
+/// the tag move although its istiod is not ready), else it clears a stale one.
 pub(crate) async fn move_tag(
     client: &Client,
     tag: &str,
     revision: &str,
     promoted_from: Option<&str>,
+    forced: bool,
 ) -> Result<(), ClusterError> {
-    let mut patch = json!({"spec": {"revision": revision}});
+    let mut patch = json!({
+        "spec": {"revision": revision},
+        "metadata": {"annotations": {ANNOTATION_FORCE_CONTROL_PLANE: forced.then_some(revision)}},
+    });
     if let Some(prev) = promoted_from {
-        patch["metadata"] = json!({"annotations": {ANNOTATION_PROMOTED_FROM: prev}});
+        patch["metadata"]["annotations"][ANNOTATION_PROMOTED_FROM] = json!(prev);
     }
     Api::<RevisionTag>::all(client.clone())
         .patch(tag, &PatchParams::default(), &Patch::Merge(&patch))

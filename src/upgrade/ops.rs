@@ -30,13 +30,14 @@ use super::rollout::Progress;
 use super::status::StatusReport;
 use super::view::{MeshView, NamespaceLabels, PodInfo, WorkloadId, WorkloadKind, WorkloadState};
 
-/// A readiness refusal from the CLI also names `--force` (the webhook's never does: it has
-/// none). `--force` skips only this check of the CLI's: meshrev's validating webhook,
-/// where installed, still refuses the tag or namespace label write.
+/// A readiness refusal from the CLI also names `--force` (the webhook's does not: plain
+/// `kubectl` gets no shortcut offered). `--force` skips the CLI's check and puts
+/// [`ANNOTATION_FORCE_CONTROL_PLANE`](crate::core::ANNOTATION_FORCE_CONTROL_PLANE), naming
+/// the revision, in the same write, so meshrev's validating webhook lets that write through.
 fn force_hint(mut r: Refusal) -> Refusal {
     if r.blockers.iter().any(|b| b.kind == BlockerKind::Deployment) {
         r.fix.push_str(
-            "; or rerun with --force to skip this check (meshrev's validating webhook, where installed, still refuses the write)",
+            "; or rerun with --force to route to it anyway (the write then carries meshrev.io/force-control-plane, which meshrev's validating webhook honours for that revision only)",
         );
     }
     r
@@ -436,7 +437,8 @@ pub(crate) async fn execute_canary(
         });
     }
     if plan.create_tag {
-        cluster::create_tag(client, TAG_CANARY, &o.revision).await?;
+        let forced = o.control_planes == ControlPlanes::Force;
+        cluster::create_tag(client, TAG_CANARY, &o.revision, forced).await?;
         sink(Event::TagCreated {
             tag: TAG_CANARY.into(),
             revision: o.revision.clone(),
@@ -468,6 +470,9 @@ pub(crate) struct RelabelPlan {
     pub(crate) targets: Vec<WorkloadState>,
     /// Restart `targets` too.
     pub(crate) restart: bool,
+    /// `--force`: the relabel names `revision` in the namespace's force annotation, so the
+    /// validating webhook lets it through while that istiod is not ready.
+    pub(crate) forced: bool,
 }
 
 impl RelabelPlan {
@@ -526,7 +531,7 @@ pub(crate) async fn plan_switch(
 ) -> Result<RelabelPlan, OpError> {
     let view = cluster::load_view(client, &Needs::namespace(namespace)).await?;
     let labels = guards::switch(&view, namespace, to, check).map_err(force_hint)?;
-    Ok(relabel_plan(view, namespace, labels, restart, |w| {
+    Ok(relabel_plan(view, namespace, labels, restart, check, |w| {
         w.needs_upgrade()
     }))
 }
@@ -542,7 +547,7 @@ pub(crate) async fn plan_rollback(
     let view = cluster::load_view(client, &Needs::namespace(namespace)).await?;
     let labels = guards::rollback(&view, namespace, check).map_err(force_hint)?;
     let canary = view.canary().unwrap_or_default().to_string();
-    Ok(relabel_plan(view, namespace, labels, restart, |w| {
+    Ok(relabel_plan(view, namespace, labels, restart, check, |w| {
         w.runs(&canary)
     }))
 }
@@ -552,6 +557,7 @@ fn relabel_plan(
     namespace: &str,
     labels: NamespaceLabels,
     restart: bool,
+    check: ControlPlanes,
     pick: impl Fn(&WorkloadState) -> bool,
 ) -> RelabelPlan {
     let before = view.namespace(namespace);
@@ -575,6 +581,7 @@ fn relabel_plan(
         revision,
         targets,
         restart,
+        forced: check == ControlPlanes::Force,
     }
 }
 
@@ -595,7 +602,8 @@ pub(crate) async fn execute_relabel(
 ) -> Result<RelabelOutcome, OpError> {
     let mut outcome = RelabelOutcome::default();
     if plan.relabels() {
-        cluster::set_namespace_labels(client, &plan.namespace, &plan.after).await?;
+        let forced = plan.forced.then_some(plan.revision.as_str());
+        cluster::set_namespace_labels(client, &plan.namespace, &plan.after, forced).await?;
         outcome.relabelled = true;
         sink(Event::Relabelled {
             namespace: plan.namespace.clone(),
@@ -685,6 +693,8 @@ pub(crate) struct PromotePlan {
     pub(crate) steps: guards::PromotePlan,
     /// The labels each namespace of `steps.relabel` gets.
     pub(crate) relabel: Vec<(String, NamespaceLabels)>,
+    /// `--force`: tag stable's move names the canary's revision in its force annotation.
+    pub(crate) forced: bool,
 }
 
 impl PromotePlan {
@@ -739,7 +749,11 @@ pub(crate) async fn plan_promote(
             (ns.clone(), labels)
         })
         .collect();
-    Ok(PromotePlan { steps, relabel })
+    Ok(PromotePlan {
+        steps,
+        relabel,
+        forced: check == ControlPlanes::Force,
+    })
 }
 
 /// What `promote` left to do.
@@ -758,7 +772,8 @@ pub(crate) async fn execute_promote(
 ) -> Result<PromoteOutcome, OpError> {
     let s = &plan.steps;
     if s.move_stable {
-        cluster::move_tag(client, TAG_STABLE, &s.revision, Some(&s.previous)).await?;
+        let forced = plan.forced;
+        cluster::move_tag(client, TAG_STABLE, &s.revision, Some(&s.previous), forced).await?;
         sink(Event::StableMoved {
             revision: s.revision.clone(),
             previous: s.previous.clone(),
@@ -772,7 +787,8 @@ pub(crate) async fn execute_promote(
         sink(Event::NoCanaryNamespaces);
     }
     for (ns, labels) in &plan.relabel {
-        cluster::set_namespace_labels(client, ns, labels).await?;
+        // Same revision before and after (stable now points at it): never forced.
+        cluster::set_namespace_labels(client, ns, labels, None).await?;
         sink(Event::NamespacePromoted {
             namespace: ns.clone(),
         });

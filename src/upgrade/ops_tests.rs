@@ -636,7 +636,14 @@ async fn canary_is_refused_while_its_istiod_is_not_available_unless_forced() {
     execute_canary(&client, &plan, &mut |_| {})
         .await
         .expect("execute");
-    assert_eq!(writes(&take_calls(&fake)).len(), 2);
+    let c = take_calls(&fake);
+    assert_eq!(writes(&c).len(), 2);
+    // The tag carries the force annotation naming its revision, for the validating webhook.
+    let tag = writes_of(&c)[1].body.as_ref().expect("the tag");
+    assert_eq!(
+        tag["metadata"]["annotations"]["meshrev.io/force-control-plane"],
+        "1-23-6"
+    );
 }
 
 #[tokio::test]
@@ -666,15 +673,39 @@ async fn switch_and_promote_are_refused_while_the_canary_istiod_is_missing_unles
     plan_rollback(&client, "default", false, ControlPlanes::Require)
         .await
         .expect("stable is up");
-    // --force plans both.
+    // --force plans both, and each write names the revision in the force annotation.
     let plan = plan_switch(&client, "other", "canary", false, ControlPlanes::Force)
         .await
         .expect("forced switch");
     assert!(plan.relabels());
+    take_calls(&fake);
+    execute_relabel(&client, &plan, &mut |_| {})
+        .await
+        .expect("forced relabel");
+    let c = take_calls(&fake);
+    let ns = writes_of(&c)[0].body.as_ref().expect("the namespace patch");
+    assert_eq!(
+        ns["metadata"]["annotations"]["meshrev.io/force-control-plane"],
+        "1-23-6"
+    );
     let plan = plan_promote(&client, ControlPlanes::Force)
         .await
         .expect("forced promote");
     assert!(plan.steps.move_stable);
+    take_calls(&fake);
+    execute_promote(&client, &plan, &mut |_| {})
+        .await
+        .expect("forced promote");
+    let c = take_calls(&fake);
+    let stable = writes_of(&c)[0]
+        .body
+        .as_ref()
+        .expect("the stable tag patch");
+    assert_eq!(stable["spec"]["revision"], "1-23-6");
+    assert_eq!(
+        stable["metadata"]["annotations"]["meshrev.io/force-control-plane"],
+        "1-23-6"
+    );
 }
 
 #[tokio::test]
@@ -749,7 +780,11 @@ async fn switch_relabels_the_namespace_and_restarts_what_runs_another_revision()
     // Both labels are set: istio-injection removed (null), istio.io/rev=canary.
     assert_eq!(
         c[0].body.as_ref().expect("a body"),
-        &json!({"metadata": {"labels": {"istio-injection": null, "istio.io/rev": "canary"}}})
+        &json!({"metadata": {
+            "labels": {"istio-injection": null, "istio.io/rev": "canary"},
+            // Unforced: a stale force annotation is cleared.
+            "annotations": {"meshrev.io/force-control-plane": null},
+        }})
     );
     let probe = c[2].body.as_ref().expect("a body");
     assert_eq!(probe["metadata"]["generateName"], "meshrev-probe-");
@@ -840,11 +875,16 @@ async fn promote_moves_stable_relabels_and_deletes_the_canary_tag() {
     assert_eq!(
         w[0].body.as_ref().expect("a body"),
         &json!({"spec": {"revision": "1-23-6"},
-                "metadata": {"annotations": {"meshrev.io/promoted-from": "1-22-6"}}})
+                "metadata": {"annotations": {"meshrev.io/promoted-from": "1-22-6",
+                                             "meshrev.io/force-control-plane": null}}})
     );
     assert_eq!(
         w[1].body.as_ref().expect("a body"),
-        &json!({"metadata": {"labels": {"istio-injection": null, "istio.io/rev": "stable"}}})
+        &json!({"metadata": {
+            "labels": {"istio-injection": null, "istio.io/rev": "stable"},
+            // Unforced: a stale force annotation is cleared.
+            "annotations": {"meshrev.io/force-control-plane": null},
+        }})
     );
     // Afterwards: every workload on 1-22-6 needs upgrade (reviews-v1, details).
     assert_eq!(outcome.needs_upgrade, 2);
@@ -1073,7 +1113,11 @@ async fn rollback_relabels_stable_and_lists_the_canary_workloads() {
     assert_eq!(writes(&c), planned(&plan.calls()));
     assert_eq!(
         c[0].body.as_ref().expect("a body"),
-        &json!({"metadata": {"labels": {"istio-injection": null, "istio.io/rev": "stable"}}})
+        &json!({"metadata": {
+            "labels": {"istio-injection": null, "istio.io/rev": "stable"},
+            // Unforced: a stale force annotation is cleared.
+            "annotations": {"meshrev.io/force-control-plane": null},
+        }})
     );
     assert_eq!(events.len(), 2, "{events:?}");
 }
@@ -1190,7 +1234,7 @@ async fn a_tag_deleted_already_is_not_an_error() {
             .expect("404 is gone already")
     );
     // A refused write keeps the API server's message and names the object.
-    let err = cluster::move_tag(&client, "prod", "1-22-6", None)
+    let err = cluster::move_tag(&client, "prod", "1-22-6", None, false)
         .await
         .expect_err("no tag prod");
     assert!(
