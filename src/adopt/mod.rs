@@ -326,6 +326,24 @@ async fn check_dry_run(
 }
 
 /// `adopt --takeover`.
+/// "Never both" rests on the API server calling mutating webhook configurations in name
+/// order, Istio's before meshrev's (see the module docs): refuses a meshrev configuration
+/// whose name sorts before one of Istio's (a Helm release named `a-…`, say), naming both.
+fn called_after_istio(
+    meshrev: &str,
+    istio: impl IntoIterator<Item = String>,
+) -> anyhow::Result<()> {
+    let mut later: Vec<String> = istio.into_iter().filter(|i| i.as_str() > meshrev).collect();
+    if later.is_empty() {
+        return Ok(());
+    }
+    later.sort();
+    bail!(
+        "MutatingWebhookConfiguration {meshrev} sorts before Istio's {}: the API server would call meshrev's webhook first, and a pod could be injected by both while they are switched. Fix: install meshrev's webhook configuration under a name that sorts after Istio's (the default meshrev-sidecar-injector does; with Helm, a release name or fullnameOverride after \"istio-\"), and pass it with --webhook",
+        later.join(", ")
+    )
+}
+
 pub(crate) async fn takeover(
     client: &Client,
     plan: &plan::Plan,
@@ -342,6 +360,8 @@ pub(crate) async fn takeover(
     let meshrev = cluster::webhook_config(client, webhook)
         .await?
         .with_context(|| format!("MutatingWebhookConfiguration {webhook} not found. Fix: install meshrev's webhook (kubectl apply -k manifests/; it may stay parked: adopt --yes parks it), or name yours with --webhook"))?;
+    let istio = cluster::istio_injectors(client).await?;
+    called_after_istio(webhook, istio.iter().map(|m| m.name_any()))?;
     let hooks = meshrev.webhooks.clone().unwrap_or_default();
     check_meshrev_serves(client, plan, &hooks, ev).await?;
     // (1) meshrev's webhook matches, guarded; (2) Istio's stop; (3) the guard goes: see
@@ -358,7 +378,6 @@ pub(crate) async fn takeover(
         "[1/3] MutatingWebhookConfiguration {webhook} matches, except pods that already carry a sidecar (condition {})",
         cluster::GUARD_CONDITION
     ));
-    let istio = cluster::istio_injectors(client).await?;
     let mut parked = Vec::new();
     for m in &istio {
         if let Some(p) = cluster::parked(m) {
@@ -412,6 +431,10 @@ pub(crate) async fn release(
     check: bool,
 ) -> anyhow::Result<()> {
     let meshrev = cluster::webhook_config(client, webhook).await?;
+    let istio = cluster::istio_injectors(client).await?;
+    if meshrev.is_some() {
+        called_after_istio(webhook, istio.iter().map(|m| m.name_any()))?;
+    }
     if let Some(m) = &meshrev
         && !cluster::is_parked(m)
     {
@@ -425,7 +448,6 @@ pub(crate) async fn release(
             "[1/3] MutatingWebhookConfiguration {webhook} parked or absent already"
         ));
     }
-    let istio = cluster::istio_injectors(client).await?;
     let mut restored = Vec::new();
     for m in &istio {
         if let Some(u) = cluster::unparked(m)? {
@@ -460,4 +482,31 @@ pub(crate) async fn release(
         check_dry_run(client, plan, check_namespace, ev).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MESHREV_WEBHOOK, called_after_istio};
+
+    #[test]
+    fn meshrevs_webhook_must_be_called_after_istios() {
+        let istio = || {
+            [
+                "istio-revision-tag-default",
+                "istio-sidecar-injector-1-30-3",
+            ]
+            .map(String::from)
+        };
+        assert!(called_after_istio(MESHREV_WEBHOOK, istio()).is_ok());
+        let e = called_after_istio("agent-sidecar-injector", istio())
+            .expect_err("sorts before istio-…")
+            .to_string();
+        assert!(
+            e.contains(
+                "sorts before Istio's istio-revision-tag-default, istio-sidecar-injector-1-30-3"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("--webhook"), "{e}");
+    }
 }
