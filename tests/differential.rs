@@ -24,6 +24,8 @@
 //! fail on a known minimal pod that agrees),
 //! `MESHREV_ORACLE_BIN` (use this oracle binary as is), `MESHREV_SKIP_E2E=1` (skip, never
 //! under `CI=true`).
+#[path = "support/istio.rs"]
+mod istio;
 #[path = "support/normalize.rs"]
 mod normalize;
 
@@ -162,42 +164,10 @@ impl Drop for Oracle {
     }
 }
 
-/// The oracle binary: `$MESHREV_ORACLE_BIN` as is, else built (if out of date) by
-/// `tests/istio-oracle/build.sh` into `target/istio-oracle/oracle`.
-fn oracle_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("MESHREV_ORACLE_BIN") {
-        return PathBuf::from(p);
-    }
-    let bin = root().join("target/istio-oracle/oracle");
-    let status = Command::new("bash")
-        .arg(root().join("tests/istio-oracle/build.sh"))
-        .env("MESHREV_ORACLE_BIN", &bin)
-        .stdout(std::io::stderr())
-        .status()
-        .expect("running tests/istio-oracle/build.sh");
-    assert!(
-        status.success(),
-        "tests/istio-oracle/build.sh failed ({status})"
-    );
-    bin
-}
-
-/// Istio 1.30.3's charts, from the shared directory beside the repository.
-fn charts() -> PathBuf {
-    let dir = root().join("../shared/conformance/istio/1.30.3/chart");
-    assert!(
-        dir.join("charts").is_dir() && dir.join("profiles").is_dir(),
-        "differential: Istio 1.30.3's charts are missing: expected {} (the shared/ directory \
-         beside the repository) to hold charts/ and profiles/",
-        dir.display()
-    );
-    dir
-}
-
 impl Oracle {
     fn start() -> Oracle {
-        let charts = charts();
-        let bin = oracle_binary();
+        let charts = istio::charts();
+        let bin = istio::oracle_binary();
         let mut child = Command::new(&bin)
             .arg("--charts")
             .arg(&charts)

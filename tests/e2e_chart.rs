@@ -31,7 +31,7 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{Discovery, Scope};
 use kube::{Api, Client};
 use meshrev_proc::Meshrev;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const RELEASE: &str = "chart-e2e";
 const NAMESPACE: &str = "chart-e2e-system";
@@ -128,20 +128,6 @@ async fn wait_established(client: &Client, names: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn pod(name: &str) -> Result<Pod> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-        "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}
-    }))?)
-}
-
-fn revision_of(p: &Pod) -> Option<String> {
-    p.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get("istio.io/rev").cloned())
-}
-
 #[tokio::test]
 async fn helm_template_installs_and_its_webhook_injects() -> Result<()> {
     if cluster::skip_e2e() {
@@ -206,8 +192,10 @@ async fn helm_template_installs_and_its_webhook_injects() -> Result<()> {
         "a pod injected through the chart's webhook",
         Duration::from_secs(30),
         || async {
-            let p = pods.create(&PostParams::default(), &pod("web")?).await?;
-            if revision_of(&p).is_some() {
+            let p = pods
+                .create(&PostParams::default(), &meshrev_proc::pod("web")?)
+                .await?;
+            if meshrev_proc::revision_of(&p).is_some() {
                 return Ok(Some(p));
             }
             // The table may not have the sample tag yet: try again with a new pod.
@@ -216,7 +204,7 @@ async fn helm_template_installs_and_its_webhook_injects() -> Result<()> {
         },
     )
     .await?;
-    assert_eq!(revision_of(&p).as_deref(), Some("1-22-6"));
+    assert_eq!(meshrev_proc::revision_of(&p).as_deref(), Some("1-22-6"));
     let containers: Vec<String> = p
         .spec
         .as_ref()
@@ -239,9 +227,13 @@ async fn helm_template_installs_and_its_webhook_injects() -> Result<()> {
         cluster::create_namespace(&client, "chart-other", &[("istio-injection", "enabled")])
             .await?;
     let p = Api::<Pod>::namespaced(client.clone(), &other)
-        .create(&PostParams::default(), &pod("web")?)
+        .create(&PostParams::default(), &meshrev_proc::pod("web")?)
         .await?;
-    assert_eq!(revision_of(&p), None, "not selected by this release");
+    assert_eq!(
+        meshrev_proc::revision_of(&p),
+        None,
+        "not selected by this release"
+    );
 
     // 5. The chart's guards: tag stable is in use by the namespace above.
     let tags: Api<meshrev::config::RevisionTag> = Api::all(client.clone());
@@ -321,9 +313,9 @@ async fn helm_template_installs_and_its_webhook_injects() -> Result<()> {
     )
     .await?;
     let p = Api::<Pod>::namespaced(client.clone(), &blue_ns)
-        .create(&PostParams::default(), &pod("web")?)
+        .create(&PostParams::default(), &meshrev_proc::pod("web")?)
         .await?;
-    assert_eq!(revision_of(&p).as_deref(), Some("1-22-6"));
+    assert_eq!(meshrev_proc::revision_of(&p).as_deref(), Some("1-22-6"));
     assert!(
         blue.metric("meshrev_injections_total{revision=\"1-22-6\",tag=\"stable\"}")? >= 1.0,
         "the blue release's meshrev injected it"

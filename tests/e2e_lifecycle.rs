@@ -18,20 +18,6 @@ use meshrev::config::MeshRevision;
 use meshrev_proc::Meshrev;
 use serde_json::json;
 
-fn pod(name: &str) -> Result<Pod> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-        "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}
-    }))?)
-}
-
-fn revision_of(p: &Pod) -> Option<String> {
-    p.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get("istio.io/rev").cloned())
-}
-
 #[tokio::test]
 async fn restart_rebuilds_and_failure_policy_decides_when_down() -> Result<()> {
     if cluster::skip_e2e() {
@@ -54,8 +40,10 @@ async fn restart_rebuilds_and_failure_policy_decides_when_down() -> Result<()> {
 
     let ns = cluster::create_namespace(&client, "life", &[("istio-injection", "enabled")]).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let p = pods.create(&PostParams::default(), &pod("first")?).await?;
-    assert_eq!(revision_of(&p).as_deref(), Some("1-22-6"));
+    let p = pods
+        .create(&PostParams::default(), &meshrev_proc::pod("first")?)
+        .await?;
+    assert_eq!(meshrev_proc::revision_of(&p).as_deref(), Some("1-22-6"));
 
     let revisions = m.metric("meshrev_table_revisions")?;
     let tags_before = m.metrics()?;
@@ -68,13 +56,16 @@ async fn restart_rebuilds_and_failure_policy_decides_when_down() -> Result<()> {
     );
     assert!(tags_before.contains("meshrev_table_revisions"));
     let p = pods
-        .create(&PostParams::default(), &pod("after-restart")?)
+        .create(&PostParams::default(), &meshrev_proc::pod("after-restart")?)
         .await?;
-    assert_eq!(revision_of(&p).as_deref(), Some("1-22-6"));
+    assert_eq!(meshrev_proc::revision_of(&p).as_deref(), Some("1-22-6"));
 
     m.stop();
     let err = pods
-        .create(&PostParams::default(), &pod("while-down-fail")?)
+        .create(
+            &PostParams::default(),
+            &meshrev_proc::pod("while-down-fail")?,
+        )
         .await
         .expect_err("failurePolicy Fail must block creation while meshrev is down");
     println!("with meshrev down and failurePolicy Fail: {err}");
@@ -89,18 +80,23 @@ async fn restart_rebuilds_and_failure_policy_decides_when_down() -> Result<()> {
         Duration::from_secs(30),
         || async {
             Ok(pods
-                .create(&PostParams::default(), &pod("while-down-ignore")?)
+                .create(
+                    &PostParams::default(),
+                    &meshrev_proc::pod("while-down-ignore")?,
+                )
                 .await
                 .ok())
         },
     )
     .await?;
-    assert_eq!(revision_of(&p), None, "admitted uninjected");
+    assert_eq!(meshrev_proc::revision_of(&p), None, "admitted uninjected");
     assert!(p.spec.as_ref().is_some_and(|s| s.containers.len() == 1));
 
     m.restart()?;
-    let p = pods.create(&PostParams::default(), &pod("back")?).await?;
-    assert_eq!(revision_of(&p).as_deref(), Some("1-22-6"));
+    let p = pods
+        .create(&PostParams::default(), &meshrev_proc::pod("back")?)
+        .await?;
+    assert_eq!(meshrev_proc::revision_of(&p).as_deref(), Some("1-22-6"));
 
     // Two replicas: one holds the status writer's Lease; when it goes, the other takes
     // over and status keeps being written.

@@ -141,35 +141,6 @@ async fn kubectl_meshrev_status(kubeconfig: &Path) -> Result<String> {
     Ok(stdout)
 }
 
-/// Creates a pod with a raw request, to read the `Warning` headers the API server relays
-/// from the webhook's `warnings`; returns the created pod and the warnings.
-async fn create_pod_with_warnings(
-    client: &kube::Client,
-    ns: &str,
-    pod: Value,
-) -> Result<(Value, Vec<String>)> {
-    let req = http::Request::post(format!("/api/v1/namespaces/{ns}/pods"))
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&pod)?)?;
-    let resp = client.send(req.map(kube::client::Body::from)).await?;
-    let warnings = resp
-        .headers()
-        .get_all("warning")
-        .iter()
-        .filter_map(|v| v.to_str().ok().map(str::to_string))
-        .collect();
-    let status = resp.status();
-    let bytes = http_body_util::BodyExt::collect(resp.into_body())
-        .await?
-        .to_bytes();
-    anyhow::ensure!(
-        status.is_success(),
-        "create pod: {status}: {}",
-        String::from_utf8_lossy(&bytes)
-    );
-    Ok((serde_json::from_slice(&bytes)?, warnings))
-}
-
 /// Runs `kubectl ARGS --kubeconfig KUBECONFIG` when kubectl is on PATH (`None` without
 /// it); prints and returns its stdout, after checking it succeeded.
 async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<Option<String>> {
@@ -812,10 +783,10 @@ async fn canary_upgrade_rollback_and_promotion() -> Result<()> {
     );
     // The injector still injects a pod pinned to 1-23-6 (pods must stay creatable), with a
     // warning that names the revision and its Deployment.
-    let (pinned, warnings) = create_pod_with_warnings(
+    let (pinned, warnings): (Value, _) = meshrev_proc::create_pod_with_warnings(
         &client,
         GATEWAY_NS,
-        json!({"metadata": {"name": "pinned-to-canary",
+        &json!({"metadata": {"name": "pinned-to-canary",
                 "labels": {"istio.io/rev": "1-23-6", KUBELET_IGNORE: "true"}},
                "spec": {"containers": [{"name": "app", "image": "app"}]}}),
     )

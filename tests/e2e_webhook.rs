@@ -393,36 +393,6 @@ async fn concurrent_creations_during_promotion_get_one_revision_in_full() -> Res
     Ok(())
 }
 
-/// Creates a pod with a raw request, to read the `Warning` headers the API server relays
-/// from the webhook's `warnings`.
-async fn create_pod_with_warnings(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-) -> Result<(Pod, Vec<String>)> {
-    let body = serde_json::to_vec(&pod_json(name, json!({})))?;
-    let req = http::Request::post(format!("/api/v1/namespaces/{ns}/pods"))
-        .header("content-type", "application/json")
-        .body(body)?;
-    let resp = client.send(req.map(kube::client::Body::from)).await?;
-    let warnings = resp
-        .headers()
-        .get_all("warning")
-        .iter()
-        .filter_map(|v| v.to_str().ok().map(str::to_string))
-        .collect();
-    let status = resp.status();
-    let bytes = http_body_util::BodyExt::collect(resp.into_body())
-        .await?
-        .to_bytes();
-    anyhow::ensure!(
-        status.is_success(),
-        "create pod: {status}: {}",
-        String::from_utf8_lossy(&bytes)
-    );
-    Ok((serde_json::from_slice(&bytes)?, warnings))
-}
-
 #[tokio::test]
 async fn a_deleted_revision_makes_its_namespaces_skip_with_a_warning() -> Result<()> {
     let Some(client) = setup().await? else {
@@ -446,8 +416,12 @@ async fn a_deleted_revision_makes_its_namespaces_skip_with_a_warning() -> Result
             let client = client.clone();
             let ns = ns.clone();
             async move {
-                let (p, w) =
-                    create_pod_with_warnings(&client, &ns, &format!("after-delete-{i}")).await?;
+                let (p, w) = meshrev_proc::create_pod_with_warnings::<Pod>(
+                    &client,
+                    &ns,
+                    &pod_json(&format!("after-delete-{i}"), json!({})),
+                )
+                .await?;
                 Ok(injected_revision(&p).is_none().then_some(w))
             }
         },

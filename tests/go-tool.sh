@@ -5,6 +5,7 @@
 #   go_tool_build DIR OUT FORCE [PKG [LDFLAGS]]
 #                                 build DIR's main package (or PKG, e.g. a `tool` of DIR's
 #                                 go.mod) into OUT (FORCE=1: always), with LDFLAGS added
+#   force_arg "$@"                FORCE from the script's argument (none or --force)
 #
 # Go's normal caches (GOCACHE, GOMODCACHE) are used, so a rebuild on a fresh clone is a
 # cache hit. Needs only the Go toolchain (>= the go directive in DIR/go.mod).
@@ -45,4 +46,13 @@ go_tool_build() {
   (cd "$dir" && go build -trimpath -ldflags="-s -w $ldflags" -o "$out.tmp.$$" "$pkg")
   mv -f "$out.tmp.$$" "$out"
   echo "build: built $out ($(du -h "$out" | cut -f1)) in $(( $(date +%s) - start ))s"
+}
+
+# Sets FORCE from a build script's only argument: none (0) or --force (1).
+force_arg() {
+  case "${1:-}" in
+    --force) FORCE=1 ;;
+    "") FORCE=0 ;;
+    *) echo "usage: $0 [--force]" >&2; exit 2 ;;
+  esac
 }

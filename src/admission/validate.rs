@@ -719,16 +719,8 @@ mod tests {
         use crate::core::control_plane::{ControlPlaneRef, DeploymentSummary};
         let mut m = view();
         let istiod = ControlPlaneRef::resolve("1-24-0", None, None);
-        m.deployments.insert(
-            istiod.clone(),
-            DeploymentSummary {
-                generation: Some(1),
-                observed_generation: Some(1),
-                replicas: 1,
-                available_replicas: 0,
-                available: Some(false),
-            },
-        );
+        m.deployments
+            .insert(istiod.clone(), DeploymentSummary::unavailable());
         let body = review(
             "RevisionTag",
             "UPDATE",

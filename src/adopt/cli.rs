@@ -10,21 +10,8 @@ use kube::ResourceExt;
 use super::plan::{Action, Plan};
 
 // What this module prints names commands as the user invoked the CLI (`kubectl meshrev
-// adopt …` under the kubectl plugin): these shadow the std macros in this file only, as in
-// `upgrade::cli`.
-use crate::upgrade::cli::for_display;
-macro_rules! println {
-    ($($arg:tt)*) => {{
-        let line = format!($($arg)*);
-        std::println!("{}", for_display(&line));
-    }};
-}
-macro_rules! print {
-    ($($arg:tt)*) => {{
-        let text = format!($($arg)*);
-        std::print!("{}", for_display(&text));
-    }};
-}
+// adopt …` under the kubectl plugin): `upgrade::cli`'s print macros shadow the std ones.
+use crate::upgrade::cli::{print, println};
 
 /// `meshrev adopt`.
 #[derive(Args, Debug)]

@@ -325,7 +325,6 @@ async fn check_dry_run(
     Ok(())
 }
 
-/// `adopt --takeover`.
 /// "Never both" rests on the API server calling mutating webhook configurations in name
 /// order, Istio's before meshrev's (see the module docs): refuses a meshrev configuration
 /// whose name sorts before one of Istio's (a Helm release named `a-…`, say), naming both.
@@ -344,6 +343,7 @@ fn called_after_istio(
     )
 }
 
+/// `adopt --takeover`.
 pub(crate) async fn takeover(
     client: &Client,
     plan: &plan::Plan,

@@ -413,13 +413,7 @@ mod tests {
             deployment: ControlPlaneRef::resolve(rev, None, None),
             state: ControlPlaneState::of(d.as_ref()),
         };
-        let down = DeploymentSummary {
-            generation: Some(1),
-            observed_generation: Some(1),
-            replicas: 1,
-            available_replicas: 0,
-            available: Some(false),
-        };
+        let down = DeploymentSummary::unavailable();
         let control_planes = BTreeMap::from([
             ("1-22-6".to_string(), cp("1-22-6", Some(down))),
             ("1-23-6".to_string(), cp("1-23-6", None)),

@@ -82,6 +82,16 @@ impl DeploymentSummary {
             available: Some(true),
         }
     }
+
+    /// A Deployment of one replica, none available yet (tests and fixtures).
+    #[cfg(test)]
+    pub(crate) fn unavailable() -> Self {
+        DeploymentSummary {
+            available_replicas: 0,
+            available: Some(false),
+            ..Self::ready(1)
+        }
+    }
 }
 
 /// A control plane's state, as shown (`Available 1/1`, `NotFound`, `Progressing 0/1

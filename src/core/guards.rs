@@ -1047,16 +1047,6 @@ mod tests {
             .insert(ControlPlaneRef::resolve(rev, None, None), d);
     }
 
-    fn not_available() -> DeploymentSummary {
-        DeploymentSummary {
-            generation: Some(1),
-            observed_generation: Some(1),
-            replicas: 1,
-            available_replicas: 0,
-            available: Some(false),
-        }
-    }
-
     #[test]
     fn control_plane_readiness_guards_tags_switches_promotion_and_canary() {
         let mut m = view(true);
@@ -1064,7 +1054,7 @@ mod tests {
             .insert("default".into(), NamespaceLabels::rev("canary"));
         m.revisions
             .insert("1-23-7".into(), RevisionInfo::new("1.23.7"));
-        istiod(&mut m, "1-23-6", not_available());
+        istiod(&mut m, "1-23-6", DeploymentSummary::unavailable());
         let require = ControlPlanes::Require;
         let e = tag_write(&m, "prod", "1-23-6", require).unwrap_err();
         let line = e.one_line();
@@ -1121,7 +1111,7 @@ mod tests {
     #[test]
     fn namespace_labels_to_a_revision_whose_istiod_is_down_are_refused() {
         let mut m = view(true);
-        istiod(&mut m, "1-23-6", not_available());
+        istiod(&mut m, "1-23-6", DeploymentSummary::unavailable());
         let before = NamespaceLabels::injection_enabled();
         let e = namespace_write(
             &m,

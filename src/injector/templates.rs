@@ -159,6 +159,23 @@ fn untruncated_canonical_name(original: &Value, workload: &str) -> String {
     .to_string()
 }
 
+/// The labels of the gateway and grpc-agent templates, which do not write the sidecar's:
+/// `security.istio.io/tlsMode` only if the pod had it, and an untruncated canonical name.
+fn template_labels(original: &Value, pod: &mut Value, workload: &str) {
+    if let Some(l) = pod["metadata"]["labels"].as_object_mut() {
+        if original["metadata"]["labels"]
+            .get("security.istio.io/tlsMode")
+            .is_none()
+        {
+            l.remove("security.istio.io/tlsMode");
+        }
+        l.insert(
+            "service.istio.io/canonical-name".into(),
+            Value::String(untruncated_canonical_name(original, workload)),
+        );
+    }
+}
+
 /// The value of env var `name` of a container.
 fn env_value<'c>(container: &'c Value, name: &str) -> Option<&'c str> {
     container["env"]
@@ -226,18 +243,7 @@ fn gateway(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
         vols.retain(|v| v["name"] != "istio-ca-crl");
     }
     drop_user_volumes(original, pod);
-    if let Some(l) = pod["metadata"]["labels"].as_object_mut() {
-        if original["metadata"]["labels"]
-            .get("security.istio.io/tlsMode")
-            .is_none()
-        {
-            l.remove("security.istio.io/tlsMode");
-        }
-        l.insert(
-            "service.istio.io/canonical-name".into(),
-            Value::String(untruncated_canonical_name(original, &workload)),
-        );
-    }
+    template_labels(original, pod, &workload);
     let sc = &mut pod["spec"]["securityContext"];
     if !sc.is_object() {
         *sc = json!({});
@@ -657,18 +663,7 @@ fn grpc_agent(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
     )
     .unwrap_or_default()
     .to_string();
-    if let Some(l) = pod["metadata"]["labels"].as_object_mut() {
-        if original["metadata"]["labels"]
-            .get("security.istio.io/tlsMode")
-            .is_none()
-        {
-            l.remove("security.istio.io/tlsMode");
-        }
-        l.insert(
-            "service.istio.io/canonical-name".into(),
-            Value::String(untruncated_canonical_name(original, &workload)),
-        );
-    }
+    template_labels(original, pod, &workload);
     let ann = &mut pod["metadata"]["annotations"];
     ann["sidecar.istio.io/rewriteAppHTTPProbers"] = json!("false");
     if original["metadata"]["annotations"]

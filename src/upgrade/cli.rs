@@ -63,20 +63,22 @@ fn rename_commands<'a>(text: &'a str, name: &str) -> std::borrow::Cow<'a, str> {
     out.into()
 }
 
-// Everything this module prints goes through `for_display`: these shadow the std macros in
-// this file only, so a hint added later cannot miss the kubectl plugin's name.
+// Everything this module (and `adopt::cli`, which imports them) prints goes through
+// `for_display`: these shadow the std macros where imported, so a hint added later cannot
+// miss the kubectl plugin's name.
 macro_rules! println {
     ($($arg:tt)*) => {{
         let line = format!($($arg)*);
-        std::println!("{}", for_display(&line));
+        std::println!("{}", $crate::upgrade::cli::for_display(&line));
     }};
 }
 macro_rules! print {
     ($($arg:tt)*) => {{
         let text = format!($($arg)*);
-        std::print!("{}", for_display(&text));
+        std::print!("{}", $crate::upgrade::cli::for_display(&text));
     }};
 }
+pub(crate) use {print, println};
 
 /// `meshrev upgrade`.
 #[derive(Args, Debug)]

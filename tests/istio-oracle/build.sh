@@ -19,10 +19,6 @@ cd "$HERE"
 # shellcheck source=../go-tool.sh
 . "$HERE/../go-tool.sh"
 
-case "${1:-}" in
-  --force) FORCE=1 ;;
-  "") FORCE=0 ;;
-  *) echo "usage: $0 [--force]" >&2; exit 2 ;;
-esac
+force_arg "$@"
 
 go_tool_build "$HERE" "$OUT" "$FORCE"

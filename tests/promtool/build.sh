@@ -16,11 +16,7 @@ OUT=${MESHREV_PROMTOOL_BIN:-$REPO/target/tools/promtool}
 # shellcheck source=../go-tool.sh
 . "$HERE/../go-tool.sh"
 
-case "${1:-}" in
-  --force) FORCE=1 ;;
-  "") FORCE=0 ;;
-  *) echo "usage: $0 [--force]" >&2; exit 2 ;;
-esac
+force_arg "$@"
 
 need_go
 cd "$HERE"

@@ -42,14 +42,16 @@ fn root() -> PathBuf {
 pub fn charts() -> PathBuf {
     let dir = root().join("../shared/conformance/istio/1.30.3/chart");
     assert!(
-        dir.join("charts").is_dir(),
-        "Istio 1.30.3's charts are missing: expected {} to hold charts/ and profiles/",
+        dir.join("charts").is_dir() && dir.join("profiles").is_dir(),
+        "Istio 1.30.3's charts are missing: expected {} (the shared/ directory beside the \
+         repository) to hold charts/ and profiles/",
         dir.display()
     );
     dir
 }
 
-/// The oracle binary, built (if out of date) by tests/istio-oracle/build.sh.
+/// The oracle binary: `$MESHREV_ORACLE_BIN` as is, else built (if out of date) by
+/// `tests/istio-oracle/build.sh` into `target/istio-oracle/oracle`.
 pub fn oracle_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("MESHREV_ORACLE_BIN") {
         return PathBuf::from(p);

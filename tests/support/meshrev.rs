@@ -447,3 +447,48 @@ pub async fn control_plane(client: &kube::Client, rev: &str) -> Result<()> {
     istiod_deploy(client, rev).await?;
     istiod_ready(client, rev).await
 }
+
+/// A one-container pod (`app`, nginx) named `name`, as the tests create them.
+pub fn pod(name: &str) -> Result<k8s_openapi::api::core::v1::Pod> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}
+    }))?)
+}
+
+/// The revision meshrev injected into `p` (its `istio.io/rev` annotation).
+pub fn revision_of(p: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("istio.io/rev").cloned())
+}
+
+/// Creates `pod` in `ns` with a raw request, to read the `Warning` headers the API server
+/// relays from the webhook's `warnings`; returns the created pod and the warnings.
+pub async fn create_pod_with_warnings<T: serde::de::DeserializeOwned>(
+    client: &kube::Client,
+    ns: &str,
+    pod: &Value,
+) -> Result<(T, Vec<String>)> {
+    let req = http::Request::post(format!("/api/v1/namespaces/{ns}/pods"))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(pod)?)?;
+    let resp = client.send(req.map(kube::client::Body::from)).await?;
+    let warnings = resp
+        .headers()
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let status = resp.status();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await?
+        .to_bytes();
+    anyhow::ensure!(
+        status.is_success(),
+        "create pod: {status}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    Ok((serde_json::from_slice(&bytes)?, warnings))
+}
