@@ -431,8 +431,12 @@ fn write_map(out: &mut String, m: &Map<String, Value>, col: usize, inline: bool)
         if i > 0 || !inline {
             indent(out, col);
         }
-        if k.chars().count() > 1000 {
-            // Implicit keys are limited to 1024 characters: use an explicit key.
+        let start = out.len();
+        write_key(out, k);
+        // An implicit key is limited to 1024 characters as written (escapes included):
+        // a longer one is rewritten as an explicit key.
+        if out[start..].chars().count() > 1000 {
+            out.truncate(start);
             out.push_str("? ");
             write_quoted(out, k);
             out.push('\n');
@@ -440,7 +444,6 @@ fn write_map(out: &mut String, m: &Map<String, Value>, col: usize, inline: bool)
             out.push(':');
             write_after_key(out, v, col, true);
         } else {
-            write_key(out, k);
             out.push(':');
             write_after_key(out, v, col, false);
         }

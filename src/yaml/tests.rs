@@ -249,6 +249,21 @@ fn long_keys_use_explicit_key_syntax() {
     assert_eq!(from_str(&to_string(&doc)).expect("yaml"), doc);
 }
 
+/// Found by the inject_documents fuzzer: a key of 200 characters that is written as 1,200
+/// (each `\u000C` escaped) broke the 1,024-character limit of an implicit key.
+#[test]
+fn keys_long_once_escaped_use_explicit_key_syntax() {
+    for k in [
+        "\u{c}".repeat(200),
+        "\u{1}".repeat(171) + "x",
+        "'".repeat(600),
+    ] {
+        let doc = json!({ k.clone(): {k: 1} });
+        let written = to_string(&doc);
+        assert_eq!(from_str(&written).expect(&written), doc);
+    }
+}
+
 #[test]
 fn reading_resolves_like_serde_yaml_0_9() {
     let v = from_str(
