@@ -5,6 +5,10 @@
 //! - `review/env2000`: the same pod with 2000 env vars (Istio's worst case, istio#34799).
 //! - `review/probes`: the same pod with httpGet readiness/liveness probes on both containers
 //!   and `prometheus.io/*` annotations: probe rewrite and Prometheus merge on the hot path.
+//! - `json_floor/*`: the least any review of the same body must do: check it is UTF-8 and
+//!   valid JSON (serde_json skipping every value), reading nothing. `review` over
+//!   `json_floor` is what routing, patching and the reply add to the parse a webhook cannot
+//!   avoid.
 //! - `istio_style_diff/*`: the design meshrev avoids, for a ratio measured in the same run:
 //!   parse the pod into a `serde_json::Value`, mutate it, and diff the whole pod into a patch.
 use std::collections::HashMap;
@@ -82,6 +86,17 @@ fn bench(c: &mut Criterion) {
                 let r = admission::review(&table, black_box(&body), &mut scratch);
                 assert_eq!(r.result, admission::ReviewResult::Injected);
                 black_box(r.body.len())
+            })
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("json_floor");
+    for (name, body) in reviews() {
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let text = simdutf8::basic::from_utf8(black_box(&body)).expect("UTF-8");
+                serde_json::from_str::<serde::de::IgnoredAny>(text).expect("JSON")
             })
         });
     }

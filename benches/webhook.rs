@@ -34,11 +34,13 @@
 //! round's ratio and their median, and the CPU time the server threads used per request in
 //! the measured window (from `/proc/self/task/<tid>/schedstat`), inject and floor.
 //!
-//! Two requests: `typical`, the fixture (a 3-container pod whose `reviews` container has
+//! Three requests: `typical`, the fixture (a 3-container pod whose `reviews` container has
 //! httpGet liveness and readiness probes and whose annotations ask for Prometheus
-//! scraping: the reply is checked to carry the probe rewrite and the Prometheus merge), in
-//! every cell; and `env2000`, the same pod with 2000 env vars on its first container
-//! (istio#34799), under h2 1 conn × 64 only (its own floor answers a reply of its length).
+//! scraping: the reply is checked to carry the probe rewrite and the Prometheus merge)
+//! compacted as kube-apiserver sends it (Go's `encoding/json` writes no whitespace), in
+//! every cell; `env2000`, the same pod with 2000 env vars on its first container
+//! (istio#34799), and `pretty`, the fixture file as it is (indented, 60 % larger), under h2
+//! 1 conn × 64 only. Each has its own floor, answering a reply of its length.
 //!
 //! Environment: `MESHREV_BENCH_SECS` (measured time per cell and server, split over the
 //! rounds; default 3), `MESHREV_BENCH_ROUNDS` (default 3), `MESHREV_BENCH_WARMUP_SECS` (per
@@ -513,6 +515,36 @@ async fn stop(server: TestServer, what: &str) {
     }
 }
 
+/// `json` as kube-apiserver sends it: compact (Go's `encoding/json`), the keys in their
+/// order. (Whitespace outside strings removed; the result must read as the same value.)
+fn compact(json: &str) -> Bytes {
+    let mut out = Vec::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json.as_bytes() {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+            out.push(b);
+        } else if !b.is_ascii_whitespace() {
+            out.push(b);
+        }
+    }
+    let (a, b): (Value, Value) = (
+        serde_json::from_str(json).expect("the fixture must be JSON"),
+        serde_json::from_slice(&out).expect("compact JSON must stay JSON"),
+    );
+    assert_eq!(a, b, "compacting must not change the fixture");
+    Bytes::from(out)
+}
+
 /// The fixture with 2000 env vars on its first container (istio#34799).
 fn env2000() -> Bytes {
     let mut v = tls_client::fixture();
@@ -634,14 +666,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn run(s: Settings, servers: Handle, pinned: String) -> Result<u64> {
     let inject = start_on(&servers, |_: &mut ServeConfig| {}).await?;
     let workloads = vec![
+        workload(&servers, &inject, "typical", compact(FIXTURE)).await?,
+        workload(&servers, &inject, "env2000", env2000()).await?,
         workload(
             &servers,
             &inject,
-            "typical",
+            "pretty",
             Bytes::from_static(FIXTURE.as_bytes()),
         )
         .await?,
-        workload(&servers, &inject, "env2000", env2000()).await?,
     ];
 
     let tls = workloads[0]
@@ -680,8 +713,9 @@ async fn run(s: Settings, servers: Handle, pinned: String) -> Result<u64> {
         );
     }
     println!(
-        "  (typical: tests/fixtures/admission-review.json, whose reply rewrites probes and merges \
-         Prometheus annotations; env2000: the same with 2000 env vars on one container)"
+        "  (typical: tests/fixtures/admission-review.json compacted, as kube-apiserver sends it, \
+         whose reply rewrites probes and merges Prometheus annotations; env2000: the same with \
+         2000 env vars on one container; pretty: the fixture as it is, indented)"
     );
     println!(
         "per cell and server: {} rounds (inject and floor alternating) of {:.1} s warmup + \
@@ -717,6 +751,12 @@ async fn run(s: Settings, servers: Handle, pinned: String) -> Result<u64> {
     cells.push(Cell {
         name: "env2000-h2-64".into(),
         workload: 1,
+        proto: Proto::H2,
+        n: 64,
+    });
+    cells.push(Cell {
+        name: "pretty-h2-64".into(),
+        workload: 2,
         proto: Proto::H2,
         n: 64,
     });
