@@ -77,21 +77,23 @@ const KNOWN: &[Known] = &[
     Known {
         id: "resource-quantity-dash",
         reason: "deliberate (the hostile-input issue): meshrev refuses negative \
-                 sidecar.istio.io/proxy{CPU,Memory}[Limit] values (\"-\", \"-1\"), naming the \
+                 sidecar.istio.io/proxy{CPU,Memory}[Limit] values (\"-1\"), naming the \
                  annotation; Istio's check (ParseQuantity) accepts a sign and injects, and the API \
-                 server then refuses the pod with a less direct message",
+                 server then refuses the pod with a less direct message (templates sidecar and \
+                 grpc-agent: gateway and grpc-simple write no proxy resources, and both inject)",
         applies: |pod| {
-            [
-                "proxyCPU",
-                "proxyMemory",
-                "proxyCPULimit",
-                "proxyMemoryLimit",
-            ]
-            .iter()
-            .any(|k| {
-                annotation(pod, &format!("sidecar.istio.io/{k}"))
-                    .is_some_and(|v| v.starts_with('-'))
-            })
+            writes_proxy_resources(pod)
+                && [
+                    "proxyCPU",
+                    "proxyMemory",
+                    "proxyCPULimit",
+                    "proxyMemoryLimit",
+                ]
+                .iter()
+                .any(|k| {
+                    annotation(pod, &format!("sidecar.istio.io/{k}"))
+                        .is_some_and(|v| v.starts_with('-'))
+                })
         },
     },
     Known {
@@ -102,11 +104,7 @@ const KNOWN: &[Known] = &[
                  sidecar and grpc-agent: gateway and grpc-simple write no proxy resources, and \
                  both inject)",
         applies: |pod| {
-            let unread = templates(pod).is_some_and(|t| {
-                !t.split(',')
-                    .any(|n| ["sidecar", "grpc-agent"].contains(&n.trim()))
-            });
-            !unread &&
+            writes_proxy_resources(pod) &&
             ["CPU", "Memory"].iter().any(|r| {
                 let q = |k: String| annotation(pod, &k).and_then(meshrev::injector::quantity_value);
                 matches!(
@@ -133,6 +131,15 @@ const KNOWN: &[Known] = &[
 
 fn templates(pod: &Value) -> Option<&str> {
     annotation(pod, "inject.istio.io/templates")
+}
+
+/// Whether a template the pod asks for writes the proxy's resources (`sidecar`, the
+/// default, and `grpc-agent`; not `gateway` nor `grpc-simple`).
+fn writes_proxy_resources(pod: &Value) -> bool {
+    templates(pod).is_none_or(|t| {
+        t.split(',')
+            .any(|n| ["sidecar", "grpc-agent"].contains(&n.trim()))
+    })
 }
 
 fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {

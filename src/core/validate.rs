@@ -58,7 +58,61 @@ pub(crate) fn non_negative_quantity(q: &str) -> Result<(), Error> {
     }
 }
 
-/// Whether `q` is a Kubernetes resource quantity (`100m`, `1.5`, `128Mi`, `1e3`).
+/// Whether Kubernetes' own parser (`resource.ParseQuantity`, apimachinery) accepts `q`:
+/// what Istio's injector checks an annotation against, and what the API server accepts in
+/// a pod. Looser than [`is_quantity`]: a lone sign, `.` or suffix reads as zero (`-`, `.`,
+/// `m`), and a number may end in `.` (`1.G`).
+pub(crate) fn go_quantity(q: &str) -> bool {
+    if q.is_empty() {
+        return false;
+    }
+    let b = q.as_bytes();
+    let mut pos = usize::from(matches!(b[0], b'+' | b'-'));
+    let digits = |from: usize| from + b[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+    // Leading zeros, then the numerator; all digits (or nothing) after the sign is zero.
+    pos = digits(pos);
+    if pos == b.len() {
+        return true;
+    }
+    if b[pos] == b'.' {
+        pos = digits(pos + 1);
+    }
+    // The suffix: letters of "eEinumkKMGTP", then an optional sign and digits (an exponent).
+    let suffix = &q[pos..];
+    let letters = pos
+        + b[pos..]
+            .iter()
+            .take_while(|c| b"eEinumkKMGTP".contains(c))
+            .count();
+    let mut end = letters;
+    if end < b.len() && matches!(b[end], b'+' | b'-') {
+        end += 1;
+    }
+    if digits(end) != b.len() {
+        return false;
+    }
+    matches!(
+        suffix,
+        "" | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
+            | "E"
+            | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
+    ) || (suffix.len() > 1 && suffix.starts_with(['e', 'E']) && suffix[1..].parse::<i64>().is_ok())
+}
+
+/// Whether `q` is a Kubernetes resource quantity (`100m`, `1.5`, `128Mi`, `1e3`): a number
+/// is required, unlike [`go_quantity`].
 pub(crate) fn is_quantity(q: &str) -> bool {
     let q = q.strip_prefix(['+', '-']).unwrap_or(q);
     let digits_end = q
@@ -68,7 +122,21 @@ pub(crate) fn is_quantity(q: &str) -> bool {
     let num_ok = !num.is_empty() && num != "." && num.matches('.').count() <= 1;
     let suffix_ok = matches!(
         suffix,
-        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
+        "" | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
+            | "E"
+            | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
     ) || (suffix.len() > 1
         && (suffix.starts_with('e') || suffix.starts_with('E'))
         && suffix[1..]
@@ -91,6 +159,8 @@ pub fn quantity_value(q: &str) -> Option<f64> {
     let n: f64 = num.parse().ok()?;
     let mult = match suffix {
         "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
         "m" => 1e-3,
         "k" => 1e3,
         "M" => 1e6,
@@ -188,6 +258,24 @@ mod tests {
         }
         for bad in ["", "m", "lots", "1.2.3", "10mb", "1e"] {
             assert!(!is_quantity(bad), "{bad}");
+        }
+        assert!(is_quantity("250u") && is_quantity("5n"));
+        assert_eq!(quantity_value("250u"), Some(250e-6));
+    }
+
+    /// Cases read off apimachinery's `parseQuantityString` and `ParseQuantity`.
+    #[test]
+    fn go_quantities_as_kubernetes_parses_them() {
+        for ok in [
+            "100m", "1", "1.5", "128Mi", "1e3", "2Gi", "0.5", "-1", "+1", "-", "+", ".", "m",
+            "000", "-000", "1.", "1.G", "5n", "250u", "1E-3", "1e+3", "1Ei", ".5",
+        ] {
+            assert!(go_quantity(ok), "{ok}");
+        }
+        for bad in [
+            "", "lots", "1.2.3", "10mb", "1e", "1Mb", "1 m", "1m1", "--1", "1e3.5", "x",
+        ] {
+            assert!(!go_quantity(bad), "{bad}");
         }
         assert!(quantity("-1").is_ok());
         assert!(non_negative_quantity("-1").is_err());

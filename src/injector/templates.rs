@@ -35,9 +35,9 @@ pub(crate) fn validate(value: &str) -> Result<(), String> {
 
 /// Whether the templates a pod asks for read `sidecar.istio.io/userVolume[Mount]` and
 /// `sidecar.istio.io/proxy{CPU,Memory}[Limit]`: `sidecar` (the default) and `grpc-agent` do,
-/// `gateway` and `grpc-simple` never look at them, so a value that is not JSON, or a request
-/// above its limit, is refused only when one of the first two is applied. Called only on
-/// those refusal paths.
+/// `gateway` and `grpc-simple` never look at them, so a value that is not JSON, a negative
+/// resource, or a request above its limit, is refused only when one of the first two is
+/// applied. Called only when the pod has one of those annotations.
 pub(crate) fn read_proxy_annotations(templates: Option<&str>) -> bool {
     templates.is_none_or(|list| {
         list.split(',')

@@ -878,13 +878,16 @@ fn sidecar_and_grpc_agent_with_a_native_sidecar_is_refused_with_the_fix() {
 }
 
 /// The gateway and grpc-simple templates write no proxy resources and never read
-/// userVolume[Mount]: a request above its limit, or a userVolume that is not JSON, does not
-/// stop Istio from injecting them, nor meshrev. The sidecar template reads both: refused.
+/// userVolume[Mount]: a request above its limit, a negative resource, or a userVolume that
+/// is not JSON, does not stop Istio from injecting them, nor meshrev. The sidecar template
+/// reads them: refused. What Istio refuses for every template (a resource that is not a
+/// quantity at all) stays refused.
 #[test]
 fn annotations_a_template_never_reads_do_not_refuse_it() {
     let pod = |templates: Option<&str>| {
         let mut anns = json!({"sidecar.istio.io/proxyMemory": "1Gi",
             "sidecar.istio.io/proxyMemoryLimit": "512Mi",
+            "sidecar.istio.io/proxyCPU": "-1",
             "sidecar.istio.io/userVolume": "{"});
         if let Some(t) = templates {
             anns["inject.istio.io/templates"] = json!(t);
@@ -900,8 +903,12 @@ fn annotations_a_template_never_reads_do_not_refuse_it() {
     for t in [None, Some("grpc-agent")] {
         let (outcome, out) = run(&table_1_30(), "n", &pod(t));
         assert!(
-            out.is_none() && outcome.starts_with("denied:"),
+            out.is_none() && outcome.starts_with("denied:") && outcome.contains("proxyCPU"),
             "{t:?}: {outcome}"
         );
     }
+    let mut not_a_quantity = pod(Some("gateway"));
+    not_a_quantity["metadata"]["annotations"]["sidecar.istio.io/proxyCPU"] = json!("lots");
+    let (outcome, out) = run(&table_1_30(), "n", &not_a_quantity);
+    assert!(out.is_none() && outcome.contains("proxyCPU"), "{outcome}");
 }

@@ -6,7 +6,7 @@ use super::pod::Meta;
 
 type Check = fn(&str) -> Result<(), String>;
 
-const CHECKS: [(&str, Check); 19] = [
+const CHECKS: [(&str, Check); 15] = [
     (
         crate::core::ANNOTATION_TEMPLATES,
         super::templates::validate,
@@ -37,10 +37,17 @@ const CHECKS: [(&str, Check); 19] = [
     ("traffic.sidecar.istio.io/kubevirtInterfaces", interfaces),
     ("istio.io/reroute-virtual-interfaces", interfaces),
     ("prometheus.istio.io/merge-metrics", boolean),
-    ("sidecar.istio.io/proxyCPU", quantity),
-    ("sidecar.istio.io/proxyMemory", quantity),
-    ("sidecar.istio.io/proxyCPULimit", quantity),
-    ("sidecar.istio.io/proxyMemoryLimit", quantity),
+];
+
+/// The proxy's resources: Istio checks that each is a quantity (a sign allowed). meshrev
+/// also refuses a negative one, which the API server would refuse in the pod, but only
+/// when an applied template writes it (`sidecar`, `grpc-agent`): the gateway and
+/// grpc-simple templates never read them, and Istio injects those pods.
+const PROXY_RESOURCES: [&str; 4] = [
+    "sidecar.istio.io/proxyCPU",
+    "sidecar.istio.io/proxyMemory",
+    "sidecar.istio.io/proxyCPULimit",
+    "sidecar.istio.io/proxyMemoryLimit",
 ];
 
 /// Annotations that are written into the sidecar as they are.
@@ -55,12 +62,22 @@ const VERBATIM: [&str; 5] = [
 /// Checks every annotation Istio checks. The error names the annotation and its value.
 pub(crate) fn annotations(meta: &Meta<'_>) -> Result<(), String> {
     let mut errors = Vec::new();
+    let mut apply = |key: &str, check: Check| {
+        if let Some(v) = meta.annotation(key)
+            && let Err(e) = no_control(v).and_then(|()| check(v))
+        {
+            errors.push(format!("annotation {key}: {v:?}: {e}"));
+        }
+    };
     for (key, check) in CHECKS {
-        if let Some(v) = meta.annotation(key) {
-            let r = no_control(v).and_then(|()| check(v));
-            if let Err(e) = r {
-                errors.push(format!("annotation {key}: {v:?}: {e}"));
-            }
+        apply(key, check);
+    }
+    if PROXY_RESOURCES.iter().any(|k| meta.annotation(k).is_some()) {
+        let written = super::templates::read_proxy_annotations(
+            meta.annotation(crate::core::ANNOTATION_TEMPLATES),
+        );
+        for key in PROXY_RESOURCES {
+            apply(key, if written { quantity } else { signed_quantity });
         }
     }
     for key in VERBATIM {
@@ -128,6 +145,15 @@ fn boolean(v: &str) -> Result<(), String> {
     super::parse_go_bool(v)
         .map(|_| ())
         .ok_or_else(|| "not a boolean (true or false)".into())
+}
+
+/// Istio's check (`resource.ParseQuantity`): a quantity, with or without a sign.
+fn signed_quantity(v: &str) -> Result<(), String> {
+    if crate::core::validate::go_quantity(v) {
+        Ok(())
+    } else {
+        Err("not a Kubernetes quantity (e.g. 100m, 128Mi)".into())
+    }
 }
 
 fn quantity(v: &str) -> Result<(), String> {
