@@ -61,7 +61,7 @@ pub(crate) fn non_negative_quantity(q: &str) -> Result<(), Error> {
 /// Whether Kubernetes' own parser (`resource.ParseQuantity`, apimachinery) accepts `q`:
 /// what Istio's injector checks an annotation against, and what the API server accepts in
 /// a pod. Looser than [`is_quantity`]: a lone sign, `.` or suffix reads as zero (`-`, `.`,
-/// `m`), and a number may end in `.` (`1.G`).
+/// `m`).
 pub(crate) fn go_quantity(q: &str) -> bool {
     if q.is_empty() {
         return false;
@@ -111,41 +111,15 @@ pub(crate) fn go_quantity(q: &str) -> bool {
     ) || (suffix.len() > 1 && suffix.starts_with(['e', 'E']) && suffix[1..].parse::<i64>().is_ok())
 }
 
-/// Whether `q` is a Kubernetes resource quantity (`100m`, `1.5`, `128Mi`, `1e3`): a number
-/// is required, unlike [`go_quantity`].
+/// Whether `q` is a Kubernetes resource quantity (`100m`, `1.5`, `128Mi`, `1e3`): what
+/// [`go_quantity`] accepts, with a digit required before the suffix (no `-`, `.` or `m`
+/// alone).
 pub(crate) fn is_quantity(q: &str) -> bool {
-    let q = q.strip_prefix(['+', '-']).unwrap_or(q);
-    let digits_end = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(digits_end);
-    let num_ok = !num.is_empty() && num != "." && num.matches('.').count() <= 1;
-    let suffix_ok = matches!(
-        suffix,
-        "" | "n"
-            | "u"
-            | "m"
-            | "k"
-            | "M"
-            | "G"
-            | "T"
-            | "P"
-            | "E"
-            | "Ki"
-            | "Mi"
-            | "Gi"
-            | "Ti"
-            | "Pi"
-            | "Ei"
-    ) || (suffix.len() > 1
-        && (suffix.starts_with('e') || suffix.starts_with('E'))
-        && suffix[1..]
-            .strip_prefix(['+', '-'])
-            .unwrap_or(&suffix[1..])
+    go_quantity(q)
+        && q.trim_start_matches(['+', '-'])
             .bytes()
-            .all(|b| b.is_ascii_digit())
-        && suffix.len() > 1 + usize::from(suffix[1..].starts_with(['+', '-'])));
-    num_ok && suffix_ok
+            .take_while(|c| c.is_ascii_digit() || *c == b'.')
+            .any(|c| c.is_ascii_digit())
 }
 
 /// A Kubernetes quantity's value in its base unit (cores, bytes): `500m` → 0.5,
