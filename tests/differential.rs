@@ -121,16 +121,58 @@ const KNOWN: &[Known] = &[
                  grpc-agent's in containers), which the API server refuses; meshrev refuses the \
                  pod itself, naming the annotations and the fix (nativeSidecar \"false\")",
         applies: |pod| {
-            templates(pod).is_some_and(|t| {
-                let names: Vec<&str> = t.split(',').map(str::trim).collect();
-                names.contains(&"sidecar") && names.contains(&"grpc-agent")
-            }) && annotation(pod, "sidecar.istio.io/nativeSidecar") != Some("false")
+            sidecar_before(pod, "grpc-agent")
+                && annotation(pod, "sidecar.istio.io/nativeSidecar") != Some("false")
+        },
+    },
+    Known {
+        id: "sidecar-and-gateway-native",
+        reason: "deliberate: for templates \"sidecar,gateway\" with a native sidecar Istio's \
+                 result has two containers named istio-proxy (the sidecar's in initContainers, \
+                 gateway's in containers), which the API server refuses; meshrev refuses the \
+                 pod itself, naming the annotations and the fix (nativeSidecar \"false\")",
+        applies: |pod| {
+            sidecar_before(pod, "gateway")
+                && annotation(pod, "sidecar.istio.io/nativeSidecar") != Some("false")
+        },
+    },
+    Known {
+        id: "template-then-sidecar-native-own-proxy",
+        reason: "deliberate: for templates \"gateway,sidecar\" or \"grpc-agent,sidecar\" with a \
+                 native sidecar, on a pod with its own istio-proxy container, Istio moves the \
+                 proxy into initContainers and leaves an istio-proxy container without an image, \
+                 which the API server refuses; meshrev refuses the pod itself, naming the \
+                 annotations and the fix (nativeSidecar \"false\")",
+        applies: |pod| {
+            ["gateway", "grpc-agent"]
+                .iter()
+                .any(|o| templates(pod).is_some_and(|t| t.contains(o)) && !sidecar_before(pod, o))
+                && templates(pod).is_some_and(|t| t.split(',').any(|n| n.trim() == "sidecar"))
+                && annotation(pod, "sidecar.istio.io/nativeSidecar") != Some("false")
+                && pod["spec"]["containers"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c["name"] == "istio-proxy"))
         },
     },
 ];
 
 fn templates(pod: &Value) -> Option<&str> {
     annotation(pod, "inject.istio.io/templates")
+}
+
+/// Whether the pod's templates list `sidecar` before `other` (Istio then puts `other`'s
+/// istio-proxy in containers beside a native sidecar's; after it, the two merge).
+fn sidecar_before(pod: &Value, other: &str) -> bool {
+    templates(pod).is_some_and(|t| {
+        let names: Vec<&str> = t.split(',').map(str::trim).collect();
+        match (
+            names.iter().position(|n| *n == "sidecar"),
+            names.iter().rposition(|n| *n == other),
+        ) {
+            (Some(s), Some(o)) => s < o,
+            _ => false,
+        }
+    })
 }
 
 /// Whether a template the pod asks for writes the proxy's resources (`sidecar`, the
@@ -602,6 +644,9 @@ fn annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
                 "grpc-agent",
                 "grpc-simple",
                 "sidecar,grpc-agent",
+                "grpc-agent,sidecar",
+                "sidecar,gateway",
+                "gateway,sidecar",
                 "nope",
             ],
         ),

@@ -65,14 +65,19 @@ pub(crate) fn apply(
     };
     validate(list).map_err(|e| format!("annotation {ANNOTATION_TEMPLATES}: {e}"))?;
     let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    // Whether `sidecar` is in the list, and after `other`.
+    let sidecar_with = |other: &str| {
+        let at = names.iter().position(|n| *n == "sidecar")?;
+        Some(names.iter().rposition(|n| *n == other) < Some(at))
+    };
     if names.contains(&"gateway") {
-        gateway(tmpl, original, injected);
+        match sidecar_with("gateway") {
+            Some(last) => sidecar_and(tmpl, original, injected, WithSidecar::Gateway, last)?,
+            None => gateway(tmpl, original, injected),
+        }
     } else if names.contains(&"grpc-agent") {
-        match names.iter().position(|n| *n == "sidecar") {
-            Some(at) => {
-                let sidecar_last = names.iter().rposition(|n| *n == "grpc-agent") < Some(at);
-                sidecar_and_grpc_agent(tmpl, original, injected, sidecar_last)?;
-            }
+        match sidecar_with("grpc-agent") {
+            Some(last) => sidecar_and(tmpl, original, injected, WithSidecar::GrpcAgent, last)?,
             None => grpc_agent(tmpl, original, injected),
         }
         return Ok(true);
@@ -681,47 +686,86 @@ fn grpc_agent(tmpl: &RevisionTemplate, original: &Value, pod: &mut Value) {
     );
 }
 
-/// `sidecar` and `grpc-agent` together: Istio merges both rendered templates over the pod, in
-/// the annotation's order, so the proxy is the sidecar's with grpc-agent's fields merged in
-/// (env and volume mounts by key, grpc-agent's ports first) and the sidecar's istio-init,
-/// volumes and tlsMode label stay; grpc-agent's `rewriteAppHTTPProbers: "false"` turns the
-/// app probe rewrite off whatever the order.
+/// A template that Istio merges with `sidecar` when a pod asks for both.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WithSidecar {
+    Gateway,
+    GrpcAgent,
+}
+
+/// `sidecar` and `gateway` or `grpc-agent` together: Istio merges both rendered templates
+/// over the pod, in the annotation's order, so the proxy is the sidecar's with the other
+/// template's fields merged in (env and volume mounts by key, the other's ports first) and
+/// the sidecar's istio-init, volumes and tlsMode label stay; grpc-agent's
+/// `rewriteAppHTTPProbers: "false"` turns the app probe rewrite off whatever the order.
 ///
 /// With a native sidecar Istio's result has two containers named istio-proxy (the sidecar's
-/// in initContainers, grpc-agent's in containers), which the API server refuses: meshrev
-/// refuses the pod instead, saying so.
-fn sidecar_and_grpc_agent(
+/// in initContainers, the other template's in containers), which the API server refuses:
+/// meshrev refuses the pod instead, saying so.
+fn sidecar_and(
     tmpl: &RevisionTemplate,
     original: &Value,
     pod: &mut Value,
+    other: WithSidecar,
     sidecar_last: bool,
 ) -> Result<(), String> {
+    let name = match other {
+        WithSidecar::Gateway => "gateway",
+        WithSidecar::GrpcAgent => "grpc-agent",
+    };
     let in_list = |p: &Value, list: &str| {
         p["spec"][list]
             .as_array()
             .is_some_and(|cs| cs.iter().any(|c| c["name"] == PROXY_CONTAINER))
     };
-    if in_list(pod, "initContainers") {
+    // Native: Istio moves the other template's proxy into initContainers when the sidecar
+    // comes after it (and merges the sidecar over it there); when the sidecar comes first,
+    // the other's proxy lands in containers beside the sidecar's.
+    let native = in_list(pod, "initContainers");
+    if native && !sidecar_last {
         return Err(format!(
-            "annotation {ANNOTATION_TEMPLATES}: templates \"sidecar\" and \"grpc-agent\" with a \
+            "annotation {ANNOTATION_TEMPLATES}: templates \"sidecar\" and \"{name}\" with a \
              native sidecar give two containers named istio-proxy (the sidecar's in \
-             initContainers, grpc-agent's in containers), which the API server refuses; set \
-             sidecar.istio.io/nativeSidecar: \"false\" on the pod, or use grpc-agent alone"
+             initContainers, {name}'s in containers), which the API server refuses; set \
+             sidecar.istio.io/nativeSidecar: \"false\" on the pod, or use {name} alone"
+        ));
+    }
+    let own_proxy = original["spec"]["containers"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["name"] == PROXY_CONTAINER));
+    if native && own_proxy {
+        return Err(format!(
+            "annotation {ANNOTATION_TEMPLATES}: templates \"{name}\" then \"sidecar\" with a \
+             native sidecar and the pod's own istio-proxy container: Istio moves the proxy into \
+             initContainers and leaves an istio-proxy container without an image, which the \
+             API server refuses; set sidecar.istio.io/nativeSidecar: \"false\" on the pod, or \
+             use {name} alone"
         ));
     }
     let sidecar = pod.clone();
-    grpc_agent(tmpl, original, pod);
-    let find = |p: &Value| {
-        p["spec"]["containers"]
+    match other {
+        WithSidecar::Gateway => gateway(tmpl, original, pod),
+        WithSidecar::GrpcAgent => grpc_agent(tmpl, original, pod),
+    }
+    let find = |p: &Value, list: &str| {
+        p["spec"][list]
             .as_array()
             .and_then(|cs| cs.iter().find(|c| c["name"] == PROXY_CONTAINER))
             .cloned()
     };
-    let (Some(mut s_proxy), Some(g_proxy)) = (find(&sidecar), find(pod)) else {
+    let s_list = if native {
+        "initContainers"
+    } else {
+        "containers"
+    };
+    let (Some(mut s_proxy), Some(g_proxy)) = (find(&sidecar, s_list), find(pod, "containers"))
+    else {
         return Ok(());
     };
-    // The probe rewrite is off: the fast path's probers go.
-    if let Some(env) = s_proxy["env"].as_array_mut() {
+    // grpc-agent turns the probe rewrite off: the fast path's probers go.
+    if other == WithSidecar::GrpcAgent
+        && let Some(env) = s_proxy["env"].as_array_mut()
+    {
         env.retain(|e| e["name"] != "ISTIO_KUBE_APP_PROBERS");
     }
     let (mut base, over) = if sidecar_last {
@@ -730,6 +774,14 @@ fn sidecar_and_grpc_agent(
         (s_proxy.clone(), &g_proxy)
     };
     super::overrides::strategic_merge(&mut base, over);
+    // The sidecar and gateway templates both write every field of the proxy's readiness
+    // probe, zeros included (which the pod then omits): the later template's probe is the
+    // result, not a merge of the fields each one kept.
+    if other == WithSidecar::Gateway
+        && let Some(probe) = over.get("readinessProbe")
+    {
+        base["readinessProbe"] = probe.clone();
+    }
     // Ports in the order Kubernetes' strategic merge gives them.
     let under = if sidecar_last { &g_proxy } else { &s_proxy };
     let port_of = |l: &Value| -> Vec<Value> {
@@ -751,12 +803,6 @@ fn sidecar_and_grpc_agent(
     {
         super::overrides::strategic_merge(&mut base, &overlay_of(own));
     }
-    if let Some(slot) = pod["spec"]["containers"]
-        .as_array_mut()
-        .and_then(|cs| cs.iter_mut().find(|c| c["name"] == PROXY_CONTAINER))
-    {
-        *slot = base;
-    }
     // The sidecar's istio-init and volumes stay; grpc-agent adds its own volumes.
     match sidecar["spec"].get("initContainers") {
         Some(i) => pod["spec"]["initContainers"] = i.clone(),
@@ -765,6 +811,15 @@ fn sidecar_and_grpc_agent(
                 spec.remove("initContainers");
             }
         }
+    }
+    if native {
+        take_container(pod, "containers", PROXY_CONTAINER);
+    }
+    if let Some(slot) = pod["spec"][s_list]
+        .as_array_mut()
+        .and_then(|cs| cs.iter_mut().find(|c| c["name"] == PROXY_CONTAINER))
+    {
+        *slot = base;
     }
     let mut vols: Vec<Value> = sidecar["spec"]["volumes"]
         .as_array()

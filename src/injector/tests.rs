@@ -863,18 +863,62 @@ fn sidecar_and_grpc_agent_merge_as_istio_merges_them() {
 /// istio-proxy, which the API server refuses: meshrev refuses it, naming the fix.
 #[test]
 fn sidecar_and_grpc_agent_with_a_native_sidecar_is_refused_with_the_fix() {
-    let pod = json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "web-0", "namespace": "n", "annotations": {
-            "inject.istio.io/templates": "sidecar,grpc-agent"}},
-        "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}});
-    let (outcome, out) = run(&table_1_30(), "n", &pod);
-    assert_eq!(out, None);
-    assert!(
-        outcome.starts_with("denied:")
-            && outcome.contains("inject.istio.io/templates")
-            && outcome.contains("sidecar.istio.io/nativeSidecar: \"false\""),
-        "{outcome}"
-    );
+    for templates in ["sidecar,grpc-agent", "sidecar,gateway"] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-0", "namespace": "n", "annotations": {
+                "inject.istio.io/templates": templates}},
+            "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}});
+        let (outcome, out) = run(&table_1_30(), "n", &pod);
+        assert_eq!(out, None, "{templates}");
+        assert!(
+            outcome.starts_with("denied:")
+                && outcome.contains("inject.istio.io/templates")
+                && outcome.contains("sidecar.istio.io/nativeSidecar: \"false\""),
+            "{templates}: {outcome}"
+        );
+    }
+}
+
+/// `gateway,sidecar` or `grpc-agent,sidecar` with a native sidecar: Istio moves the first
+/// template's istio-proxy into initContainers and merges the sidecar over it, so the pod has
+/// one istio-proxy, a native sidecar (Istio's injector gives `istio-init`, `istio-proxy` for
+/// this pod). With the pod's own istio-proxy container, Istio leaves that container behind
+/// without an image: refused, with the fix.
+#[test]
+fn a_template_then_sidecar_merge_into_one_native_sidecar() {
+    for templates in ["gateway,sidecar", "grpc-agent,sidecar"] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-0", "namespace": "n", "annotations": {
+                "inject.istio.io/templates": templates}},
+            "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}});
+        let (outcome, out) = run(&table_1_30(), "n", &pod);
+        let out = out.unwrap_or_else(|| panic!("{templates}: injected, not {outcome}"));
+        assert_eq!(
+            names(&out, "initContainers"),
+            ["istio-init", "istio-proxy"],
+            "{templates}"
+        );
+        assert_eq!(names(&out, "containers"), ["app"], "{templates}");
+        let proxy = &out["spec"]["initContainers"][1];
+        assert_eq!(proxy["restartPolicy"], "Always", "{templates}");
+        assert_eq!(
+            proxy["args"][1], "sidecar",
+            "{templates}: the sidecar's args win"
+        );
+
+        let mut own = pod.clone();
+        own["spec"]["containers"]
+            .as_array_mut()
+            .expect("containers")
+            .push(json!({"name": "istio-proxy", "image": "auto"}));
+        let (outcome, out) = run(&table_1_30(), "n", &own);
+        assert!(
+            out.is_none()
+                && outcome.contains("without an image")
+                && outcome.contains("sidecar.istio.io/nativeSidecar: \"false\""),
+            "{templates}: {outcome}"
+        );
+    }
 }
 
 /// The gateway and grpc-simple templates write no proxy resources and never read
