@@ -154,6 +154,30 @@ const KNOWN: &[Known] = &[
                     .is_some_and(|cs| cs.iter().any(|c| c["name"] == "istio-proxy"))
         },
     },
+    Known {
+        id: "unreproduced-template-list",
+        reason: "deliberate: Istio merges any list of templates in order; meshrev reproduces \
+                 one template and the lists sidecar,grpc-agent, grpc-agent,sidecar, \
+                 sidecar,gateway and gateway,sidecar, and refuses any other list (naming the \
+                 lists it reproduces) rather than inject a pod that differs from Istio's",
+        applies: |pod| {
+            templates(pod).is_some_and(|t| {
+                let mut names: Vec<&str> = t.split(',').map(str::trim).collect();
+                names.dedup();
+                names.len() > 1
+                    && names
+                        .iter()
+                        .all(|n| ["sidecar", "gateway", "grpc-agent", "grpc-simple"].contains(n))
+                    && ![
+                        "sidecar,grpc-agent",
+                        "grpc-agent,sidecar",
+                        "sidecar,gateway",
+                        "gateway,sidecar",
+                    ]
+                    .contains(&names.join(",").as_str())
+            })
+        },
+    },
 ];
 
 fn templates(pod: &Value) -> Option<&str> {
@@ -647,6 +671,8 @@ fn annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
                 "grpc-agent,sidecar",
                 "sidecar,gateway",
                 "gateway,sidecar",
+                "gateway,grpc-agent",
+                "sidecar,grpc-simple",
                 "nope",
             ],
         ),

@@ -20,15 +20,39 @@ use crate::core::ANNOTATION_TEMPLATES;
 /// Templates meshrev reproduces.
 pub(crate) const KNOWN: [&str; 4] = ["sidecar", "gateway", "grpc-agent", "grpc-simple"];
 
-/// Checks the annotation's value: every name must be a template meshrev reproduces.
+/// Lists of several templates that meshrev reproduces. Istio merges any list, in order;
+/// these are the ones checked against Istio's injector (`tests/differential.rs`). Any other
+/// list is refused rather than injected differently from Istio.
+pub(crate) const LISTS: [&str; 4] = [
+    "sidecar,grpc-agent",
+    "grpc-agent,sidecar",
+    "sidecar,gateway",
+    "gateway,sidecar",
+];
+
+/// Checks the annotation's value: every name must be a template meshrev reproduces, and
+/// several only in one of [`LISTS`].
 pub(crate) fn validate(value: &str) -> Result<(), String> {
-    for t in value.split(',').map(str::trim) {
-        if !KNOWN.contains(&t) {
+    let names: Vec<&str> = value.split(',').map(str::trim).collect();
+    for t in &names {
+        if !KNOWN.contains(t) {
             return Err(format!(
                 "unknown injection template {t:?}; meshrev reproduces Istio's {}",
                 KNOWN.join(", ")
             ));
         }
+    }
+    // A template applied again right after itself changes nothing (Istio's corpus asks for
+    // "sidecar,sidecar,sidecar").
+    let mut distinct = names;
+    distinct.dedup();
+    if distinct.len() > 1 && !LISTS.contains(&distinct.join(",").as_str()) {
+        return Err(format!(
+            "templates {:?} together: meshrev reproduces Istio's merge of one template, or of \
+             the lists {}; ask for one of those",
+            distinct.join(","),
+            LISTS.join(", ")
+        ));
     }
     Ok(())
 }

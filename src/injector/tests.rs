@@ -879,6 +879,35 @@ fn sidecar_and_grpc_agent_with_a_native_sidecar_is_refused_with_the_fix() {
     }
 }
 
+/// A list of templates meshrev has not checked against Istio's merge is refused, naming the
+/// lists it reproduces; names are trimmed as Istio trims them, and a template repeated right
+/// after itself counts once (Istio's corpus has "sidecar,sidecar,sidecar").
+#[test]
+fn template_lists_not_reproduced_are_refused_naming_those_that_are() {
+    let pod = |templates: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-0", "namespace": "n", "annotations": {
+                "inject.istio.io/templates": templates,
+                "sidecar.istio.io/nativeSidecar": "false"}},
+            "spec": {"containers": [{"name": "app", "image": "example/app:1"}]}})
+    };
+    for t in [
+        "gateway,grpc-agent",
+        "sidecar,grpc-simple",
+        "sidecar,gateway,sidecar",
+    ] {
+        let (outcome, out) = run(&table_1_30(), "n", &pod(t));
+        assert!(
+            out.is_none() && outcome.contains("sidecar,gateway, gateway,sidecar"),
+            "{t}: {outcome}"
+        );
+    }
+    for t in [" gateway , sidecar", "sidecar,sidecar,sidecar"] {
+        let (outcome, out) = run(&table_1_30(), "n", &pod(t));
+        assert!(out.is_some(), "{t}: {outcome}");
+    }
+}
+
 /// `gateway,sidecar` or `grpc-agent,sidecar` with a native sidecar: Istio moves the first
 /// template's istio-proxy into initContainers and merges the sidecar over it, so the pod has
 /// one istio-proxy, a native sidecar (Istio's injector gives `istio-init`, `istio-proxy` for
