@@ -723,9 +723,12 @@ enum WithSidecar {
 /// the sidecar's istio-init, volumes and tlsMode label stay; grpc-agent's
 /// `rewriteAppHTTPProbers: "false"` turns the app probe rewrite off whatever the order.
 ///
-/// With a native sidecar Istio's result has two containers named istio-proxy (the sidecar's
-/// in initContainers, the other template's in containers), which the API server refuses:
-/// meshrev refuses the pod instead, saying so.
+/// With a native sidecar and the sidecar last, Istio first moves the other template's
+/// proxy into initContainers and merges the sidecar over it there: one native proxy. With
+/// the sidecar first, Istio's result has two containers named istio-proxy (the sidecar's in
+/// initContainers, the other template's in containers), and with the sidecar last on a pod
+/// with its own istio-proxy, an istio-proxy container without an image: the API server
+/// refuses both, so meshrev refuses the pod instead, saying so.
 fn sidecar_and(
     tmpl: &RevisionTemplate,
     original: &Value,
