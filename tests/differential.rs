@@ -121,7 +121,7 @@ const KNOWN: &[Known] = &[
                  grpc-agent's in containers), which the API server refuses; meshrev refuses the \
                  pod itself, naming the annotations and the fix (nativeSidecar \"false\")",
         applies: |pod| {
-            sidecar_before(pod, "grpc-agent")
+            sidecar_first(pod, "grpc-agent") == Some(true)
                 && annotation(pod, "sidecar.istio.io/nativeSidecar") != Some("false")
         },
     },
@@ -132,7 +132,7 @@ const KNOWN: &[Known] = &[
                  gateway's in containers), which the API server refuses; meshrev refuses the \
                  pod itself, naming the annotations and the fix (nativeSidecar \"false\")",
         applies: |pod| {
-            sidecar_before(pod, "gateway")
+            sidecar_first(pod, "gateway") == Some(true)
                 && annotation(pod, "sidecar.istio.io/nativeSidecar") != Some("false")
         },
     },
@@ -146,8 +146,7 @@ const KNOWN: &[Known] = &[
         applies: |pod| {
             ["gateway", "grpc-agent"]
                 .iter()
-                .any(|o| templates(pod).is_some_and(|t| t.contains(o)) && !sidecar_before(pod, o))
-                && templates(pod).is_some_and(|t| t.split(',').any(|n| n.trim() == "sidecar"))
+                .any(|o| sidecar_first(pod, o) == Some(false))
                 && annotation(pod, "sidecar.istio.io/nativeSidecar") != Some("false")
                 && pod["spec"]["containers"]
                     .as_array()
@@ -184,19 +183,14 @@ fn templates(pod: &Value) -> Option<&str> {
     annotation(pod, "inject.istio.io/templates")
 }
 
-/// Whether the pod's templates list `sidecar` before `other` (Istio then puts `other`'s
-/// istio-proxy in containers beside a native sidecar's; after it, the two merge).
-fn sidecar_before(pod: &Value, other: &str) -> bool {
-    templates(pod).is_some_and(|t| {
-        let names: Vec<&str> = t.split(',').map(str::trim).collect();
-        match (
-            names.iter().position(|n| *n == "sidecar"),
-            names.iter().rposition(|n| *n == other),
-        ) {
-            (Some(s), Some(o)) => s < o,
-            _ => false,
-        }
-    })
+/// When the pod's templates list both `sidecar` and `other`, whether `sidecar` comes first
+/// (Istio then puts `other`'s istio-proxy in containers beside a native sidecar's; after
+/// it, the two merge); `None` when one of them is missing.
+fn sidecar_first(pod: &Value, other: &str) -> Option<bool> {
+    let names: Vec<&str> = templates(pod)?.split(',').map(str::trim).collect();
+    let s = names.iter().position(|n| *n == "sidecar")?;
+    let o = names.iter().rposition(|n| *n == other)?;
+    Some(s < o)
 }
 
 /// Whether a template the pod asks for writes the proxy's resources (`sidecar`, the
